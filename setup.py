@@ -1,0 +1,122 @@
+"""Build script: the one place that decides which packages and compiled extensions exist.
+
+Metadata and dependencies are in pyproject.toml.  Install with
+
+    pip install torch==2.13.0            # or any torch >= 2.4 you already have
+    pip install --no-build-isolation -e '.[dev]'
+
+``--no-build-isolation`` makes the build use the installed torch (an isolated build
+would download a multi-GB CUDA torch just to compile against it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+# import name -> directory (relative to the repo root)
+PACKAGE_DIRS = {
+    "svf_kernels": "svf_kernels",
+    "svf": "python/svf",
+}
+
+
+def _torch():
+    """The installed torch, or None (then only the pure-Python packages are built)."""
+    try:
+        import torch
+        import torch.utils.cpp_extension
+    except (ImportError, OSError):  # not installed, or a broken install
+        return None
+    return torch
+
+
+def _cuda_available(torch) -> bool:
+    """torch was built with CUDA and nvcc exists (no GPU is needed to compile)."""
+    if torch is None or torch.version.cuda is None:
+        return False
+    if os.environ.get("SVF_NO_CUDA", "") not in ("", "0"):
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and shutil.which("nvcc", path=f"{CUDA_HOME}/bin"))
+    return bool(nvcc)
+
+
+def _sources(folder: str, suffixes: tuple[str, ...]) -> list[str]:
+    base = ROOT / folder
+    if not base.is_dir():
+        return []
+    return sorted(
+        str(p.relative_to(ROOT)) for p in base.rglob("*") if p.is_file() and p.suffix in suffixes
+    )
+
+
+def extension_modules() -> list:
+    """The compiled extensions to build.  Today: none (pure-Python install).
+
+    The compiled kernels arrive in a later issue.  They go here, and only here:
+
+    * a ``CppExtension`` from ``csrc/*.cpp`` + ``csrc/cpu/`` when torch is importable
+      (OpenMP, vectorised loops);
+    * the same module as a ``CUDAExtension`` that adds ``csrc/cuda/*.cu`` when
+      ``torch.version.cuda`` is set and ``nvcc`` exists.
+
+    A sketch of what that looks like, kept disabled until the sources exist::
+
+        torch = _torch()
+        if torch is None:
+            return []
+        from torch.utils.cpp_extension import CppExtension, CUDAExtension
+        cpu = _sources("csrc", (".cpp",))          # op registration + csrc/cpu/*.cpp
+        if _cuda_available(torch):
+            cu = _sources("csrc/cuda", (".cu", ".cpp"))
+            return [CUDAExtension("svf_kernels._C", cpu + cu, define_macros=[("SVF_WITH_CUDA", "1")],
+                                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
+                                  extra_link_args=["-fopenmp"])]
+        return [CppExtension("svf_kernels._C", cpu, extra_compile_args=["-O3", "-fopenmp"],
+                             extra_link_args=["-fopenmp"])]
+    """
+    return []
+
+
+def _packages() -> list[str]:
+    packages = []
+    for name, folder in PACKAGE_DIRS.items():
+        packages.append(name)  # even before its __init__.py exists
+        packages += [f"{name}.{sub}" for sub in find_packages(str(ROOT / folder))]
+    return packages
+
+
+def _cmdclass() -> dict:
+    """torch's BuildExtension (ninja, nvcc flags) when torch is importable."""
+    if _torch() is None:
+        return {}
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension}
+
+
+def _readme() -> str:
+    readme = ROOT / "README.md"
+    if readme.is_file():
+        return readme.read_text(encoding="utf-8")
+    return "Steering Vector Fields for Hugging Face language models, with fused kernels."
+
+
+EXT_MODULES = extension_modules()
+
+setup(
+    packages=_packages(),
+    package_dir=PACKAGE_DIRS,
+    ext_modules=EXT_MODULES,
+    cmdclass=_cmdclass(),
+    long_description=_readme(),
+    long_description_content_type="text/markdown",
+    zip_safe=False,
+)

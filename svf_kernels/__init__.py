@@ -1,0 +1,28 @@
+"""svf-kernels: the fused Steering Vector Field update and the module that applies it.
+
+``field_update_`` is the op (DESIGN.md §3; exact arithmetic in :mod:`svf_kernels.reference`),
+``FusedSteeringField`` wraps a decoder layer. Depends on torch only.
+"""
+
+from .dispatch import available_backends, select_backend
+from .errors import SVFArgumentError
+from .op import field_update_
+from .reference import field_direction, field_update_reference, gelu_tanh, gelu_tanh_grad
+from .row_fields import ConstantField, PackedField, RowField
+from .steering_field import FusedSteeringField, StepPlan
+
+__all__ = [
+    "ConstantField",
+    "FusedSteeringField",
+    "PackedField",
+    "RowField",
+    "SVFArgumentError",
+    "StepPlan",
+    "available_backends",
+    "field_direction",
+    "field_update_",
+    "field_update_reference",
+    "gelu_tanh",
+    "gelu_tanh_grad",
+    "select_backend",
+]

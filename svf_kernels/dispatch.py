@@ -1,0 +1,77 @@
+"""One dispatch point: which backend runs ``field_update_`` for a device.
+
+Backends are registered here by name with an availability check. The default is the first
+available backend for the tensor's device; the environment variable ``SVF_BACKEND``
+overrides it and fails loudly when the requested backend cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SVFArgumentError
+from .reference import field_update_reference
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named implementation of the op and the device types it serves."""
+
+    name: str
+    device_types: tuple[str, ...]
+    impl: Callable[..., torch.Tensor]
+    available: Callable[[], bool]
+    why_unavailable: str = ""
+
+
+# Later registrations take precedence: compiled kernels register after the torch reference.
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add a backend (compiled kernels register themselves at import)."""
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(
+    Backend("torch", ("cpu", "cuda", "mps", "xpu", "meta"), field_update_reference, lambda: True)
+)
+
+
+def available_backends(device_type: str | None = None) -> list[str]:
+    """Names of the backends that can run here (optionally for one device type)."""
+    return [
+        b.name
+        for b in _BACKENDS.values()
+        if b.available() and (device_type is None or device_type in b.device_types)
+    ]
+
+
+def select_backend(device: torch.device) -> Backend:
+    """The backend for tensors on ``device``: ``SVF_BACKEND`` if set, else the preferred one."""
+    requested = os.environ.get("SVF_BACKEND", "").strip().lower()
+    if requested:
+        backend = _BACKENDS.get(requested)
+        if backend is None:
+            raise SVFArgumentError(
+                f"SVF_BACKEND={requested!r} is not a backend; known: {sorted(_BACKENDS)}"
+            )
+        if not backend.available():
+            raise SVFArgumentError(
+                f"SVF_BACKEND={requested!r} is not available here"
+                + (f": {backend.why_unavailable}" if backend.why_unavailable else "")
+            )
+        if device.type not in backend.device_types:
+            raise SVFArgumentError(
+                f"SVF_BACKEND={requested!r} cannot run on {device.type} tensors "
+                f"(it serves {list(backend.device_types)})"
+            )
+        return backend
+    for backend in reversed(list(_BACKENDS.values())):
+        if device.type in backend.device_types and backend.available():
+            return backend
+    raise SVFArgumentError(f"no field_update_ backend serves {device.type} tensors")

@@ -1,0 +1,105 @@
+"""The kernel contract of DESIGN.md §3, written once in plain torch.
+
+This is the ``torch`` backend of ``svf_kernels.field_update_`` and the reference that every
+compiled kernel is tested against. For one row ``h`` of the residual stream and concepts
+``i = 1..C`` (folded per-layer parameters ``A[i]: [m, d]``, ``c[i], w2[i]: [m]``, ``b2[i]``)::
+
+    rms   = sqrt(mean(h*h) + eps);  hn = h / rms
+    z_i   = A_i @ hn + c_i
+    s_i   = w2_i @ act(z_i) + b2_i                    # score, returned (before the update)
+    g_i   = A_i.T @ (act'(z_i) * w2_i)                # d s_i / d hn
+    v_i   = (g_i - hn * dot(hn, g_i) / d) / rms       # d s_i / d h, through the RMS norm
+    v     = sum_i softmax(-s / tau)_i * v_i           # soft minimum over concepts (C = 1: v_1)
+    dir   = v / max(||v||, tiny) if normalize else v
+    h    += alpha * dir                               # in place
+
+Arithmetic runs in float32 whatever the storage dtype (float64 inputs stay float64, so the
+reference can be checked against autograd to ~1e-12). A row is left bit-identical when its
+``rows`` mask entry is False, its ``alpha`` is 0, or its input or update is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ACTIVATIONS = ("gelu_tanh",)
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def gelu_tanh(z: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation (the scorer's activation)."""
+    return 0.5 * z * (1.0 + torch.tanh(_GELU_K * (z + _GELU_C * z * z * z)))
+
+
+def gelu_tanh_grad(z: torch.Tensor) -> torch.Tensor:
+    """Analytic derivative of :func:`gelu_tanh`; what the kernels use instead of autograd."""
+    t = torch.tanh(_GELU_K * (z + _GELU_C * z * z * z))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_K * (1.0 + 3.0 * _GELU_C * z * z)
+
+
+def compute_dtype(storage: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (for reference checks); everything else accumulates in float32."""
+    return torch.float64 if storage == torch.float64 else torch.float32
+
+
+def field_direction(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``[N, C]`` and the un-normalised softmin field ``v`` ``[N, d]`` (no update)."""
+    dt = compute_dtype(hidden.dtype)
+    h = hidden.to(dt)
+    A, c, w2, b2 = A.to(dt), c.to(dt), w2.to(dt), b2.to(dt)
+    d = h.shape[-1]
+    rms = torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # [N, 1]
+    hn = h / rms
+    z = torch.einsum("nd,cmd->ncm", hn, A) + c  # [N, C, m]
+    scores = (gelu_tanh(z) * w2).sum(-1) + b2  # [N, C]
+    g = torch.einsum("ncm,cmd->ncd", gelu_tanh_grad(z) * w2, A)  # [N, C, d]
+    hn3 = hn.unsqueeze(1)
+    v = (g - hn3 * (g * hn3).sum(-1, keepdim=True) / d) / rms.unsqueeze(1)  # [N, C, d]
+    weights = torch.softmax(-scores / tau, dim=-1)  # [N, C]
+    return scores, (weights.unsqueeze(-1) * v).sum(1)
+
+
+def field_update_reference(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    alpha: torch.Tensor,
+    tau: float = 1.0,
+    normalize: bool = True,
+    activation: str = "gelu_tanh",
+    eps: float = 1e-6,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply the field to ``hidden`` ``[N, d]`` in place; return float32 scores ``[N, C]``.
+
+    ``alpha`` is a ``[N]`` tensor here (the public op also takes a float).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    scores, v = field_direction(hidden, A, c, w2, b2, tau=tau, eps=eps)
+    dt = v.dtype
+    if normalize:
+        tiny = torch.finfo(dt).tiny
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    a = alpha.to(dt).reshape(-1, 1)
+    new = hidden.to(dt) + a * v
+    keep = (a != 0).squeeze(1) & torch.isfinite(new).all(-1) & torch.isfinite(hidden).all(-1)
+    if rows is not None:
+        keep = keep & rows
+    hidden.copy_(torch.where(keep.unsqueeze(1), new.to(hidden.dtype), hidden))
+    return scores.float()

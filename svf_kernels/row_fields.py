@@ -1,0 +1,84 @@
+"""Per-layer fields that move selected rows of a residual stream in place.
+
+A row field maps rows ``[n, d]`` and strengths to an in-place update and per-row scores.
+:class:`PackedField` is SVF's folded scorer (it calls the fused op); :class:`ConstantField`
+is a static steering vector (CAA and friends), so methods differ only in the field.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import SVFArgumentError
+from .op import field_update_
+
+
+class RowField(nn.Module):
+    """Interface: ``apply_(rows, alpha) -> scores [n, C]``; updates ``rows`` in place."""
+
+    def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PackedField(RowField):
+    """SVF at one layer: folded parameters of C concepts (``A [C, m, d]``, ``c``, ``w2``, ``b2``)."""
+
+    def __init__(
+        self,
+        A: torch.Tensor,
+        c: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+        *,
+        tau: float = 1.0,
+        normalize: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if A.dim() == 2:  # one concept given unstacked
+            A, c, w2, b2 = A[None], c[None], w2[None], b2.reshape(1)
+        if tau <= 0:
+            raise SVFArgumentError(f"tau must be > 0, got {tau}")
+        self.register_buffer("A", A.detach().float().contiguous())
+        self.register_buffer("c", c.detach().float().contiguous())
+        self.register_buffer("w2", w2.detach().float().contiguous())
+        self.register_buffer("b2", b2.detach().float().reshape(-1).contiguous())
+        self.tau, self.normalize, self.eps = float(tau), bool(normalize), float(eps)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.A.shape[-1]
+
+    def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        return field_update_(
+            rows, self.A, self.c, self.w2, self.b2, alpha,
+            tau=self.tau, normalize=self.normalize, eps=self.eps,
+        )
+
+
+class ConstantField(RowField):
+    """A static direction: ``h += alpha * unit(vector)``; the score is ``h · unit(vector)``."""
+
+    def __init__(self, vector: torch.Tensor) -> None:
+        super().__init__()
+        norm = vector.detach().float().norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise SVFArgumentError("steering vector must be finite and non-zero")
+        self.register_buffer("unit", (vector.detach().float() / norm).contiguous())
+
+    @property
+    def hidden_size(self) -> int:
+        return self.unit.shape[-1]
+
+    def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        unit = self.unit.to(rows.device)
+        h = rows.float()
+        scores = (h @ unit).unsqueeze(-1)
+        a = alpha.to(h).reshape(-1, 1) if isinstance(alpha, torch.Tensor) else alpha
+        new = h + a * unit
+        keep = torch.isfinite(h).all(-1, keepdim=True)
+        if isinstance(alpha, torch.Tensor):
+            keep = keep & (a != 0)
+        rows.copy_(torch.where(keep, new.to(rows.dtype), rows))
+        return scores

@@ -1,0 +1,112 @@
+"""``FusedSteeringField``: the drop-in module that wraps one decoder layer.
+
+It runs the wrapped layer, then applies a row field to the layer's output (the residual
+stream) at the positions a *step plan* selects. Which positions to steer is the caller's
+business (the HF attachment in ``svf.steering`` computes one plan per forward pass); this
+module only gathers those rows, runs the field, and handles refresh-every-K reuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import SVFArgumentError
+from .row_fields import RowField
+
+
+@dataclass
+class StepPlan:
+    """Which flattened ``[B*T]`` positions of this forward pass to steer, and how.
+
+    ``refresh``: positions whose direction is recomputed (the op runs there).
+    ``reuse`` / ``reuse_src``: positions that get a stored displacement instead; ``reuse_src``
+    indexes ``cat([last_delta [B, d], fresh_delta [len(refresh), d]])``.
+    ``store_rows`` / ``store_src``: after this pass, ``last_delta[store_rows] =
+    fresh_delta[store_src]`` (the latest refreshed displacement of each batch row).
+    ``None`` for the whole plan means every position is refreshed.
+    """
+
+    batch: int
+    refresh: torch.Tensor
+    reuse: torch.Tensor | None = None
+    reuse_src: torch.Tensor | None = None
+    store_rows: torch.Tensor | None = None
+    store_src: torch.Tensor | None = None
+
+
+class FusedSteeringField(nn.Module):
+    """Wrap ``layer``; after it runs, move its output along ``field`` at the planned positions.
+
+    ``alpha`` is the L2 displacement (float, or a ``[B]`` tensor of per-row strengths).
+    ``planner`` returns the current :class:`StepPlan` (or None: steer every position).
+    Works whether the layer returns a tensor (transformers 5) or a tuple (transformers 4).
+    """
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        field: RowField,
+        alpha: float | torch.Tensor,
+        planner: Callable[[], StepPlan | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.field = field
+        self.alpha = alpha
+        self.planner = planner
+        self.last_scores: torch.Tensor | None = None
+        self.last_delta: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs):
+        out = self.layer(*args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+        if hidden.requires_grad and torch.is_grad_enabled():
+            raise SVFArgumentError("steering updates hidden states in place: run under torch.no_grad()")
+        self.steer_(hidden)
+        return out
+
+    def reset(self) -> None:
+        """Forget stored displacements and scores (a new generation starts)."""
+        self.last_scores = None
+        self.last_delta = None
+
+    def _row_alpha(self, batch_rows: torch.Tensor) -> float | torch.Tensor:
+        if isinstance(self.alpha, torch.Tensor):
+            return self.alpha.to(batch_rows.device).float()[batch_rows]
+        return self.alpha
+
+    def steer_(self, hidden: torch.Tensor) -> None:
+        """Apply the field to ``hidden`` ``[B, T, d]`` in place at the planned positions."""
+        B, T, d = hidden.shape
+        plan = self.planner() if self.planner is not None else None
+        flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
+        work = flat if flat is not None else hidden.reshape(B * T, d)
+        if plan is None:
+            all_rows = torch.arange(B * T, device=hidden.device) // T
+            self.last_scores = self.field.apply_(work, self._row_alpha(all_rows))
+        else:
+            refresh = plan.refresh.to(hidden.device)
+            rows = work.index_select(0, refresh)
+            before = rows.clone() if plan.reuse is not None or plan.store_rows is not None else None
+            self.last_scores = self.field.apply_(rows, self._row_alpha(refresh // T))
+            work.index_copy_(0, refresh, rows)
+            if before is not None:
+                self._reuse(work, plan, rows.float() - before.float(), B, d)
+        if flat is None:
+            hidden.copy_(work.view(B, T, d))
+
+    def _reuse(self, work: torch.Tensor, plan: StepPlan, fresh: torch.Tensor, B: int, d: int) -> None:
+        if self.last_delta is None or self.last_delta.shape != (B, d):
+            self.last_delta = fresh.new_zeros(B, d)
+        if plan.reuse is not None and plan.reuse.numel():
+            table = torch.cat([self.last_delta, fresh])
+            delta = table.index_select(0, plan.reuse_src.to(work.device))
+            reuse = plan.reuse.to(work.device)
+            moved = work.index_select(0, reuse).float() + delta
+            work.index_copy_(0, reuse, moved.to(work.dtype))
+        if plan.store_rows is not None and plan.store_rows.numel():
+            self.last_delta[plan.store_rows.to(work.device)] = fresh[plan.store_src.to(work.device)]

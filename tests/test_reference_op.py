@@ -1,0 +1,180 @@
+"""The torch reference of field_update_ against autograd of the unfolded scorer, and the op contract."""
+
+import pytest
+import torch
+
+from svf.scorer import ConceptScorer, ScorerConfig
+from svf_kernels import SVFArgumentError, field_direction, field_update_
+
+
+def _scorers(C, d=37, layers=(3, 4, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(C):
+        s = ConceptScorer(ScorerConfig(d, layers, r=7, de=3, m=11)).double()
+        with torch.no_grad():
+            for p in s.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
+        out.append(s)
+    return out
+
+
+def _packed(scorers, layer):
+    folded = [s.fold(layer) for s in scorers]
+    return (
+        torch.stack([f.A for f in folded]),
+        torch.stack([f.c for f in folded]),
+        torch.stack([f.w2 for f in folded]),
+        torch.cat([f.b2 for f in folded]),
+    )
+
+
+def _autograd_field(scorers, h, layer, tau):
+    h = h.clone().requires_grad_(True)
+    f = torch.stack([s.score_layer(h, layer) for s in scorers], -1)  # [N, C]
+    softmin = -tau * torch.logsumexp(-f / tau, dim=-1)  # its gradient is sum_i softmax(-f/tau)_i grad f_i
+    (grad,) = torch.autograd.grad(softmin.sum(), h)
+    return f.detach(), grad
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_direction_equals_autograd_float64(C, tau):
+    scorers = _scorers(C)
+    h = torch.randn(9, 37, dtype=torch.float64) * 3
+    for layer in (3, 5):
+        want_scores, want = _autograd_field(scorers, h, layer, tau)
+        scores, v = field_direction(h, *_packed(scorers, layer), tau=tau, eps=scorers[0].config.eps)
+        rel = (v - want).norm(dim=-1) / want.norm(dim=-1)
+        assert rel.max() <= 1e-9, rel.max()
+        assert torch.allclose(scores, want_scores, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("C", [1, 3])
+def test_op_update_is_alpha_times_unit_autograd_direction(C):
+    scorers = _scorers(C, seed=1)
+    h = torch.randn(6, 37, dtype=torch.float64)
+    _, want = _autograd_field(scorers, h, 4, 1.0)
+    for normalize in (True, False):
+        moved = h.clone()
+        field_update_(moved, *_packed(scorers, 4), 0.7, normalize=normalize, eps=scorers[0].config.eps)
+        expect = want / want.norm(dim=-1, keepdim=True) if normalize else want
+        rel = ((moved - h) - 0.7 * expect).norm(dim=-1) / (0.7 * expect).norm(dim=-1)
+        assert rel.max() < 1e-9
+
+
+def test_folded_and_unfolded_scores_agree():
+    (s,) = _scorers(1, seed=2)
+    h = torch.randn(20, 37, dtype=torch.float64)
+    for layer in (3, 4, 5):
+        f = s.fold(layer)
+        scores, _ = field_direction(h, f.A[None], f.c[None], f.w2[None], f.b2, eps=s.config.eps)
+        assert torch.allclose(scores[:, 0], s.score_layer(h, layer), rtol=1e-12, atol=1e-12)
+
+
+def _rand_field(C=2, m=8, d=33, dtype=torch.float32):
+    g = torch.Generator().manual_seed(5)
+    return (
+        torch.randn(C, m, d, generator=g).to(dtype),
+        torch.randn(C, m, generator=g).to(dtype),
+        torch.randn(C, m, generator=g).to(dtype),
+        torch.randn(C, generator=g).to(dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_storage_dtypes_match_float64(dtype, tol):
+    A, c, w2, b2 = _rand_field()
+    h64 = torch.randn(7, 33, dtype=torch.float64)
+    ref = h64.clone()
+    s_ref = field_update_(ref, A.double(), c.double(), w2.double(), b2.double(), 0.9)
+    h = h64.to(dtype)
+    start = h.clone()
+    s = field_update_(h, A, c, w2, b2, 0.9)
+    assert s.dtype == torch.float32 and s.shape == (7, 2)
+    # compare the displacement (the part the op adds) with the float64 one
+    err = ((h.double() - start.double()) - (ref - h64)).norm(dim=-1).max()
+    assert err < tol * 0.9 * 30, err
+    assert torch.allclose(s.double(), s_ref.double(), atol=tol * 10, rtol=tol * 10)
+
+
+def test_rows_mask_and_zero_alpha_leave_rows_bit_identical():
+    A, c, w2, b2 = _rand_field()
+    h = torch.randn(6, 33)
+    before = h.clone()
+    rows = torch.tensor([True, False, True, True, False, True])
+    alpha = torch.tensor([1.0, 1.0, 0.0, 0.5, 0.5, -0.5])
+    field_update_(h, A, c, w2, b2, alpha, rows=rows)
+    unchanged = ~rows | (alpha == 0)
+    assert torch.equal(h[unchanged], before[unchanged])
+    assert (h[~unchanged] != before[~unchanged]).any(-1).all()
+
+
+def test_non_finite_rows_are_left_alone():
+    A, c, w2, b2 = _rand_field()
+    h = torch.randn(4, 33)
+    h[1, 3] = float("nan")
+    h[2, 0] = float("inf")
+    before = h.clone()
+    field_update_(h, A, c, w2, b2, 1.0)
+    assert torch.equal(h[1:3].isnan(), before[1:3].isnan())
+    assert torch.equal(torch.nan_to_num(h[1:3]), torch.nan_to_num(before[1:3]))
+    assert torch.isfinite(h[[0, 3]]).all() and (h[[0, 3]] != before[[0, 3]]).any(-1).all()
+
+
+def test_non_contiguous_row_view_updates_in_place():
+    A, c, w2, b2 = _rand_field(C=1)
+    x = torch.randn(3, 5, 33)
+    expected = x[:, -1].clone()
+    field_update_(expected, A, c, w2, b2, 0.4)
+    view = x[:, -1]  # [B, d] rows of a [B, T, d] tensor, stride T*d
+    assert not view.is_contiguous()
+    field_update_(view, A, c, w2, b2, 0.4)
+    assert torch.equal(x[:, -1], expected)
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda a: a.update(hidden=torch.randn(4, 33, 2)), "hidden must be [N, d]"),
+        (lambda a: a.update(A=torch.randn(2, 8, 32)), "A must be"),
+        (lambda a: a.update(c=torch.randn(2, 7)), "c must have shape"),
+        (lambda a: a.update(b2=torch.randn(3)), "b2 must have shape"),
+        (lambda a: a.update(alpha=torch.ones(5)), "alpha must be"),
+        (lambda a: a.update(hidden=torch.randn(4, 33).to(torch.int32)), "hidden dtype"),
+        (lambda a: a.update(tau=0.0), "tau must be > 0"),
+        (lambda a: a.update(activation="relu"), "activation must be one of"),
+        (lambda a: a.update(rows=torch.ones(4)), "rows must be a bool mask"),
+    ],
+)
+def test_bad_arguments_name_the_problem(mutate, needle):
+    A, c, w2, b2 = _rand_field()
+    args = {"hidden": torch.randn(4, 33), "A": A, "c": c, "w2": w2, "b2": b2, "alpha": 1.0}
+    kw = {}
+    mutate(args)
+    for k in ("tau", "activation", "rows"):
+        if k in args:
+            kw[k] = args.pop(k)
+    with pytest.raises(SVFArgumentError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        field_update_(*args.values(), **kw)
+
+
+def test_unknown_backend_is_refused(monkeypatch):
+    A, c, w2, b2 = _rand_field()
+    monkeypatch.setenv("SVF_BACKEND", "nope")
+    with pytest.raises(SVFArgumentError, match="SVF_BACKEND='nope' is not a backend"):
+        field_update_(torch.randn(2, 33), A, c, w2, b2, 1.0)
+
+
+def test_torch_compile_fullgraph():
+    A, c, w2, b2 = _rand_field()
+
+    def step(h):
+        s = field_update_(h, A, c, w2, b2, 0.3)
+        return h * 2, s
+
+    h1, h2 = torch.randn(5, 33), None
+    h2 = h1.clone()
+    out_c, s_c = torch.compile(step, fullgraph=True, backend="eager")(h1)
+    out_e, s_e = step(h2)
+    assert torch.equal(out_c, out_e) and torch.equal(s_c, s_e)

@@ -1,0 +1,37 @@
+"""svf: Steering Vector Fields for Hugging Face language models.
+
+Train a concept field from contrastive pairs (:func:`train_field`), steer ``generate()``
+with it (:func:`steer`), save and load it safely (:class:`SteeringField`). The scorer's
+math (DESIGN.md §2) is in :mod:`svf.scorer`; the fused update it folds into lives in
+``svf_kernels``.
+"""
+
+from svf_kernels import SVFArgumentError
+
+from .artifacts import ArtifactError
+from .data import NEUTRAL_PROMPTS, ContrastivePair, mwe_pairs, sentiment_pairs
+from .field import SteeringField
+from .generation import generate
+from .models import load_model
+from .scorer import ConceptScorer, ScorerConfig
+from .steering import Steering, steer
+from .training import TrainConfig, TrainReport, train_field
+
+__all__ = [
+    "NEUTRAL_PROMPTS",
+    "ArtifactError",
+    "ConceptScorer",
+    "ContrastivePair",
+    "SVFArgumentError",
+    "ScorerConfig",
+    "Steering",
+    "SteeringField",
+    "TrainConfig",
+    "TrainReport",
+    "generate",
+    "load_model",
+    "mwe_pairs",
+    "sentiment_pairs",
+    "steer",
+    "train_field",
+]

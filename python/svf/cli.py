@@ -1,0 +1,146 @@
+"""The ``svf`` command line: ``svf train``, ``svf generate``, ``svf demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from svf_kernels import SVFArgumentError
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"10-13"`` -> [10, 11, 12, 13]; ``"3,5,7"`` -> [3, 5, 7]; mixed forms allowed."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad layer list {text!r}: use e.g. 10-19 or 3,5,7") from None
+    if not out:
+        raise argparse.ArgumentTypeError("empty layer list")
+    return out
+
+
+def _load_model(name: str | None):
+    from .models import load_model
+
+    return load_model(name)
+
+
+def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
+    from . import data
+
+    if concept == "sentiment":
+        return data.sentiment_pairs(n, seed=seed)
+    if concept.startswith("mwe:"):
+        return data.mwe_pairs(concept[4:], tokenizer=tokenizer, n=n, seed=seed)
+    raise SVFArgumentError(f"unknown concept {concept!r}: use 'sentiment' or 'mwe:<behaviour>'")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train_field
+
+    model, tok = _load_model(args.model)
+    pairs = _concept_pairs(args.concept, args.pairs, args.seed, tok)
+    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
+    field, report = train_field(
+        model, tok, pairs, concept=args.concept, train_layers=args.layers,
+        steer_layers=args.steer_layers, config=config, model_name=args.model or "SmolLM2-135M-Instruct",
+    )
+    path = field.save(args.out)
+    print(report.table())
+    print(f"saved {path}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .field import SteeringField
+    from .generation import format_prompts
+    from .steering import steer
+
+    model, tok = _load_model(args.model)
+    field = SteeringField.load(args.field, model)
+    text = format_prompts(tok, [args.prompt], chat=not args.no_chat)[0]
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    runs = {}
+    for name, kwargs in (("unsteered", {"alpha": 0.0}), ("steered", {"strength": args.strength})):
+        steering = steer(model, field, method=args.method, record_scores=True, layers=args.layers, **kwargs)
+        with steering as s, torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad)
+        new = out[0, enc["input_ids"].shape[1] :]
+        scores = [float(sc[0]) for _, _, sc in s.scores_by_position()]
+        # score at step k is that of the position holding token k-1 (step 0: prompt end)
+        runs[name] = [(tok.decode([int(t)]), scores[k] if k < len(scores) else float("nan")) for k, t in enumerate(new)]
+    print(f"prompt: {args.prompt!r}   field: {field.concept}   method: {args.method}   strength: {args.strength}")
+    print(f"{'#':>3}  {'unsteered':<18} {'score':>7}   {'steered':<18} {'score':>7}")
+    for k in range(max(len(runs["unsteered"]), len(runs["steered"]))):
+        u = runs["unsteered"][k] if k < len(runs["unsteered"]) else ("", float("nan"))
+        v = runs["steered"][k] if k < len(runs["steered"]) else ("", float("nan"))
+        print(f"{k:>3}  {u[0]!r:<18} {u[1]:>7.2f}   {v[0]!r:<18} {v[1]:>7.2f}")
+    for name, toks in runs.items():
+        print(f"\n[{name}] {''.join(t for t, _ in toks)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(pairs=args.pairs, prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="svf", description="Steering Vector Fields for Hugging Face models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a concept field from contrastive data")
+    t.add_argument("--concept", default="sentiment", help="'sentiment' or 'mwe:<behaviour>'")
+    t.add_argument("--model", default=None, help="local path or hub id (default: SmolLM2-135M-Instruct)")
+    t.add_argument("--layers", type=parse_layers, default=parse_layers("8-17"), help="training window, e.g. 8-17")
+    t.add_argument("--steer-layers", type=parse_layers, default=None, help="default: first 4 training layers")
+    t.add_argument("--pairs", type=int, default=None, help="number of contrastive pairs (default: all)")
+    t.add_argument("--max-epochs", type=int, default=40)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output directory or .safetensors file")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="unsteered vs steered continuation, with concept scores per token")
+    g.add_argument("--field", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--strength", type=float, default=0.5)
+    g.add_argument("--method", choices=("svf", "caa"), default="svf")
+    g.add_argument("--layers", type=parse_layers, default=None)
+    g.add_argument("--model", default=None)
+    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="train a sentiment field on the default model and compare methods")
+    d.add_argument("--pairs", type=int, default=400)
+    d.add_argument("--prompts", type=int, default=6)
+    d.add_argument("--max-new-tokens", type=int, default=40)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SVFArgumentError, ValueError, FileNotFoundError) as e:
+        print(f"svf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

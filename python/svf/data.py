@@ -1,0 +1,363 @@
+"""Datasets the project ships, turned into contrastive pairs.
+
+Everything here reads the repository's ``data/`` folder (see ``data/README.md``); nothing
+is downloaded.  Two families:
+
+* sentiment: the rt-polarity sentence set (Pang & Lee 2005), positive vs negative
+  snippets, plus :data:`NEUTRAL_PROMPTS` (written for this project) as open-ended prompts;
+* MWE behaviours: multiple-choice questions from Anthropic's model-written evaluations
+  and the CAA splits, normalised by :func:`load_mwe` to one format.
+
+The direction of an MWE concept always comes from ``answer_matching_behavior``, never
+from the folder name: in several files the "matching" answer is the opposite of what
+the name says (see ``data/mwe/MANIFEST.tsv``, column ``label_polarity``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "NEUTRAL_PROMPTS",
+    "ContrastivePair",
+    "available_behaviors",
+    "data_dir",
+    "load_mwe",
+    "load_rt_polarity",
+    "mwe_pairs",
+    "render_mwe",
+    "sentiment_pairs",
+    "split",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    """One training example: a text that shows the concept and one that does not."""
+
+    positive: str
+    negative: str
+
+
+# --------------------------------------------------------------------------- location
+
+
+def data_dir() -> Path:
+    """The project's ``data/`` folder (``$SVF_DATA_DIR`` overrides it)."""
+    env = os.environ.get("SVF_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    # python/svf/data.py -> <repo>/data
+    return Path(__file__).resolve().parent.parent.parent / "data"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found. The data ships in the repository's data/ folder; "
+            "set SVF_DATA_DIR to point elsewhere."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- sentiment
+
+
+def load_rt_polarity() -> tuple[list[str], list[str]]:
+    """Return ``(positive, negative)`` rt-polarity snippets (stripped, non-empty, file order)."""
+    root = data_dir() / "rt-polarity"
+
+    def read(name: str) -> list[str]:
+        text = _require(root / name).read_text(encoding="utf-8")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    return read("rt-polarity.pos"), read("rt-polarity.neg")
+
+
+def sentiment_pairs(n: int | None = None, seed: int = 0) -> list[ContrastivePair]:
+    """Positive vs negative rt-polarity sentences, each side shuffled with ``seed``.
+
+    Returns ``min(#pos, #neg)`` pairs, or the first ``n`` of them.
+    """
+    pos, neg = load_rt_polarity()
+    rng = random.Random(seed)
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    pairs = [ContrastivePair(p, q) for p, q in zip(pos, neg)]
+    if n is not None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        pairs = pairs[:n]
+    return pairs
+
+
+# --------------------------------------------------------------------------- MWE
+
+# Which files make up a behaviour, in order of preference.  A CAA folder is the CAA
+# generate split followed by its A/B test split; the Anthropic-only folders have one file.
+_CAA_FILES = {"generate": "generate_dataset.json", "test": "test_dataset_ab.json"}
+_ANTHROPIC_FILES = ("anthropic_human_generated_evals.jsonl", "anthropic_persona.jsonl")
+_SOURCES = ("all", "generate", "test")
+
+_ANSWER_RE = re.compile(r"^\(([A-Z])\)$")
+_WRAPPED_RE = re.compile(r"^Question:\s*(.*?)\s*\n\s*\nAnswer:\s*$", re.DOTALL)
+_BARE_CHOICE_RE = re.compile(r"(?m)^\((?=[A-Z]\))")
+
+
+def _mwe_root() -> Path:
+    return data_dir() / "mwe"
+
+
+def available_behaviors() -> list[str]:
+    """Names of the MWE behaviours present in ``data/mwe``, sorted."""
+    root = _mwe_root()
+    if not root.is_dir():
+        return []
+    names = []
+    for sub in root.iterdir():
+        if not sub.is_dir():
+            continue
+        files = [*_CAA_FILES.values(), *_ANTHROPIC_FILES]
+        if any((sub / f).is_file() for f in files):
+            names.append(sub.name)
+    return sorted(names)
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list):
+        raise TypeError(f"{path}: expected a JSON array of items")
+    return data
+
+
+def _normalise_answer(value: Any, path: Path) -> str:
+    if isinstance(value, list):  # some Anthropic files allow several labels
+        if len(value) != 1:
+            raise ValueError(f"{path}: answer lists with {len(value)} entries are not supported")
+        value = value[0]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{path}: bad answer label {value!r}")
+    return value.strip()
+
+
+def _normalise_question(q: str) -> str:
+    q = q.strip()
+    m = _WRAPPED_RE.match(q)  # Anthropic human-generated "Question: ...\n\nAnswer:" wrapper
+    if m:
+        q = m.group(1)
+    # refusal writes "\n(A) ..." where every other file writes "\n (A) ..."
+    q = _BARE_CHOICE_RE.sub(" (", q)
+    return q.strip()
+
+
+def _normalise_item(raw: dict[str, Any], path: Path) -> dict[str, str]:
+    try:
+        q, m, o = (
+            raw["question"],
+            raw["answer_matching_behavior"],
+            raw["answer_not_matching_behavior"],
+        )
+    except KeyError as exc:
+        raise ValueError(f"{path}: item without {exc.args[0]!r}") from None
+    item = {
+        "question": _normalise_question(q),
+        "answer_matching_behavior": _normalise_answer(m, path),
+        "answer_not_matching_behavior": _normalise_answer(o, path),
+    }
+    if item["answer_matching_behavior"] == item["answer_not_matching_behavior"]:
+        raise ValueError(f"{path}: matching and non-matching answers are equal: {item}")
+    return item
+
+
+def load_mwe(behavior: str, source: str = "all") -> list[dict[str, str]]:
+    """Load one MWE behaviour as a list of items, file order, exact duplicates removed.
+
+    Each item is ``{"question", "answer_matching_behavior", "answer_not_matching_behavior"}``
+    with the formats normalised: labels stripped to ``"(A)"``/``"(B)"``/... (or
+    ``"Yes"``/``"No"`` for persona statements), the human-generated
+    ``"Question: ...\\n\\nAnswer:"`` wrapper removed, choices written ``"\\n (A) ..."``.
+
+    ``source`` matters only for folders in the CAA format: ``"all"`` (generate split then
+    A/B test split), ``"generate"`` or ``"test"``.  Folders holding one Anthropic file
+    accept only ``"all"``.
+
+    The concept direction is ``answer_matching_behavior`` as the file gives it; for some
+    behaviours that is the opposite of the folder name (see ``data/mwe/MANIFEST.tsv``).
+    """
+    if source not in _SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(_SOURCES)}")
+    names = available_behaviors()
+    if behavior not in names:
+        raise ValueError(
+            f"unknown MWE behaviour {behavior!r}; available: {', '.join(names) or '(none)'}"
+            f" (looked in {_mwe_root()})"
+        )
+    folder = _mwe_root() / behavior
+    caa = [folder / f for f in _CAA_FILES.values() if (folder / f).is_file()]
+    if caa:
+        keys = list(_CAA_FILES) if source == "all" else [source]
+        paths = [_require(folder / _CAA_FILES[k]) for k in keys]
+    else:
+        if source != "all":
+            raise ValueError(f"{behavior!r} has no CAA generate/test split; use source='all'")
+        paths = [next(folder / f for f in _ANTHROPIC_FILES if (folder / f).is_file())]
+
+    items: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for path in paths:
+        for raw in _read_records(path):
+            item = _normalise_item(raw, path)
+            key = (
+                item["question"],
+                item["answer_matching_behavior"],
+                item["answer_not_matching_behavior"],
+            )
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append(item)
+    return items
+
+
+def _answer_stub(label: str) -> str:
+    """``"(A)"`` -> ``"(A"``: the answer up to and including the letter (CAA's convention)."""
+    m = _ANSWER_RE.match(label)
+    return f"({m.group(1)}" if m else label
+
+
+def render_mwe(question: str, answer: str, tokenizer: Any = None) -> str:
+    """Render a question followed by the start of an answer (``"(A"``, ``"Yes"``, ...).
+
+    Without a tokenizer (or one without a chat template) the text is
+    ``f"{question}\\nAnswer: {answer}"``.  With a chat template the question is the user
+    turn and the answer the start of the assistant turn, rendered with
+    ``continue_final_message=True`` so the text ends right after the answer (no
+    end-of-turn token).  For a fixed question two answers then give texts that share
+    everything up to the answer, so the last token (the letter) is the one that differs.
+    """
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return f"{question}\nAnswer: {answer}"
+    messages = [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    if not isinstance(text, str) or not text.endswith(answer):
+        raise ValueError(f"chat template did not end the text with the answer {answer!r}")
+    return text
+
+
+def mwe_pairs(
+    behavior: str,
+    tokenizer: Any = None,
+    n: int | None = None,
+    seed: int = 0,
+    *,
+    source: str = "all",
+) -> list[ContrastivePair]:
+    """Contrastive pairs for an MWE behaviour: question + matching answer vs + the other one.
+
+    The text ends with the answer letter without its closing parenthesis (``"... (A"``),
+    or with ``"Yes"``/``"No"`` for persona statements; see :func:`render_mwe` for the
+    rendering with and without a chat template.  Both texts of a pair are identical up
+    to that final answer.  ``n=None`` keeps every item in file order; otherwise ``n``
+    items are sampled with ``random.Random(seed)``.
+    """
+    items = load_mwe(behavior, source=source)
+    if n is not None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        items = random.Random(seed).sample(items, min(n, len(items)))
+    pairs = []
+    for it in items:
+        pos = render_mwe(it["question"], _answer_stub(it["answer_matching_behavior"]), tokenizer)
+        neg = render_mwe(
+            it["question"], _answer_stub(it["answer_not_matching_behavior"]), tokenizer
+        )
+        pairs.append(ContrastivePair(pos, neg))
+    return pairs
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split(
+    items: Sequence[T],
+    fractions: tuple[float, float, float] = (0.4, 0.1, 0.5),
+    seed: int = 0,
+) -> tuple[list[T], list[T], list[T]]:
+    """Deterministic shuffled train/val/test split (default 40/10/50, as in the paper).
+
+    The train and val sizes are ``floor(fraction * len(items))``; test takes the rest.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions!r}")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_train = int(fractions[0] * n + 1e-9)
+    n_val = min(int(fractions[1] * n + 1e-9), n - n_train)
+    pick = [items[i] for i in order]
+    return pick[:n_train], pick[n_train : n_train + n_val], pick[n_train + n_val :]
+
+
+# --------------------------------------------------------------------------- prompts
+
+#: Open-ended prompts written for this project (not taken from any dataset): each can be
+#: continued either positively or negatively, for sentiment steering and its evaluation.
+NEUTRAL_PROMPTS: list[str] = [
+    "Tell me about the weekend you spent at the lake.",
+    "Describe the new restaurant on Main Street.",
+    "Write a short review of the movie you watched last night.",
+    "How was your first day at the new job?",
+    "Tell me about your neighbour's dog.",
+    "Describe the hotel where you stayed on your last trip.",
+    "What do you think of the city's new bus schedule?",
+    "Write a few sentences about the book you just finished.",
+    "Tell me about the concert you went to on Friday.",
+    "Describe your experience at the dentist this morning.",
+    "How did the family dinner go yesterday?",
+    "Write a short note about the weather this week.",
+    "Tell me about the used car you bought last month.",
+    "Describe the flight you took to visit your cousin.",
+    "What was the school play like?",
+    "Write a review of the coffee shop near the station.",
+    "Tell me about the hike you went on last Sunday.",
+    "Describe the apartment you looked at today.",
+    "How was the wedding you attended in June?",
+    "Write a few lines about your morning commute.",
+    "Tell me about the new phone you have been using.",
+    "Describe the museum exhibition that opened downtown.",
+    "What was the cooking class like?",
+    "Write a short review of the video game that came out last week.",
+    "Tell me about the team meeting this afternoon.",
+    "Describe the beach town where you spent the summer.",
+    "How did the football match go on Saturday?",
+    "Write a few sentences about the local farmers market.",
+    "Tell me about your landlord.",
+    "Describe the birthday party you threw for your sister.",
+    "What do you think about the changes to the park?",
+    "Write a short review of the television series everyone is talking about.",
+    "Tell me about the camping trip with your friends.",
+    "Describe the customer service you got when you called the bank.",
+    "How was the train ride through the mountains?",
+    "Write a few lines about the yoga class at the gym.",
+    "Tell me about the garden you planted this spring.",
+    "Describe the neighbourhood you just moved to.",
+    "The movie I saw yesterday was",
+    "My trip to the city last weekend was",
+]

@@ -1,0 +1,62 @@
+"""Small adapters to Hugging Face decoder models (Llama family, GPT-2 family)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from svf_kernels import SVFArgumentError
+
+_LAYER_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "layers", "h")
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of decoder layers."""
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    return int(n) if n is not None else len(decoder_layers(model))
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the residual stream."""
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+
+
+def decoder_layers_path(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that owns the decoder layer list, and the list's attribute name."""
+    for path in _LAYER_PATHS:
+        layers = _get(model, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            owner_path, _, name = path.rpartition(".")
+            return (_get(model, owner_path) if owner_path else model), name
+    raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers, in order."""
+    owner, name = decoder_layers_path(model)
+    return getattr(owner, name)
+
+
+def layer_output(out: Any) -> torch.Tensor:
+    """The residual stream from a decoder layer's output (tensor in transformers 5, tuple in 4)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_layers(model: nn.Module, layers: list[int] | tuple[int, ...], what: str = "layers") -> None:
+    """Every index must address a decoder layer."""
+    n = num_layers(model)
+    bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n]
+    if bad:
+        raise SVFArgumentError(f"{what} {bad} out of range: the model has {n} decoder layers (0..{n - 1})")

@@ -1,0 +1,221 @@
+"""Attach fields to a Hugging Face model (DESIGN.md §4) and detach them exactly.
+
+``steer(model, field, strength=...)`` returns a :class:`Steering`; use it as a context
+manager or call ``attach()`` / ``detach()``. Attaching replaces the chosen decoder layers
+by :class:`svf_kernels.FusedSteeringField` wrappers and adds one pre-forward hook that
+computes the positions to steer; detaching puts the original layer objects back and
+removes the hook, so the model is exactly what it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from svf_kernels import FusedSteeringField, PackedField, RowField, SVFArgumentError
+
+from .field import SteeringField
+from .hf import check_layers, decoder_layers, decoder_layers_path
+from .positions import PositionTracker
+
+METHODS = ("svf", "caa")
+
+
+class Steering:
+    """Steer ``model`` with one row field per layer; ``alphas[layer]`` is the L2 displacement."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_fields: dict[int, RowField],
+        alphas: dict[int, float | torch.Tensor],
+        *,
+        refresh: int = 1,
+        positions: str = "default",
+        record_scores: bool = False,
+    ) -> None:
+        if not layer_fields:
+            raise SVFArgumentError("layer_fields is empty: give at least one layer to steer")
+        check_layers(model, sorted(layer_fields), "steering layers")
+        missing = sorted(set(layer_fields) - set(alphas))
+        if missing:
+            raise SVFArgumentError(f"no alpha given for steering layers {missing}")
+        self.model = model
+        self.layer_fields = dict(sorted(layer_fields.items()))
+        self.alphas = alphas
+        self.tracker = PositionTracker(refresh, positions)
+        self.record_scores = record_scores
+        self.trace: list[dict[str, torch.Tensor]] = []
+        self._wrappers: dict[int, FusedSteeringField] = {}
+        self._originals: dict[int, nn.Module] = {}
+        self._hook = None
+
+    @property
+    def attached(self) -> bool:
+        return self._hook is not None
+
+    def attach(self) -> Steering:
+        """Wrap the steering layers; raises if this or another steering is already attached."""
+        if self.attached:
+            raise SVFArgumentError("this steering is already attached")
+        layers = decoder_layers(self.model)
+        for i in self.layer_fields:
+            if isinstance(layers[i], FusedSteeringField):
+                raise SVFArgumentError(
+                    f"decoder layer {i} is already steered; detach the other steering first "
+                    "(or steer with several fields in one call)"
+                )
+        owner, _ = decoder_layers_path(self.model)
+        self.tracker.reset()
+        self.trace = []
+        for i, field in self.layer_fields.items():
+            self._originals[i] = layers[i]
+            wrapper = FusedSteeringField(layers[i], field, self.alphas[i], self._current_plan)
+            self._wrappers[i] = wrapper
+            layers[i] = wrapper
+        self._hook = owner.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        if self.record_scores:
+            next(iter(self._wrappers.values())).register_forward_hook(self._record)
+        return self
+
+    def detach(self) -> None:
+        """Restore the original layers and remove the hook (a no-op when not attached)."""
+        if self._hook is None:
+            return
+        layers = decoder_layers(self.model)
+        for i, original in self._originals.items():
+            layers[i] = original
+        self._hook.remove()
+        self._hook = None
+        self._originals.clear()
+        self._wrappers.clear()
+
+    def __enter__(self) -> Steering:  # noqa: PYI034 (attach returns self)
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _current_plan(self):
+        return self.tracker.plan
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        ref = ids if ids is not None else kwargs.get("inputs_embeds")
+        if ref is None:
+            raise SVFArgumentError("steering needs input_ids or inputs_embeds in the forward call")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._length = ref.shape[1]
+        self.tracker.start_forward(ids, ref.shape[0], ref.shape[1], kwargs.get("attention_mask"), cache)
+
+    def _record(self, module: FusedSteeringField, args: tuple, out: Any) -> None:
+        plan, scores = self.tracker.plan, module.last_scores
+        if plan is None or scores is None or plan.refresh.numel() == 0:
+            return
+        T = self._length
+        self.trace.append(
+            {
+                "rows": plan.refresh // T,
+                "positions": self.tracker.past_length + plan.refresh % T,
+                "scores": scores.detach().float().cpu(),
+            }
+        )
+
+    def scores_by_position(self) -> list[tuple[int, int, torch.Tensor]]:
+        """(batch row, absolute position, scores ``[C]``) of each refreshed position, in order.
+
+        Recorded at the first steered layer when ``record_scores=True``.
+        """
+        return [
+            (int(b), int(t), s)
+            for e in self.trace
+            for b, t, s in zip(e["rows"], e["positions"], e["scores"])
+        ]
+
+
+def _as_list(fields: SteeringField | Sequence[SteeringField]) -> list[SteeringField]:
+    items = [fields] if isinstance(fields, SteeringField) else list(fields)
+    if not items or not all(isinstance(f, SteeringField) for f in items):
+        raise SVFArgumentError("fields must be a SteeringField or a non-empty sequence of them")
+    return items
+
+
+def steer(
+    model: nn.Module,
+    fields: SteeringField | Sequence[SteeringField],
+    *,
+    strength: float | None = None,
+    alpha: float | None = None,
+    layers: Sequence[int] | None = None,
+    method: str = "svf",
+    refresh: int = 1,
+    positions: str = "default",
+    tau: float = 1.0,
+    normalize: bool = True,
+    record_scores: bool = False,
+) -> Steering:
+    """Build (not yet attached) steering of ``model`` by one or several concept fields.
+
+    ``strength`` is relative (``alpha = strength * mean_norm[layer]``, the training mean
+    activation norm); ``alpha`` is an absolute L2 displacement per layer; give one of them
+    (neither: the field's default strength). ``layers`` defaults to the first field's
+    steering layers; several fields at one layer combine by softmin (``tau``).
+    ``method="caa"`` steers the same layers with the fields' CAA vectors instead (summed
+    over fields), so the two methods differ only in the field.
+    """
+    items = _as_list(fields)
+    if method not in METHODS:
+        raise SVFArgumentError(f"method must be one of {METHODS}, got {method!r}")
+    if strength is not None and alpha is not None:
+        raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
+    for name, value in (("strength", strength), ("alpha", alpha)):
+        if value is not None and not (isinstance(value, (int, float)) and torch.isfinite(torch.tensor(float(value)))):
+            raise SVFArgumentError(f"{name} must be a finite number, got {value!r}")
+    d = items[0].hidden_size
+    if any(f.hidden_size != d for f in items):
+        raise SVFArgumentError("all fields must have the same hidden size")
+    layers = list(layers) if layers is not None else list(items[0].steer_layers)
+    if not layers:
+        raise SVFArgumentError("layers is empty: give at least one layer to steer")
+    if len(set(layers)) != len(layers):
+        raise SVFArgumentError(f"layers has duplicates: {layers}")
+    for f in items:
+        outside = [i for i in layers if i not in f.train_layers]
+        if outside:
+            raise SVFArgumentError(
+                f"layers {outside} are outside the training layers {list(f.train_layers)} "
+                f"of field {f.concept!r}"
+            )
+    if strength is None and alpha is None:
+        strength = items[0].default_strength
+    layer_fields: dict[int, RowField] = {}
+    alphas: dict[int, float] = {}
+    for i in layers:
+        if method == "svf":
+            folded = [f.scorer.fold(i) for f in items]
+            layer_fields[i] = PackedField(
+                torch.stack([x.A for x in folded]),
+                torch.stack([x.c for x in folded]),
+                torch.stack([x.w2 for x in folded]),
+                torch.cat([x.b2 for x in folded]),
+                tau=tau, normalize=normalize, eps=items[0].scorer.config.eps,
+            )
+        else:
+            layer_fields[i] = items[0].row_field(i, "caa") if len(items) == 1 else _summed_caa(items, i)
+        if alpha is not None:
+            alphas[i] = float(alpha)
+        else:
+            alphas[i] = float(strength) * sum(f.mean_norm(i) for f in items) / len(items)
+    device = next(model.parameters()).device
+    layer_fields = {i: f.to(device) for i, f in layer_fields.items()}
+    return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions, record_scores=record_scores)
+
+
+def _summed_caa(items: list[SteeringField], layer: int) -> RowField:
+    from svf_kernels import ConstantField
+
+    units = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in items]
+    return ConstantField(torch.stack(units).sum(0))

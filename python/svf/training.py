@@ -1,0 +1,241 @@
+"""Train a concept field from contrastive pairs (DESIGN.md §2, "Training").
+
+Features are last-token hidden states at every layer of a training window; the scorer is
+trained with BCE over all (example, layer) pairs, AdamW (paper defaults lr 3e-4, weight
+decay 1e-2), mini-batches, and early stopping on a validation split's loss. The report
+compares the scorer's held-out accuracy per layer with a linear baseline (the CAA
+direction's projection, thresholded on the training split).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from svf_kernels import SVFArgumentError
+
+from .activations import last_token_activations
+from .data import split
+from .field import SteeringField
+from .hf import check_layers, num_layers
+from .scorer import ConceptScorer, ScorerConfig
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters. ``max_epochs`` bounds training; early stopping ends it."""
+
+    r: int = 64
+    de: int = 8
+    m: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    batch_size: int = 64
+    max_epochs: int = 40
+    patience: int = 4
+    fractions: tuple[float, float, float] = (0.4, 0.1, 0.5)
+    seed: int = 0
+    default_strength: float = 0.5
+
+
+@dataclass
+class Features:
+    """Activations of one split: ``pos``/``neg`` are ``[n, L, d]``."""
+
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All (example, layer) samples: hidden ``[2nL, d]``, layer positions, labels."""
+        n, L, d = self.pos.shape
+        h = torch.cat([self.pos.reshape(-1, d), self.neg.reshape(-1, d)])
+        layer_pos = torch.arange(L).repeat(n).repeat(2)
+        y = torch.cat([torch.ones(n * L), torch.zeros(n * L)])
+        return h, layer_pos, y
+
+
+@dataclass
+class TrainReport:
+    """What training measured; ``per_layer`` holds held-out accuracies per training layer."""
+
+    per_layer: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+
+    @property
+    def undertrained_layers(self) -> list[int]:
+        """Layers where the scorer does worse than the linear baseline."""
+        return [r["layer"] for r in self.per_layer if r["scorer_acc"] < r["linear_acc"]]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["undertrained_layers"] = self.undertrained_layers
+        return d
+
+    def table(self) -> str:
+        """A plain-text table of held-out accuracy per layer, scorer vs linear baseline."""
+        lines = [f"{'layer':>5}  {'scorer':>7}  {'linear(CAA)':>11}"]
+        for r in self.per_layer:
+            lines.append(f"{r['layer']:>5}  {r['scorer_acc']:>7.3f}  {r['linear_acc']:>11.3f}")
+        bad = self.undertrained_layers
+        lines.append(
+            f"UNDERTRAINED: scorer below the linear baseline at layers {bad}" if bad
+            else "scorer >= linear baseline at every training layer"
+        )
+        return "\n".join(lines)
+
+
+def linear_baseline(train: Features, test: Features) -> list[tuple[float, torch.Tensor]]:
+    """Per layer: held-out accuracy of thresholding ``h · caa_dir`` (threshold fit on train)."""
+    out = []
+    for layer in range(train.pos.shape[1]):
+        direction = train.pos[:, layer].mean(0) - train.neg[:, layer].mean(0)
+        p_tr = torch.cat([train.pos[:, layer], train.neg[:, layer]]) @ direction
+        y_tr = torch.cat([torch.ones(len(train.pos)), torch.zeros(len(train.neg))])
+        thr = _best_threshold(p_tr, y_tr)
+        p_te = torch.cat([test.pos[:, layer], test.neg[:, layer]]) @ direction
+        y_te = torch.cat([torch.ones(len(test.pos)), torch.zeros(len(test.neg))])
+        out.append((float(((p_te > thr).float() == y_te).float().mean()), direction))
+    return out
+
+
+def _best_threshold(proj: torch.Tensor, y: torch.Tensor) -> float:
+    values, order = proj.sort()
+    ys = y[order]
+    # predicted positive = above threshold; accuracy for a cut after index i
+    neg_below = torch.cumsum(1 - ys, 0)
+    pos_above = ys.sum() - torch.cumsum(ys, 0)
+    acc = (neg_below + pos_above) / len(ys)
+    i = int(acc.argmax())
+    upper = values[i + 1] if i + 1 < len(values) else values[i] + 1
+    return float((values[i] + upper) / 2)
+
+
+def _loss(scorer: ConceptScorer, h, pos, y, batch: int = 4096) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(y), batch):
+            logits = scorer(h[s : s + batch], pos[s : s + batch])
+            total += float(F.binary_cross_entropy_with_logits(logits, y[s : s + batch], reduction="sum"))
+    return total / max(len(y), 1)
+
+
+def train_scorer(
+    train: Features, val: Features, train_layers: Sequence[int], config: TrainConfig, progress: bool = True
+) -> tuple[ConceptScorer, list[dict], int]:
+    """Fit a :class:`ConceptScorer`; returns it (best validation loss), the history, the best epoch."""
+    torch.manual_seed(config.seed)
+    d = train.pos.shape[-1]
+    scorer = ConceptScorer(ScorerConfig(d, tuple(train_layers), config.r, config.de, config.m))
+    h, pos, y = train.flat()
+    scorer.init_projection_pca(h)
+    hv, posv, yv = val.flat()
+    opt = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    best = (_loss(scorer, hv, posv, yv), 0, copy.deepcopy(scorer.state_dict()))
+    history = [{"epoch": 0, "train_loss": _loss(scorer, h, pos, y), "val_loss": best[0]}]
+    bar = tqdm(range(1, config.max_epochs + 1), desc="train scorer", disable=not progress, leave=False)
+    for epoch in bar:
+        scorer.train()
+        perm = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for s in range(0, len(y), config.batch_size):
+            b = perm[s : s + config.batch_size]
+            loss = F.binary_cross_entropy_with_logits(scorer(h[b], pos[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        scorer.eval()
+        val_loss = _loss(scorer, hv, posv, yv)
+        history.append({"epoch": epoch, "train_loss": total / len(y), "val_loss": val_loss})
+        bar.set_postfix(val_loss=f"{val_loss:.4f}")
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(scorer.state_dict()))
+        elif epoch - best[1] >= config.patience:
+            break
+    scorer.load_state_dict(best[2])
+    scorer.eval()
+    return scorer, history, best[1]
+
+
+def scorer_accuracy(scorer: ConceptScorer, feats: Features) -> list[float]:
+    """Held-out accuracy per training layer (score > 0 means positive)."""
+    accs = []
+    with torch.no_grad():
+        for j, layer in enumerate(scorer.config.train_layers):
+            sp = scorer.score_layer(feats.pos[:, j], layer)
+            sn = scorer.score_layer(feats.neg[:, j], layer)
+            accs.append(float(torch.cat([(sp > 0).float(), (sn <= 0).float()]).mean()))
+    return accs
+
+
+def train_field(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    *,
+    concept: str,
+    train_layers: Sequence[int],
+    steer_layers: Sequence[int] | None = None,
+    config: TrainConfig | None = None,
+    model_name: str = "",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[SteeringField, TrainReport]:
+    """Train a field from contrastive pairs (objects with ``.positive`` / ``.negative`` text).
+
+    Pairs are split train/val/test by ``config.fractions``; the test split is used once,
+    for the report's held-out accuracies.
+    """
+    config = config or TrainConfig()
+    train_layers = list(train_layers)
+    check_layers(model, train_layers, "train_layers")
+    if sorted(set(train_layers)) != train_layers:
+        raise SVFArgumentError(f"train_layers must be strictly increasing, got {train_layers}")
+    steer_layers = list(steer_layers) if steer_layers is not None else train_layers[:4]
+    if not set(steer_layers) <= set(train_layers):
+        raise SVFArgumentError(f"steer_layers {steer_layers} must be a subset of train_layers {train_layers}")
+    tr, va, te = split(list(pairs), config.fractions, config.seed)
+    if min(len(tr), len(va), len(te)) < 2:
+        raise SVFArgumentError(f"need more pairs: split gave train/val/test = {len(tr)}/{len(va)}/{len(te)}")
+
+    def feats(split: list, name: str) -> Features:
+        texts = [p.positive for p in split] + [p.negative for p in split]
+        acts = last_token_activations(model, tokenizer, texts, train_layers, batch_size=batch_size,
+                                      desc=f"activations ({name})", progress=progress)
+        return Features(acts[: len(split)], acts[len(split) :])
+
+    f_tr, f_va, f_te = feats(tr, "train"), feats(va, "val"), feats(te, "test")
+    scorer, history, best_epoch = train_scorer(f_tr, f_va, train_layers, config, progress)
+    linear = linear_baseline(f_tr, f_te)
+    accs = scorer_accuracy(scorer, f_te)
+    report = TrainReport(
+        per_layer=[
+            {"layer": layer, "scorer_acc": a, "linear_acc": lin[0]}
+            for layer, a, lin in zip(train_layers, accs, linear)
+        ],
+        history=history, best_epoch=best_epoch, n_train=len(tr), n_val=len(va), n_test=len(te),
+    )
+    all_train = torch.cat([f_tr.pos, f_tr.neg])
+    field_ = SteeringField(
+        scorer=scorer,
+        concept=concept,
+        model_name=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        num_layers=num_layers(model),
+        steer_layers=tuple(steer_layers),
+        mean_norms=all_train.norm(dim=-1).mean(0),
+        caa=torch.stack([lin[1] for lin in linear]),
+        default_strength=config.default_strength,
+        metrics=report.as_dict(),
+    )
+    return field_, report

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="train a sentiment field on the default model and compare methods")
-    d.add_argument("--pairs", type=int, default=400)
+    d.add_argument("--pairs", type=int, default=300)
     d.add_argument("--prompts", type=int, default=6)
     d.add_argument("--max-new-tokens", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)

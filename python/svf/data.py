@@ -361,3 +361,8 @@ NEUTRAL_PROMPTS: list[str] = [
     "The movie I saw yesterday was",
     "My trip to the city last weekend was",
 ]
+
+#: The first 12 prompts are for choosing layers and strengths (validation); the other 28
+#: are held out for reports and tests, never used to tune anything.
+VALIDATION_PROMPTS: list[str] = NEUTRAL_PROMPTS[:12]
+TEST_PROMPTS: list[str] = NEUTRAL_PROMPTS[12:]

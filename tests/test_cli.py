@@ -1,0 +1,40 @@
+"""The ``svf`` command line on a tiny local model (no download)."""
+
+import pytest
+
+from helpers import tiny_model
+from svf.cli import main, parse_layers
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, char_tok):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)
+    char_tok.save_pretrained(path)
+    return path
+
+
+def test_parse_layers():
+    assert parse_layers("2-4,7") == [2, 3, 4, 7]
+
+
+def test_train_then_generate(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "field"
+    code = main(["train", "--model", str(tiny_dir), "--layers", "0-3", "--steer-layers", "1,2",
+                 "--pairs", "40", "--max-epochs", "2", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "linear(CAA)" in printed and (out / "field.safetensors").exists()
+    code = main(["generate", "--model", str(tiny_dir), "--field", str(out), "--prompt", "hello",
+                 "--strength", "2", "--max-new-tokens", "5"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "unsteered" in printed and "steered" in printed
+    rows = [line for line in printed.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) == 5  # one row per generated token, each with two scores
+
+
+def test_generate_with_a_missing_field_fails_cleanly(tiny_dir, tmp_path, capsys):
+    code = main(["generate", "--model", str(tiny_dir), "--field", str(tmp_path / "nope"), "--prompt", "x"])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err

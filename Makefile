@@ -16,6 +16,8 @@ STAMPS := $(VENV)/.svf-stamps
 TORCH_VERSION := 2.13.0
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The demo and the tests never reach a model hub: everything they load is local.
+export HF_HUB_OFFLINE := 1
 # ninja and the venv's tools on PATH for the extension build and the tests
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -47,7 +49,7 @@ install: $(STAMPS)/install
 # Converts the default GGUF model into ~/.cache/svf-kernels (or $$SVF_CACHE_DIR) once;
 # a quick no-op when it is already there.
 model: install
-	$(PY) -m svf.models prepare
+	$(BIN)/svf prepare
 
 demo: model
 	$(BIN)/svf demo

@@ -98,6 +98,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .models import prepare_default_model
+
+    print(prepare_default_model(force=args.force))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="svf", description="Steering Vector Fields for Hugging Face models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-new-tokens", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("prepare", help="convert the default model once into the cache")
+    m.add_argument("--force", action="store_true", help="convert again even when cached")
+    m.set_defaults(func=cmd_prepare)
     return p
 
 

@@ -1,8 +1,8 @@
 """The ``svf`` command line on a tiny local model (no download)."""
 
 import pytest
-
 from helpers import tiny_model
+
 from svf.cli import main, parse_layers
 
 

@@ -1,8 +1,8 @@
 """Scorer training: separable synthetic data, the linear baseline, activation extraction."""
 
 import torch
-
 from helpers import tiny_model
+
 from svf.activations import last_token_activations
 from svf.training import Features, TrainConfig, linear_baseline, scorer_accuracy, train_scorer
 

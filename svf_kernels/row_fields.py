@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .errors import SVFArgumentError
-from .op import field_update_
+from .op import check_field_args, field_update_
+from .reference import STORAGE_DTYPES
 
 
 class RowField(nn.Module):
@@ -45,12 +46,35 @@ class PackedField(RowField):
         self.register_buffer("w2", w2.detach().float().contiguous())
         self.register_buffer("b2", b2.detach().float().reshape(-1).contiguous())
         self.tau, self.normalize, self.eps = float(tau), bool(normalize), float(eps)
+        d = self.A.shape[-1]
+        # Parameters are checked once here; per call only the rows need checking.
+        check_field_args(torch.zeros(1, d), self.A, self.c, self.w2, self.b2, torch.zeros(1),
+                         self.tau, "gelu_tanh", self.eps, None)
+        self._alpha_cache: tuple[float, int, torch.device, torch.Tensor] | None = None
+
+    def _alpha(self, alpha: float, n: int, device: torch.device) -> torch.Tensor:
+        cached = self._alpha_cache
+        if cached is None or cached[0] != alpha or cached[1] != n or cached[2] != device:
+            cached = (alpha, n, device, torch.full((n,), alpha, dtype=torch.float32, device=device))
+            self._alpha_cache = cached
+        return cached[3]
 
     @property
     def hidden_size(self) -> int:
         return self.A.shape[-1]
 
     def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        fast = (
+            rows.dim() == 2 and rows.dtype in STORAGE_DTYPES and rows.stride(-1) == 1
+            and rows.shape[-1] == self.A.shape[-1] and rows.device == self.A.device
+            and not isinstance(alpha, torch.Tensor)
+            and not torch.compiler.is_compiling()
+        )
+        if fast:  # parameters were validated at construction: skip the per-call checks
+            return torch.ops.svf.field_update_(
+                rows, self.A, self.c, self.w2, self.b2, self._alpha(float(alpha), rows.shape[0], rows.device),
+                self.tau, self.normalize, "gelu_tanh", self.eps, None,
+            )
         return field_update_(
             rows, self.A, self.c, self.w2, self.b2, alpha,
             tau=self.tau, normalize=self.normalize, eps=self.eps,

@@ -27,6 +27,9 @@ class StepPlan:
     indexes ``cat([last_delta [B, d], fresh_delta [len(refresh), d]])``.
     ``store_rows`` / ``store_src``: after this pass, ``last_delta[store_rows] =
     fresh_delta[store_src]`` (the latest refreshed displacement of each batch row).
+    ``last_only``: the plan is exactly "refresh the last position of every row" (decoding,
+    and a left-padded prompt pass); the field then runs on the ``[B, d]`` view in place,
+    and ``refresh`` holds the batch rows ``0..B-1``.
     ``None`` for the whole plan means every position is refreshed.
     """
 
@@ -36,6 +39,7 @@ class StepPlan:
     reuse_src: torch.Tensor | None = None
     store_rows: torch.Tensor | None = None
     store_src: torch.Tensor | None = None
+    last_only: bool = False
 
 
 class FusedSteeringField(nn.Module):
@@ -83,6 +87,9 @@ class FusedSteeringField(nn.Module):
         """Apply the field to ``hidden`` ``[B, T, d]`` in place at the planned positions."""
         B, T, d = hidden.shape
         plan = self.planner() if self.planner is not None else None
+        if plan is not None and plan.last_only:  # the decoding hot path: no gather/scatter
+            self.last_scores = self.field.apply_(hidden[:, -1], self._row_alpha(plan.refresh))
+            return
         flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
         work = flat if flat is not None else hidden.reshape(B * T, d)
         if plan is None:

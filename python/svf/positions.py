@@ -48,6 +48,7 @@ class PositionTracker:
             raise SVFArgumentError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
         self.refresh, self.positions = refresh, positions
         self.plan: StepPlan | None = None
+        self._last_only_plan: StepPlan | None = None
         self.past_length = 0
         self.reset()
 
@@ -99,14 +100,24 @@ class PositionTracker:
             self.prompt_ids = None
             self.last_real = torch.full((B,), -1, dtype=torch.long)
 
+    def _last_only(self, B: int) -> StepPlan:
+        """The plan "last position of every row, refreshed", cached per batch size."""
+        if self._last_only_plan is None or self._last_only_plan.batch != B:
+            self._last_only_plan = StepPlan(B, torch.arange(B), last_only=True)
+        return self._last_only_plan
+
     def _plan(self, B: int, T: int, s0: int) -> StepPlan:
         P, last_real, K = self.prompt_len, self.last_real, self.refresh
+        if K == 1 and T == 1 and s0 >= P:  # a decoding step: the new token of every row
+            return self._last_only(B)
         t = s0 + torch.arange(T)
         is_last = t[None, :] == last_real[:, None]
         steer = is_last | (t >= P)[None, :]
         k = torch.where(is_last, 0, t[None, :] - P + 1)  # generated-token step, 0 = prompt end
         r = k % K
         refresh_mask = steer & (r == 0)
+        if K == 1 and bool(refresh_mask[:, -1].all()) and int(refresh_mask.sum()) == B:
+            return self._last_only(B)
         refresh = refresh_mask.reshape(-1).nonzero().flatten()
         if K == 1:
             return StepPlan(B, refresh)

@@ -116,10 +116,12 @@ class Steering:
         if plan is None or scores is None or plan.refresh.numel() == 0:
             return
         T = self._length
+        rows, cols = (plan.refresh, torch.full_like(plan.refresh, T - 1)) if plan.last_only else (
+            plan.refresh // T, plan.refresh % T)
         self.trace.append(
             {
-                "rows": plan.refresh // T,
-                "positions": self.tracker.past_length + plan.refresh % T,
+                "rows": rows,
+                "positions": self.tracker.past_length + cols,
                 "scores": scores.detach().float().cpu(),
             }
         )

@@ -1,0 +1,144 @@
+"""End-to-end decode latency: unsteered vs CAA vs SVF paper-style vs SVF fused.
+
+Per-token latency of greedy decoding with a KV cache, K = 1 (the field is recomputed at
+every token), for 1 layer, 4 layers and all layers steered. All modes run interleaved in
+one process, medians over repeats, reported as ratios to unsteered from the same run.
+
+    python benchmarks/bench_decode.py                      # default model, CPU
+    python benchmarks/bench_decode.py --model llama3-8b-random --device cuda --dtype bfloat16 --batch 1 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, random_scorer
+from paper_style import PaperStyleSteering
+
+from svf.field import SteeringField
+from svf.hf import hidden_size, num_layers
+from svf.steering import steer
+
+
+def load(name: str, device: str, dtype: torch.dtype):
+    """The default model, or a randomly initialised Llama-3-8B-shaped model (no download)."""
+    if name == "llama3-8b-random":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                          max_position_embeddings=8192, rope_theta=500000.0)
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+        torch.set_default_dtype(torch.float32)
+        return model.eval(), None
+    from svf.models import load_model
+
+    return load_model(name, dtype=dtype, device=device)
+
+
+def per_token_seconds(model, ids, new_tokens: int) -> float:
+    """(time for 1 + new_tokens tokens - time for 1 token) / new_tokens."""
+    def run(n):
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+    return (run(1 + new_tokens) - run(1)) / new_tokens
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    model, _ = load(args.model, args.device, dtype)
+    L, d = num_layers(model), hidden_size(model)
+    scorer = random_scorer(d, tuple(range(L))).to(args.device)
+    field = SteeringField(scorer, "bench", args.model, L, tuple(range(L)), torch.ones(L), torch.randn(L, d))
+    layer_sets = {"1": [L // 2], "4": list(range(L // 2 - 2, L // 2 + 2)), "all": list(range(L))}
+    modes = [("unsteered", None)]
+    for name, layers in layer_sets.items():
+        modes += [(f"caa/{name}", layers), (f"svf-paper/{name}", layers), (f"svf-fused/{name}", layers)]
+    rows = []
+    for batch in args.batch:
+        torch.manual_seed(0)
+        ids = torch.randint(100, 1000, (batch, args.prompt_tokens), device=args.device)
+        times: dict[str, list[float]] = {m: [] for m, _ in modes}
+        with torch.no_grad():
+            for _ in tqdm(range(args.repeats), desc=f"decode batch {batch}"):
+                for mode, layers in modes:  # interleaved: every mode sees the same noise
+                    if layers is None:
+                        times[mode].append(per_token_seconds(model, ids, args.new_tokens))
+                    elif mode.startswith("svf-paper"):
+                        with PaperStyleSteering(model, scorer, dict.fromkeys(layers, 1.0)):
+                            times[mode].append(per_token_seconds(model, ids, args.new_tokens))
+                    else:
+                        method = "caa" if mode.startswith("caa") else "svf"
+                        with steer(model, field, alpha=1.0, layers=layers, method=method):
+                            times[mode].append(per_token_seconds(model, ids, args.new_tokens))
+        base = statistics.median(times["unsteered"])
+        for mode, _ in modes:
+            med = statistics.median(times[mode])
+            rows.append({"model": args.model, "device": args.device, "dtype": args.dtype, "batch": batch,
+                         "mode": mode, "ms_per_token": 1e3 * med, "ratio_to_unsteered": med / base})
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"decode_{args.model}_{args.device}".replace("/", "_")
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _plot(rows, args.out / f"{stem}.png")
+    info = machine()
+    print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
+          f"commit {info['commit']}), {args.new_tokens} new tokens, median of {args.repeats}")
+    print("| batch | mode | ms/token | x unsteered |\n| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['batch']} | {r['mode']} | {r['ms_per_token']:.2f} | {r['ratio_to_unsteered']:.3f} |")
+    return 0
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(7 * len(batches), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        sel = [r for r in rows if r["batch"] == b]
+        ax.barh([r["mode"] for r in sel], [r["ratio_to_unsteered"] for r in sel])
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.axvline(1.05, color="r", lw=0.8, ls="--", label="+5%")
+        ax.set_xlabel("per-token latency / unsteered")
+        ax.set_title(f"batch {b}")
+        ax.invert_yaxis()
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

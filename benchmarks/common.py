@@ -1,0 +1,64 @@
+"""Shared pieces of the benchmarks: random fields of given sizes, timing, machine facts."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from svf.scorer import ConceptScorer, ScorerConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def random_scorer(d: int, layers: tuple[int, ...], r: int = 64, m: int = 64, seed: int = 0) -> ConceptScorer:
+    """A scorer of the default sizes with random weights (latency does not depend on them)."""
+    torch.manual_seed(seed)
+    scorer = ConceptScorer(ScorerConfig(d, layers, r=r, m=m))
+    with torch.no_grad():
+        for p in scorer.parameters():
+            p.normal_(0, 0.3)
+    return scorer.eval()
+
+
+def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def copy_bandwidth(n_bytes: int = 256 << 20) -> float:
+    """Measured copy bandwidth (bytes read + written per second) of this machine."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    t = median_time(lambda: dst.copy_(src), repeats=5)
+    return 2 * n_bytes / t
+
+
+def machine() -> dict[str, str]:
+    """Machine, commit and threads for the results header."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = "?"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": str(torch.get_num_threads()), "torch": torch.__version__, "commit": commit}

@@ -1,0 +1,83 @@
+"""Turn a pytest-benchmark JSON of bench_kernels.py into CSV, a plot and a Markdown table.
+
+Speed-ups are ratios of medians from the same run; bandwidth is (read h + read A + write h)
+per second against this machine's measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import copy_bandwidth
+
+
+def main(path: str) -> int:
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        rows.append({**{k: e[k] for k in ("provider", "d", "C", "N", "m", "device", "dtype")},
+                     "median_us": b["stats"]["median"] * 1e6,
+                     "GBps": e["bytes"] / b["stats"]["median"] / 1e9})
+    copy = copy_bandwidth() / 1e9 if rows and rows[0]["device"] == "cpu" else float("nan")
+    out = Path(path).with_suffix(".csv")
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    key = lambda r: (r["d"], r["C"], r["N"])
+    shapes = sorted({key(r) for r in rows})
+    providers = sorted({r["provider"] for r in rows}, key=["paper", "torch", "cpu", "cuda", "triton"].index)
+    med = {(key(r), r["provider"]): r for r in rows}
+    fused = [p for p in providers if p not in ("paper", "torch")]
+    head = "| d | C | N | " + " | ".join(f"{p} µs" for p in providers)
+    head += "".join(f" | {p}: x paper | {p}: x torch | {p} GB/s" for p in fused) + " |"
+    print(head)
+    print("|" + " --- |" * (3 + len(providers) + 3 * len(fused)))
+    for s in shapes:
+        cells = [f"{med[(s, p)]['median_us']:.1f}" if (s, p) in med else "-" for p in providers]
+        for p in fused:
+            r = med.get((s, p))
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [f"{med[(s, 'paper')]['median_us'] / r['median_us']:.1f}",
+                      f"{med[(s, 'torch')]['median_us'] / r['median_us']:.1f}", f"{r['GBps']:.2f}"]
+        print(f"| {s[0]} | {s[1]} | {s[2]} | " + " | ".join(cells) + " |")
+    print(f"\nmeasured copy bandwidth (read + write): {copy:.1f} GB/s")
+    _plot(rows, shapes, providers, Path(path).with_suffix(".png"))
+    print(f"wrote {out} and {Path(path).with_suffix('.png')}")
+    return 0
+
+
+def _plot(rows, shapes, providers, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
+    for ax, c in zip(axes[0], (1, 3)):
+        for p in providers:
+            for d, style in zip((576, 2048, 4096), ("-", "--", ":")):
+                sel = sorted((r for r in rows if r["provider"] == p and r["C"] == c and r["d"] == d),
+                             key=lambda r: r["N"])
+                if sel:
+                    ax.plot([r["N"] for r in sel], [r["median_us"] for r in sel], style, marker="o",
+                            label=f"{p} d={d}", color=f"C{providers.index(p)}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rows N")
+        ax.set_ylabel("median µs per call")
+        ax.set_title(f"C = {c} concept(s), m = 64")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1]))

@@ -58,31 +58,44 @@ def _sources(folder: str, suffixes: tuple[str, ...]) -> list[str]:
 
 
 def extension_modules() -> list:
-    """The compiled extensions to build.  Today: none (pure-Python install).
+    """The compiled extensions to build: ``svf_kernels._C`` (the ``cpu`` and ``cuda`` backends).
 
-    The compiled kernels arrive in a later issue.  They go here, and only here:
-
-    * a ``CppExtension`` from ``csrc/*.cpp`` + ``csrc/cpu/`` when torch is importable
-      (OpenMP, vectorised loops);
-    * the same module as a ``CUDAExtension`` that adds ``csrc/cuda/*.cu`` when
-      ``torch.version.cuda`` is set and ``nvcc`` exists.
-
-    A sketch of what that looks like, kept disabled until the sources exist::
-
-        torch = _torch()
-        if torch is None:
-            return []
-        from torch.utils.cpp_extension import CppExtension, CUDAExtension
-        cpu = _sources("csrc", (".cpp",))          # op registration + csrc/cpu/*.cpp
-        if _cuda_available(torch):
-            cu = _sources("csrc/cuda", (".cu", ".cpp"))
-            return [CUDAExtension("svf_kernels._C", cpu + cu, define_macros=[("SVF_WITH_CUDA", "1")],
-                                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
-                                  extra_link_args=["-fopenmp"])]
-        return [CppExtension("svf_kernels._C", cpu, extra_compile_args=["-O3", "-fopenmp"],
-                             extra_link_args=["-fopenmp"])]
+    * without torch: none (pure-Python install; the ``torch`` reference backend still works);
+    * with torch: a ``CppExtension`` from ``csrc/bindings.cpp`` + ``csrc/cpu/*.cpp``, built with
+      ``-O3 -fopenmp`` (no ``-march``: the vectorised loops target the baseline ISA, so the
+      build runs on any x86-64 / aarch64 CPU);
+    * when torch has CUDA and ``nvcc`` exists (``_cuda_available``): the same module as a
+      ``CUDAExtension`` that adds ``csrc/cuda/*.cu`` and ``csrc/cuda/*.cpp`` and defines
+      ``SVF_WITH_CUDA`` (``SVF_NO_CUDA=1`` forces the CPU-only build).
     """
-    return []
+    torch = _torch()
+    if torch is None:
+        return []
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = ["csrc/bindings.cpp", *_sources("csrc/cpu", (".cpp",))]
+    include_dirs = [str(ROOT / "csrc")]
+    cxx_flags = ["-O3", "-fopenmp"]
+    if _cuda_available(torch):
+        return [
+            CUDAExtension(
+                "svf_kernels._C",
+                sources + _sources("csrc/cuda", (".cu", ".cpp")),
+                include_dirs=include_dirs,
+                define_macros=[("SVF_WITH_CUDA", "1")],
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+    return [
+        CppExtension(
+            "svf_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
 
 
 def _packages() -> list[str]:

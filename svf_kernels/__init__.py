@@ -4,6 +4,7 @@
 ``FusedSteeringField`` wraps a decoder layer. Depends on torch only.
 """
 
+from . import backends  # noqa: F401 - registers the compiled backends (cpu, cuda) if built
 from .dispatch import available_backends, select_backend
 from .errors import SVFArgumentError
 from .op import field_update_

@@ -1,0 +1,293 @@
+// Fused field update on CPU tensors: the whole of DESIGN.md §3 for every row in one call.
+//
+// Per row (fp32 arithmetic whatever the storage dtype; see svf_kernels/reference.py):
+//   x = float(h); rms = sqrt(sum(x*x)/d + eps); hn = x / rms
+//   z = A_flat @ hn + c                  (A_flat = A.reshape(C*m, d))
+//   s_i = w2_i . gelu(z_i) + b2_i;  weights = softmax(-s / tau)
+//   g = A_flat^T (weights_i * gelu'(z_i) * w2_i)
+//   v = (g - hn * dot(hn, g) / d) / rms  (the RMS-norm Jacobian is linear in g, so the softmin
+//                                         sum over concepts is taken before projecting)
+//   dir = v / max(||v||, FLT_MIN) or v;  h += alpha * dir   (in place, when kept)
+// A row is left bit-identical when rows[r] is False, alpha[r] == 0, or the input or the new row
+// is not finite; its scores are still computed.
+//
+// Parallelism: rows across threads (at::parallel_for); when there are fewer rows than threads
+// and a row is large, the two mat-vecs of each row are split across threads instead (units for
+// z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
+// are contiguous fp32 loops with `omp simd` reductions, vectorised by the compiler at -O3 for
+// the baseline ISA (no -march flags).
+#include "field_update_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluC = 0.044715f;
+// Work (multiply-adds) below which a chunk of rows is not worth a thread hand-off.
+constexpr int64_t kMinParallelWork = int64_t{1} << 17;
+
+struct Problem {
+  const float* A;   // [C*m, d]
+  const float* c;   // [C*m]
+  const float* w2;  // [C*m]
+  const float* b2;  // [C]
+  int64_t C, m, d;
+  float tau, eps;
+  bool normalize;
+};
+
+struct Scratch {
+  std::vector<float> x, hn, g, z, coef, s;
+  explicit Scratch(const Problem& p)
+      : x(p.d), hn(p.d), g(p.d), z(p.C * p.m), coef(p.C * p.m), s(p.C) {}
+};
+
+inline float load(float v) { return v; }
+inline float load(c10::BFloat16 v) { return static_cast<float>(v); }
+inline float load(c10::Half v) { return static_cast<float>(v); }
+
+// z[u] = A[u, :] . hn + c[u] for u in [u0, u1).
+void matvec(const float* __restrict__ A, const float* __restrict__ hn,
+            const float* __restrict__ c, float* __restrict__ z, int64_t u0, int64_t u1,
+            int64_t d) {
+  int64_t u = u0;
+  for (; u + 4 <= u1; u += 4) {
+    const float* __restrict__ a0 = A + u * d;
+    const float* __restrict__ a1 = a0 + d;
+    const float* __restrict__ a2 = a1 + d;
+    const float* __restrict__ a3 = a2 + d;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t k = 0; k < d; ++k) {
+      const float h = hn[k];
+      s0 += a0[k] * h;
+      s1 += a1[k] * h;
+      s2 += a2[k] * h;
+      s3 += a3[k] * h;
+    }
+    z[u] = s0 + c[u];
+    z[u + 1] = s1 + c[u + 1];
+    z[u + 2] = s2 + c[u + 2];
+    z[u + 3] = s3 + c[u + 3];
+  }
+  for (; u < u1; ++u) {
+    const float* __restrict__ a0 = A + u * d;
+    float s0 = 0.f;
+#pragma omp simd reduction(+ : s0)
+    for (int64_t k = 0; k < d; ++k) s0 += a0[k] * hn[k];
+    z[u] = s0 + c[u];
+  }
+}
+
+// g[k] = sum_u coef[u] * A[u, k] for k in [k0, k1).
+void matvec_t(const float* __restrict__ A, const float* __restrict__ coef,
+              float* __restrict__ g, int64_t nu, int64_t d, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; ++k) g[k] = 0.f;
+  int64_t u = 0;
+  for (; u + 4 <= nu; u += 4) {
+    const float* __restrict__ a0 = A + u * d;
+    const float* __restrict__ a1 = a0 + d;
+    const float* __restrict__ a2 = a1 + d;
+    const float* __restrict__ a3 = a2 + d;
+    const float c0 = coef[u], c1 = coef[u + 1], c2 = coef[u + 2], c3 = coef[u + 3];
+#pragma omp simd
+    for (int64_t k = k0; k < k1; ++k) {
+      g[k] += c0 * a0[k] + c1 * a1[k] + c2 * a2[k] + c3 * a3[k];
+    }
+  }
+  for (; u < nu; ++u) {
+    const float* __restrict__ a0 = A + u * d;
+    const float c0 = coef[u];
+#pragma omp simd
+    for (int64_t k = k0; k < k1; ++k) g[k] += c0 * a0[k];
+  }
+}
+
+// One row. `inner_parallel` splits the two mat-vecs across threads (few large rows).
+template <typename T>
+void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float* scores,
+                Scratch& w, bool inner_parallel) {
+  const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
+  float* __restrict__ x = w.x.data();
+  float* __restrict__ hn = w.hn.data();
+  float* __restrict__ g = w.g.data();
+  float* __restrict__ z = w.z.data();
+  float* __restrict__ coef = w.coef.data();
+
+  // x = float(h); sum of squares; `fin` stays 0 iff every x is finite (x * 0 is NaN otherwise).
+  float ss = 0.f, fin = 0.f;
+  for (int64_t k = 0; k < d; ++k) x[k] = load(h[k]);
+#pragma omp simd reduction(+ : ss, fin)
+  for (int64_t k = 0; k < d; ++k) {
+    ss += x[k] * x[k];
+    fin += x[k] * 0.f;
+  }
+  const float rms = std::sqrt(ss / static_cast<float>(d) + p.eps);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) hn[k] = x[k] / rms;
+
+  if (inner_parallel) {
+    at::parallel_for(0, nu, 8, [&](int64_t u0, int64_t u1) { matvec(p.A, hn, p.c, z, u0, u1, d); });
+  } else {
+    matvec(p.A, hn, p.c, z, 0, nu, d);
+  }
+
+  // Scores and act'(z) * w2, per concept.
+  for (int64_t i = 0; i < C; ++i) {
+    float s = 0.f;
+    for (int64_t j = i * m; j < (i + 1) * m; ++j) {
+      const float zz = z[j];
+      const float t = std::tanh(kGeluK * (zz + kGeluC * zz * zz * zz));
+      s += p.w2[j] * (0.5f * zz * (1.f + t));
+      const float dact =
+          0.5f * (1.f + t) + 0.5f * zz * (1.f - t * t) * kGeluK * (1.f + 3.f * kGeluC * zz * zz);
+      coef[j] = dact * p.w2[j];
+    }
+    w.s[i] = s + p.b2[i];
+    scores[i] = w.s[i];
+  }
+  if (!active || a == 0.f || !(fin == 0.f)) return;
+
+  // Softmin weights, folded into the coefficients.
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < C; ++i) mx = std::max(mx, -w.s[i] / p.tau);
+  float tot = 0.f;
+  for (int64_t i = 0; i < C; ++i) {
+    w.s[i] = std::exp(-w.s[i] / p.tau - mx);
+    tot += w.s[i];
+  }
+  for (int64_t i = 0; i < C; ++i) {
+    const float wi = w.s[i] / tot;
+    for (int64_t j = i * m; j < (i + 1) * m; ++j) coef[j] *= wi;
+  }
+
+  if (inner_parallel) {
+    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(p.A, coef, g, nu, d, k0, k1); });
+  } else {
+    matvec_t(p.A, coef, g, nu, d, 0, d);
+  }
+
+  // Project through the RMS-norm Jacobian.
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t k = 0; k < d; ++k) dot += hn[k] * g[k];
+  const float proj = dot / static_cast<float>(d);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - hn[k] * proj) / rms;
+
+  if (p.normalize) {
+    float nn = 0.f;
+#pragma omp simd reduction(+ : nn)
+    for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
+    const float den = std::max(std::sqrt(nn), FLT_MIN);
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
+  }
+
+  // New row (fp32); written back only if every entry is finite.
+  float fin2 = 0.f;
+#pragma omp simd reduction(+ : fin2)
+  for (int64_t k = 0; k < d; ++k) {
+    x[k] = x[k] + a * g[k];
+    fin2 += x[k] * 0.f;
+  }
+  if (!(fin2 == 0.f)) return;
+  for (int64_t k = 0; k < d; ++k) h[k] = static_cast<T>(x[k]);
+}
+
+template <typename T>
+void run(const Problem& p, at::Tensor& hidden, const float* alpha, const bool* rows,
+         float* scores) {
+  const int64_t n = hidden.size(0);
+  const int64_t stride = hidden.stride(0);
+  T* base = hidden.data_ptr<T>();
+  const int64_t row_work = std::max<int64_t>(1, 2 * p.C * p.m * p.d);
+  const int64_t threads = at::get_num_threads();
+  const bool inner = threads > 1 && n < threads && row_work >= 4 * kMinParallelWork &&
+                     !at::in_parallel_region();
+  if (inner) {
+    Scratch w(p);
+    for (int64_t r = 0; r < n; ++r) {
+      update_row<T>(p, base + r * stride, alpha[r], rows == nullptr || rows[r], scores + r * p.C,
+                    w, true);
+    }
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / row_work);
+  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    Scratch w(p);
+    for (int64_t r = r0; r < r1; ++r) {
+      update_row<T>(p, base + r * stride, alpha[r], rows == nullptr || rows[r], scores + r * p.C,
+                    w, false);
+    }
+  });
+}
+
+at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+}  // namespace
+
+at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
+                            at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
+                            double eps, c10::optional<at::Tensor> rows) {
+  TORCH_CHECK(hidden.device().is_cpu(), "field_update_cpu: hidden must be a CPU tensor");
+  TORCH_CHECK(hidden.dim() == 2, "field_update_cpu: hidden must be [N, d], got ", hidden.sizes());
+  const auto st = hidden.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf,
+              "field_update_cpu: hidden must be float32, bfloat16 or float16, got ", st,
+              " (float64 goes to the torch reference backend)");
+  const int64_t n = hidden.size(0), d = hidden.size(1);
+  TORCH_CHECK(hidden.stride(1) == 1 || d <= 1,
+              "field_update_cpu: hidden rows must be contiguous in the last dimension");
+  TORCH_CHECK(A.dim() == 3 && A.size(2) == d, "field_update_cpu: A must be [C, m, ", d, "], got ",
+              A.sizes());
+  const int64_t C = A.size(0), m = A.size(1);
+  TORCH_CHECK(C >= 1 && m >= 1, "field_update_cpu: A must have C >= 1 and m >= 1");
+  TORCH_CHECK(c.numel() == C * m && w2.numel() == C * m && b2.numel() == C,
+              "field_update_cpu: c, w2 must be [C, m] and b2 [C]");
+  TORCH_CHECK(alpha.numel() == n, "field_update_cpu: alpha must be [N]");
+  for (const at::Tensor* t : {&A, &c, &w2, &b2, &alpha}) {
+    TORCH_CHECK(t->device().is_cpu(), "field_update_cpu: all tensors must be on the CPU");
+  }
+  TORCH_CHECK(tau > 0, "field_update_cpu: tau must be > 0");
+
+  const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
+  const at::Tensor alpha32 = as_f32(alpha);
+  at::Tensor rows_b;
+  const bool* rows_ptr = nullptr;
+  if (rows.has_value() && rows->defined()) {
+    TORCH_CHECK(rows->scalar_type() == at::kBool && rows->numel() == n && rows->device().is_cpu(),
+                "field_update_cpu: rows must be a [N] bool mask on the CPU");
+    rows_b = rows->contiguous();
+    rows_ptr = rows_b.data_ptr<bool>();
+  }
+  at::Tensor scores = at::empty({n, C}, hidden.options().dtype(at::kFloat));
+  if (n == 0) return scores;
+
+  const Problem p{A32.data_ptr<float>(), c32.data_ptr<float>(), w232.data_ptr<float>(),
+                  b232.data_ptr<float>(), C, m, d, static_cast<float>(tau),
+                  static_cast<float>(eps), normalize};
+  const float* alpha_ptr = alpha32.data_ptr<float>();
+  float* scores_ptr = scores.data_ptr<float>();
+  switch (st) {
+    case at::kFloat:
+      run<float>(p, hidden, alpha_ptr, rows_ptr, scores_ptr);
+      break;
+    case at::kBFloat16:
+      run<c10::BFloat16>(p, hidden, alpha_ptr, rows_ptr, scores_ptr);
+      break;
+    default:
+      run<c10::Half>(p, hidden, alpha_ptr, rows_ptr, scores_ptr);
+      break;
+  }
+  return scores;
+}

@@ -1,0 +1,80 @@
+// Torch wrapper: argument checks, fp32 parameter conversion, workspace, launch on the current
+// stream. Compiled only where torch has CUDA (SVF_WITH_CUDA).
+#include "field_update_cuda.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "field_update_kernel.h"
+
+namespace {
+
+at::Tensor as_f32(const at::Tensor& t) {
+  return t.to(at::kFloat).contiguous();
+}
+
+}  // namespace
+
+at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
+                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
+                             double eps, c10::optional<at::Tensor> rows) {
+  TORCH_CHECK(hidden.is_cuda(), "field_update_cuda: hidden must be a CUDA tensor");
+  TORCH_CHECK(hidden.dim() == 2, "field_update_cuda: hidden must be [N, d]");
+  TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1,
+              "field_update_cuda: hidden rows must be contiguous in the last dimension");
+  int dtype = -1;
+  if (hidden.scalar_type() == at::kFloat) {
+    dtype = SVF_DTYPE_F32;
+  } else if (hidden.scalar_type() == at::kBFloat16) {
+    dtype = SVF_DTYPE_BF16;
+  } else if (hidden.scalar_type() == at::kHalf) {
+    dtype = SVF_DTYPE_F16;
+  }
+  TORCH_CHECK(dtype >= 0, "field_update_cuda: hidden must be float32, bfloat16 or float16, got ",
+              hidden.scalar_type());
+  const int64_t n = hidden.size(0), d = hidden.size(1);
+  TORCH_CHECK(A.dim() == 3 && A.size(2) == d, "field_update_cuda: A must be [C, m, d]");
+  const int64_t C = A.size(0), m = A.size(1);
+  TORCH_CHECK(C >= 1 && m >= 1 && C * m <= (1 << 20), "field_update_cuda: bad C, m");
+  TORCH_CHECK(c.numel() == C * m && w2.numel() == C * m && b2.numel() == C,
+              "field_update_cuda: c, w2 must be [C, m] and b2 [C]");
+  TORCH_CHECK(alpha.numel() == n, "field_update_cuda: alpha must be [N]");
+  const at::Device dev = hidden.device();
+  for (const at::Tensor* t : {&A, &c, &w2, &b2, &alpha}) {
+    TORCH_CHECK(t->device() == dev, "field_update_cuda: all tensors must be on ", dev);
+  }
+  c10::cuda::CUDAGuard guard(dev);
+
+  const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
+  const at::Tensor alpha32 = as_f32(alpha);
+  at::Tensor rows_b;
+  if (rows.has_value() && rows->defined()) {
+    TORCH_CHECK(rows->scalar_type() == at::kBool && rows->numel() == n &&
+                    rows->device() == dev,
+                "field_update_cuda: rows must be a [N] bool mask on ", dev);
+    rows_b = rows->contiguous();
+  }
+  auto fopts = hidden.options().dtype(at::kFloat);
+  at::Tensor scores = at::empty({n, C}, fopts);
+  if (n == 0 || d == 0) {
+    if (n > 0) scores.zero_();
+    return scores;
+  }
+  at::Tensor ws = at::empty({svf_field_update_workspace_floats(n, d, static_cast<int>(C),
+                                                               static_cast<int>(m))},
+                            fopts);
+  const int64_t row_stride = n > 1 ? hidden.stride(0) : d;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream(dev.index()).stream();
+  const cudaError_t err = svf_field_update_launch(
+      hidden.data_ptr(), dtype, n, d, row_stride, A32.data_ptr<float>(), c32.data_ptr<float>(),
+      w232.data_ptr<float>(), b232.data_ptr<float>(), alpha32.data_ptr<float>(),
+      rows_b.defined() ? rows_b.data_ptr<bool>() : nullptr, static_cast<int>(C),
+      static_cast<int>(m), static_cast<float>(tau), normalize, static_cast<float>(eps),
+      scores.data_ptr<float>(), ws.data_ptr<float>(), stream);
+  TORCH_CHECK(err != cudaErrorInvalidValue,
+              "field_update_cuda: shapes not supported by the kernel (C*m too large for shared "
+              "memory, or too many rows/columns)");
+  C10_CUDA_CHECK(err);
+  return scores;
+}

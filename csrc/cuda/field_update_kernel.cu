@@ -1,0 +1,420 @@
+// Fused steering-vector-field update: CUDA kernels (no torch headers). See field_update_kernel.h
+// for the contract and svf_kernels/reference.py for the exact arithmetic.
+//
+// The C concepts' gradients are combined before the RMS-Jacobian projection, which is linear:
+//   v = sum_i w_i (g_i - hn (hn . g_i) / d) / rms = (G - hn (hn . G) / d) / rms,
+//   G = A_flat^T coef,  coef[i*m + u] = w_i * act'(z_iu) * w2_iu      (A_flat: [C*m, d])
+// so each row needs one [C*m] -> [d] product and one d-vector.
+//
+// Two schedules, both with no host synchronisation (CUDA-graph capturable):
+//  * split (decoding, few rows): five short kernels over grid (rows, tiles of d or of units)
+//      k_split_z       sum(h^2) and z = A h / rms + c           (blocks over units)
+//      k_split_g       scores, softmin, coef; G tile; partial hn.G (blocks over 256 columns)
+//      k_split_v       v tile (overwrites G); partial ||v||^2
+//      k_split_check   updated tile finite? -> per-tile flag
+//      k_split_write   write the tile when the whole row may be updated
+//  * fused (prefill, many rows): one block per row does all of the above with block barriers.
+// Workspace (floats): sumsq[n] | z[n, C*m] | gv[n, d] | part1[n, T] | part2[n, T] | flag[n, T],
+// T = ceil(d / kTile).
+
+#include "field_update_kernel.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cmath>
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTile = 256;            // columns per block in the split schedule (one per thread)
+constexpr int64_t kFusedMinRows = 96;  // automatic schedule: fused from this many rows on
+constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluC = 0.044715f;
+
+template <typename T>
+struct Io;
+template <>
+struct Io<float> {
+  static __device__ __forceinline__ float load(const float* p) { return *p; }
+  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+};
+template <>
+struct Io<__nv_bfloat16> {
+  static __device__ __forceinline__ float load(const __nv_bfloat16* p) {
+    return __bfloat162float(*p);
+  }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
+    *p = __float2bfloat16_rn(v);
+  }
+};
+template <>
+struct Io<__half> {
+  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
+  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+};
+
+struct Params {
+  void* hidden;
+  int64_t n, d, stride;
+  const float* A;
+  const float* c;
+  const float* w2;
+  const float* b2;
+  const float* alpha;
+  const bool* rows;
+  int C, m;
+  float tau, eps;
+  bool normalize;
+  float* scores;
+  int64_t tiles;  // T
+  // workspace views
+  float* sumsq;
+  float* z;
+  float* gv;
+  float* part1;
+  float* part2;
+  float* flag;
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide sum, broadcast to every thread; deterministic. Every thread must call it.
+__device__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float t = lane < kWarps ? scratch[lane] : 0.f;
+    t = warp_sum(t);
+    if (lane == 0) scratch[kWarps] = t;
+  }
+  __syncthreads();
+  return scratch[kWarps];
+}
+
+__device__ __forceinline__ float gelu_tanh(float z) {
+  const float t = tanhf(kGeluK * (z + kGeluC * z * z * z));
+  return 0.5f * z * (1.f + t);
+}
+
+__device__ __forceinline__ float gelu_tanh_grad(float z) {
+  const float t = tanhf(kGeluK * (z + kGeluC * z * z * z));
+  return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * kGeluK * (1.f + 3.f * kGeluC * z * z);
+}
+
+__device__ __forceinline__ float rms_of(const Params& p, float ss) {
+  return sqrtf(ss / static_cast<float>(p.d) + p.eps);
+}
+
+// Whether row n may be updated at all (the finiteness of the result is checked later).
+// A non-finite sum of squares means a non-finite input (or one so large that the reference's
+// update is exactly zero): the row is left unchanged either way.
+__device__ __forceinline__ bool row_active(const Params& p, int64_t n, float ss) {
+  return (p.rows == nullptr || p.rows[n]) && p.alpha[n] != 0.f && isfinite(ss);
+}
+
+template <typename T>
+__device__ float row_sumsq(const Params& p, const T* h, float* scratch) {
+  float acc = 0.f;
+  for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
+    const float x = Io<T>::load(h + j);
+    acc += x * x;
+  }
+  return block_sum(acc, scratch);
+}
+
+// z[u] = (A[u] . h) / rms + c[u] for units u0 <= u < u1, one warp per unit.
+template <typename T>
+__device__ void row_z(const Params& p, const T* h, float rms, int u0, int u1, float* z) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  for (int u = u0 + w; u < u1; u += kWarps) {
+    const float* a = p.A + static_cast<int64_t>(u) * p.d;
+    float s = 0.f;
+    for (int64_t j = lane; j < p.d; j += 32) s += a[j] * Io<T>::load(h + j);
+    s = warp_sum(s);
+    if (lane == 0) z[u] = s / rms + p.c[u];
+  }
+}
+
+// From z (this row's [C*m], global): scores (written to scores_out when not null), softmin
+// weights, and coef[u] = w_i act'(z_u) w2_u into shared memory. sc: C floats of shared memory.
+__device__ void scores_and_coef(const Params& p, const float* z, float* coef, float* sc,
+                                float* scratch, float* scores_out) {
+  const int m = p.m, C = p.C, Cm = C * m;
+  for (int i = 0; i < C; ++i) {
+    float acc = 0.f;
+    for (int u = threadIdx.x; u < m; u += kThreads) {
+      acc += p.w2[i * m + u] * gelu_tanh(z[i * m + u]);
+    }
+    const float s = block_sum(acc, scratch) + p.b2[i];
+    if (threadIdx.x == 0) sc[i] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mx = -INFINITY;
+    for (int i = 0; i < C; ++i) mx = fmaxf(mx, -sc[i] / p.tau);
+    if (scores_out != nullptr) {
+      for (int i = 0; i < C; ++i) scores_out[i] = sc[i];
+    }
+    float total = 0.f;
+    for (int i = 0; i < C; ++i) {
+      const float e = expf(-sc[i] / p.tau - mx);
+      sc[i] = e;
+      total += e;
+    }
+    for (int i = 0; i < C; ++i) sc[i] = sc[i] / total;
+  }
+  __syncthreads();
+  for (int u = threadIdx.x; u < Cm; u += kThreads) {
+    coef[u] = sc[u / m] * gelu_tanh_grad(z[u]) * p.w2[u];
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ float g_column(const Params& p, const float* coef, int64_t j) {
+  const int Cm = p.C * p.m;
+  float g = 0.f;
+  for (int u = 0; u < Cm; ++u) g += coef[u] * p.A[static_cast<int64_t>(u) * p.d + j];
+  return g;
+}
+
+__device__ __forceinline__ float updated(const Params& p, float h, float v, float nrm, float a) {
+  const float dir = p.normalize ? v / fmaxf(nrm, FLT_MIN) : v;
+  return h + a * dir;
+}
+
+// ---------------------------------------------------------------- split schedule (decoding)
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_split_z(Params p, int units_per_block) {
+  __shared__ float scratch[kWarps + 1];
+  const int64_t n = blockIdx.x;
+  const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
+  const float ss = row_sumsq<T>(p, h, scratch);
+  if (blockIdx.y == 0 && threadIdx.x == 0) p.sumsq[n] = ss;
+  const int Cm = p.C * p.m;
+  const int u0 = blockIdx.y * units_per_block;
+  const int u1 = min(u0 + units_per_block, Cm);
+  row_z<T>(p, h, rms_of(p, ss), u0, u1, p.z + n * Cm);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_split_g(Params p) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[kWarps + 1];
+  const int Cm = p.C * p.m;
+  float* coef = smem;
+  float* sc = smem + Cm;
+  const int64_t n = blockIdx.x;
+  const float ss = p.sumsq[n];
+  scores_and_coef(p, p.z + n * Cm, coef, sc, scratch,
+                  blockIdx.y == 0 ? p.scores + n * p.C : nullptr);
+  if (!row_active(p, n, ss)) return;  // uniform over the block
+  const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
+  const float rms = rms_of(p, ss);
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
+  float part = 0.f;
+  if (j < p.d) {
+    const float g = g_column(p, coef, j);
+    p.gv[n * p.d + j] = g;
+    part = (Io<T>::load(h + j) / rms) * g;
+  }
+  part = block_sum(part, scratch);
+  if (threadIdx.x == 0) p.part1[n * p.tiles + blockIdx.y] = part;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_split_v(Params p) {
+  __shared__ float scratch[kWarps + 1];
+  const int64_t n = blockIdx.x;
+  const float ss = p.sumsq[n];
+  if (!row_active(p, n, ss)) return;
+  float dot = 0.f;  // same order in every block and thread: deterministic
+  for (int64_t t = 0; t < p.tiles; ++t) dot += p.part1[n * p.tiles + t];
+  const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
+  const float rms = rms_of(p, ss);
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
+  float part = 0.f;
+  if (j < p.d) {
+    const float hn = Io<T>::load(h + j) / rms;
+    const float v = (p.gv[n * p.d + j] - hn * dot / static_cast<float>(p.d)) / rms;
+    p.gv[n * p.d + j] = v;
+    part = v * v;
+  }
+  part = block_sum(part, scratch);
+  if (threadIdx.x == 0) p.part2[n * p.tiles + blockIdx.y] = part;
+}
+
+__device__ __forceinline__ float row_norm(const Params& p, int64_t n) {
+  float s = 0.f;
+  for (int64_t t = 0; t < p.tiles; ++t) s += p.part2[n * p.tiles + t];
+  return sqrtf(s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_split_check(Params p) {
+  const int64_t n = blockIdx.x;
+  if (!row_active(p, n, p.sumsq[n])) return;
+  const float nrm = row_norm(p, n);
+  const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
+  bool ok = true;
+  if (j < p.d) ok = isfinite(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n]));
+  ok = __syncthreads_and(ok);
+  if (threadIdx.x == 0) p.flag[n * p.tiles + blockIdx.y] = ok ? 1.f : 0.f;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
+  const int64_t n = blockIdx.x;
+  if (!row_active(p, n, p.sumsq[n])) return;
+  for (int64_t t = 0; t < p.tiles; ++t) {
+    if (p.flag[n * p.tiles + t] == 0.f) return;
+  }
+  const float nrm = row_norm(p, n);
+  T* h = static_cast<T*>(p.hidden) + n * p.stride;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
+  if (j < p.d) Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n]));
+}
+
+// ---------------------------------------------------------------- fused schedule (prefill)
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) k_fused(Params p) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[kWarps + 1];
+  const int Cm = p.C * p.m;
+  float* coef = smem;
+  float* sc = smem + Cm;
+  const int64_t n = blockIdx.x;
+  T* h = static_cast<T*>(p.hidden) + n * p.stride;
+  float* z = p.z + n * Cm;
+  float* gv = p.gv + n * p.d;
+
+  const float ss = row_sumsq<T>(p, h, scratch);
+  const float rms = rms_of(p, ss);
+  row_z<T>(p, h, rms, 0, Cm, z);
+  __syncthreads();  // z (global) written by other warps of this block
+  scores_and_coef(p, z, coef, sc, scratch, p.scores + n * p.C);
+  if (!row_active(p, n, ss)) return;  // uniform over the block
+
+  float part = 0.f;
+  for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
+    const float g = g_column(p, coef, j);
+    gv[j] = g;
+    part += (Io<T>::load(h + j) / rms) * g;
+  }
+  const float dot = block_sum(part, scratch);
+  part = 0.f;
+  for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {  // each thread reads its own gv[j]
+    const float hn = Io<T>::load(h + j) / rms;
+    const float v = (gv[j] - hn * dot / static_cast<float>(p.d)) / rms;
+    gv[j] = v;
+    part += v * v;
+  }
+  const float nrm = sqrtf(block_sum(part, scratch));
+  const float a = p.alpha[n];
+  bool ok = true;
+  for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
+    ok = ok && isfinite(updated(p, Io<T>::load(h + j), gv[j], nrm, a));
+  }
+  if (!__syncthreads_and(ok)) return;
+  for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
+    Io<T>::store(h + j, updated(p, Io<T>::load(h + j), gv[j], nrm, a));
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(const Params& p, cudaStream_t stream, bool fused) {
+  const size_t smem = (static_cast<size_t>(p.C) * p.m + p.C) * sizeof(float);
+  if (fused) {
+    k_fused<T><<<dim3(static_cast<unsigned>(p.n)), kThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+  }
+  const int Cm = p.C * p.m;
+  // Few rows: one unit per warp spreads A over many blocks; more rows: fewer, fuller blocks.
+  const int upb = p.n >= 16 ? 4 * kWarps : kWarps;
+  const dim3 grid_z(static_cast<unsigned>(p.n), static_cast<unsigned>((Cm + upb - 1) / upb));
+  const dim3 grid_d(static_cast<unsigned>(p.n), static_cast<unsigned>(p.tiles));
+  k_split_z<T><<<grid_z, kThreads, 0, stream>>>(p, upb);
+  k_split_g<T><<<grid_d, kThreads, smem, stream>>>(p);
+  k_split_v<T><<<grid_d, kThreads, 0, stream>>>(p);
+  k_split_check<T><<<grid_d, kThreads, 0, stream>>>(p);
+  k_split_write<T><<<grid_d, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+extern "C" int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m) {
+  const int64_t tiles = (d + kTile - 1) / kTile;
+  return n + n * static_cast<int64_t>(C) * m + n * d + 3 * n * tiles;
+}
+
+extern "C" cudaError_t svf_field_update_launch_ex(
+    void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
+    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows, int C,
+    int m, float tau, bool normalize, float eps, float* scores, float* workspace,
+    cudaStream_t stream, int path) {
+  if (n == 0) return cudaSuccess;
+  if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t tiles = (d + kTile - 1) / kTile;
+  const size_t smem = (static_cast<size_t>(C) * m + C) * sizeof(float);
+  if (smem > 48 * 1024 || n > 0x7fffffffLL || tiles > 65535) return cudaErrorInvalidValue;
+  Params p;
+  p.hidden = hidden;
+  p.n = n;
+  p.d = d;
+  p.stride = row_stride;
+  p.A = A;
+  p.c = c;
+  p.w2 = w2;
+  p.b2 = b2;
+  p.alpha = alpha;
+  p.rows = rows;
+  p.C = C;
+  p.m = m;
+  p.tau = tau;
+  p.eps = eps;
+  p.normalize = normalize;
+  p.scores = scores;
+  p.tiles = tiles;
+  p.sumsq = workspace;
+  p.z = p.sumsq + n;
+  p.gv = p.z + n * static_cast<int64_t>(C) * m;
+  p.part1 = p.gv + n * d;
+  p.part2 = p.part1 + n * tiles;
+  p.flag = p.part2 + n * tiles;
+  const bool fused = path == 0 || (path < 0 && n >= kFusedMinRows);
+  switch (dtype) {
+    case SVF_DTYPE_F32:
+      return launch_typed<float>(p, stream, fused);
+    case SVF_DTYPE_BF16:
+      return launch_typed<__nv_bfloat16>(p, stream, fused);
+    case SVF_DTYPE_F16:
+      return launch_typed<__half>(p, stream, fused);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+extern "C" cudaError_t svf_field_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
+                                               int64_t row_stride, const float* A, const float* c,
+                                               const float* w2, const float* b2,
+                                               const float* alpha, const bool* rows, int C, int m,
+                                               float tau, bool normalize, float eps, float* scores,
+                                               float* workspace, cudaStream_t stream) {
+  return svf_field_update_launch_ex(hidden, dtype, n, d, row_stride, A, c, w2, b2, alpha, rows, C,
+                                    m, tau, normalize, eps, scores, workspace, stream, -1);
+}

@@ -1,0 +1,49 @@
+// Fused steering-vector-field update (DESIGN.md §2–§3), plain CUDA C++: no torch headers, so
+// `nvcc -c field_update_kernel.cu` checks it in seconds on machines without torch or a GPU.
+//
+// Semantics are those of svf_kernels/reference.py (the reference): for every row h of `hidden`
+//   rms = sqrt(mean(h*h) + eps); hn = h / rms; z_i = A_i @ hn + c_i; s_i = w2_i @ act(z_i) + b2_i
+//   g_i = A_i^T (act'(z_i) * w2_i); v_i = (g_i - hn * dot(hn, g_i) / d) / rms
+//   v = sum_i softmax(-s / tau)_i v_i; dir = normalize ? v / max(||v||, FLT_MIN) : v
+//   h += alpha * dir   (fp32 arithmetic; a row is left bit-identical when rows[n] is false,
+//                       alpha[n] == 0, or its input or its updated value is not finite)
+// scores [N, C] (fp32, before the update) are written for every row.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Storage dtypes of `hidden`.
+enum { SVF_DTYPE_F32 = 0, SVF_DTYPE_BF16 = 1, SVF_DTYPE_F16 = 2 };
+
+// Number of floats the caller must provide as `workspace` for these shapes.
+int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m);
+
+// hidden: [n, d] rows `row_stride` elements apart, last dimension contiguous, dtype per enum.
+// A: [C, m, d]; c, w2: [C, m]; b2: [C]; alpha: [n]   -- all fp32, contiguous, on the device.
+// rows: [n] bool mask or nullptr. scores: [n, C] fp32 output. workspace: see above.
+// Everything is enqueued on `stream` with no host synchronisation (CUDA-graph capturable).
+// Returns the first launch error (cudaGetLastError) or cudaSuccess.
+cudaError_t svf_field_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
+                                    int64_t row_stride, const float* A, const float* c,
+                                    const float* w2, const float* b2, const float* alpha,
+                                    const bool* rows, int C, int m, float tau, bool normalize,
+                                    float eps, float* scores, float* workspace,
+                                    cudaStream_t stream);
+
+// Same, choosing the schedule: path = -1 automatic, 0 one block per row (prefill),
+// 1 split over many blocks per row (decoding: few rows).
+cudaError_t svf_field_update_launch_ex(void* hidden, int dtype, int64_t n, int64_t d,
+                                       int64_t row_stride, const float* A, const float* c,
+                                       const float* w2, const float* b2, const float* alpha,
+                                       const bool* rows, int C, int m, float tau, bool normalize,
+                                       float eps, float* scores, float* workspace,
+                                       cudaStream_t stream, int path);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,273 @@
+"""The ``triton`` backend: the fused field update (DESIGN.md §3) as a Triton kernel.
+
+One program per row. Per row, with ``A_flat = A.reshape(C*m, d)`` (the concepts' gradients are
+combined before the RMS-Jacobian projection, which is linear in ``g``)::
+
+    pass 1  sum(h^2) -> rms
+    pass 2  z = A_flat @ h / rms + c   (tiles of BLOCK_U units x BLOCK_D columns; z to a scratch
+            buffer), scores s_i = w2_i . act(z_i) + b2_i, softmin weights w = softmax(-s / tau)
+    pass 3  G = A_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
+    pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v||
+    pass 5  new = h + alpha * v / max(||v||, FLT_MIN)  (or v): all finite?
+    pass 6  write new when the row may change
+
+fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``alpha == 0``, or a
+non-finite input or result are left bit-identical; scores are written for every row. Triton has
+no CPU backend: on CPU tensors this runs only under ``TRITON_INTERPRET=1`` (set before triton is
+imported), hundreds of times slower, which is how the tests exercise it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..dispatch import Backend, register_backend
+from ..reference import field_update_reference
+
+try:
+    import triton
+    import triton.language as tl
+
+    _TRITON_ERROR = ""
+except Exception as exc:  # noqa: BLE001 - any failure to import triton means "unavailable"
+    triton = None
+    tl = None
+    _TRITON_ERROR = f"{type(exc).__name__}: {exc}"
+
+_FLT_MAX = 3.4028234663852886e38
+_FLT_MIN = 1.1754943508222875e-38
+_GELU_K = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_C = 0.044715
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if triton is not None:
+    _K_FLT_MAX = tl.constexpr(_FLT_MAX)
+    _K_FLT_MIN = tl.constexpr(_FLT_MIN)
+
+    @triton.jit
+    def _tanh(x):
+        # tanh(x) = 2 sigmoid(2x) - 1; exp overflow gives the right limits (+-1)
+        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+    @triton.jit
+    def _gelu(z):
+        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        return 0.5 * z * (1.0 + t)
+
+    @triton.jit
+    def _gelu_grad(z):
+        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (
+            1.0 + 3.0 * 0.044715 * z * z
+        )
+
+    @triton.jit
+    def _field_update_kernel(
+        h_ptr, stride_h, A_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, rows_ptr, scores_ptr,
+        z_ptr, g_ptr, d, m, C, tau, eps,
+        HAS_ROWS: tl.constexpr, NORMALIZE: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        h_row = h_ptr + row * stride_h
+        Cm = C * m
+        z_row = z_ptr + row * Cm
+        g_row = g_ptr + row * d
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_u = tl.arange(0, BLOCK_U)
+        offs_c = tl.arange(0, BLOCK_C)
+
+        # pass 1: rms
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, d, BLOCK_D):
+            dd = d0 + offs_d
+            x = tl.load(h_row + dd, mask=dd < d, other=0.0).to(tl.float32)
+            acc += x * x
+        ss = tl.sum(acc, axis=0)
+        rms = tl.sqrt(ss / d + eps)
+
+        # pass 2: z, scores, softmin weights
+        svec = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for i in range(C):
+            sacc = tl.zeros([BLOCK_U], dtype=tl.float32)
+            for u0 in range(0, m, BLOCK_U):
+                uu = u0 + offs_u
+                umask = uu < m
+                ui = (i * m + uu).to(tl.int64)
+                zacc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
+                for d0 in range(0, d, BLOCK_D):
+                    dd = d0 + offs_d
+                    dmask = dd < d
+                    x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
+                    a = tl.load(
+                        A_ptr + ui[:, None] * d + dd[None, :],
+                        mask=umask[:, None] & dmask[None, :], other=0.0,
+                    )
+                    zacc += a * x[None, :]
+                z = tl.sum(zacc, axis=1) / rms + tl.load(c_ptr + ui, mask=umask, other=0.0)
+                tl.store(z_row + ui, z, mask=umask)
+                w2 = tl.load(w2_ptr + ui, mask=umask, other=0.0)
+                sacc += tl.where(umask, w2 * _gelu(z), 0.0)
+            s = tl.sum(sacc, axis=0) + tl.load(b2_ptr + i)
+            svec = tl.where(offs_c == i, s, svec)
+        cmask = offs_c < C
+        tl.store(scores_ptr + row * C + offs_c, svec, mask=cmask)
+        t = tl.where(cmask, -svec / tau, -_K_FLT_MAX)
+        e = tl.where(cmask, tl.exp(t - tl.max(t, axis=0)), 0.0)
+        wts = e / tl.sum(e, axis=0)
+
+        alpha = tl.load(alpha_ptr + row).to(tl.float32)
+        # a non-finite sum of squares: non-finite input (or so large that the update is 0)
+        active = (alpha != 0.0) & (ss <= _K_FLT_MAX)
+        if HAS_ROWS:
+            active = active & (tl.load(rows_ptr + row) != 0)
+        if active:
+            tl.debug_barrier()  # z was stored with another layout
+            # pass 3: G = A_flat^T coef, dot = hn . G
+            dacc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for d0 in range(0, d, BLOCK_D):
+                dd = d0 + offs_d
+                dmask = dd < d
+                gacc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
+                for u0 in range(0, Cm, BLOCK_U):
+                    uu = u0 + offs_u
+                    umask = uu < Cm
+                    ui = uu.to(tl.int64)
+                    z = tl.load(z_row + ui, mask=umask, other=0.0)
+                    w2 = tl.load(w2_ptr + ui, mask=umask, other=0.0)
+                    wi = tl.sum(tl.where((uu // m)[:, None] == offs_c[None, :], wts[None, :], 0.0),
+                                axis=1)
+                    coef = tl.where(umask, wi * _gelu_grad(z) * w2, 0.0)
+                    a = tl.load(
+                        A_ptr + ui[:, None] * d + dd[None, :],
+                        mask=umask[:, None] & dmask[None, :], other=0.0,
+                    )
+                    gacc += coef[:, None] * a
+                g = tl.sum(gacc, axis=0)
+                tl.store(g_row + dd, g, mask=dmask)
+                x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
+                dacc += (x / rms) * g
+            dot = tl.sum(dacc, axis=0)
+            tl.debug_barrier()
+            # pass 4: v (overwrites G), ||v||
+            vacc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for d0 in range(0, d, BLOCK_D):
+                dd = d0 + offs_d
+                dmask = dd < d
+                x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
+                g = tl.load(g_row + dd, mask=dmask, other=0.0)
+                v = (g - (x / rms) * dot / d) / rms
+                tl.store(g_row + dd, v, mask=dmask)
+                vacc += v * v
+            nrm = tl.sqrt(tl.sum(vacc, axis=0))
+            den = tl.maximum(nrm, _K_FLT_MIN)
+            tl.debug_barrier()
+            # pass 5: is the whole updated row finite?
+            bad = tl.zeros([BLOCK_D], dtype=tl.int32)
+            for d0 in range(0, d, BLOCK_D):
+                dd = d0 + offs_d
+                dmask = dd < d
+                x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
+                v = tl.load(g_row + dd, mask=dmask, other=0.0)
+                if NORMALIZE:
+                    v = v / den
+                new = x + alpha * v
+                bad += tl.where(dmask & ~(tl.abs(new) <= _K_FLT_MAX), 1, 0)
+            if tl.sum(bad, axis=0) == 0:
+                # pass 6: write
+                for d0 in range(0, d, BLOCK_D):
+                    dd = d0 + offs_d
+                    dmask = dd < d
+                    x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
+                    v = tl.load(g_row + dd, mask=dmask, other=0.0)
+                    if NORMALIZE:
+                        v = v / den
+                    new = x + alpha * v
+                    tl.store(h_row + dd, new.to(h_ptr.dtype.element_ty), mask=dmask)
+
+
+def _why_unavailable() -> str:
+    if triton is None:
+        return f"triton not installed ({_TRITON_ERROR})"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False (Triton needs a GPU; CPU only with TRITON_INTERPRET=1)"
+    return ""
+
+
+def available() -> bool:
+    return _why_unavailable() == ""
+
+
+def field_update_triton(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    alpha: torch.Tensor,
+    tau: float = 1.0,
+    normalize: bool = True,
+    activation: str = "gelu_tanh",
+    eps: float = 1e-6,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`svf_kernels.reference.field_update_reference`.
+
+    CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1`` was set before triton's import.
+    float64 ``hidden`` (reference checks only) goes to the reference.
+    """
+    if activation != "gelu_tanh":
+        raise ValueError(f"the triton backend supports activation 'gelu_tanh', got {activation!r}")
+    if hidden.dtype == torch.float64:
+        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps,
+                                      rows)
+    if triton is None:
+        raise RuntimeError(_why_unavailable())
+    if hidden.device.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            f"the triton backend needs CUDA tensors (got {hidden.device.type}); "
+            "CPU tensors run only under TRITON_INTERPRET=1"
+        )
+    if hidden.dim() != 2 or (hidden.shape[1] > 1 and hidden.stride(1) != 1):
+        raise ValueError("hidden must be [N, d] with contiguous rows")
+    n, d = hidden.shape
+    C, m = int(A.shape[0]), int(A.shape[1])
+    dev = hidden.device
+    f32 = torch.float32
+    A32 = A.to(device=dev, dtype=f32).contiguous()
+    c32 = c.to(device=dev, dtype=f32).contiguous()
+    w232 = w2.to(device=dev, dtype=f32).contiguous()
+    b232 = b2.to(device=dev, dtype=f32).contiguous()
+    alpha32 = alpha.to(device=dev, dtype=f32).reshape(-1).contiguous()
+    scores = torch.empty((n, C), dtype=f32, device=dev)
+    if n == 0:
+        return scores
+    z_ws = torch.empty((n * C * m,), dtype=f32, device=dev)
+    g_ws = torch.empty((n * d,), dtype=f32, device=dev)
+    rows_u8 = rows.to(torch.uint8).contiguous() if rows is not None else alpha32
+    block_d = min(128, max(16, triton.next_power_of_2(d)))
+    block_u = min(32, max(16, triton.next_power_of_2(max(m, C * m))))
+    block_c = max(2, triton.next_power_of_2(C))
+    _field_update_kernel[(n,)](
+        hidden, hidden.stride(0), A32, c32, w232, b232, alpha32, rows_u8, scores,
+        z_ws, g_ws, d, m, C, float(tau), float(eps),
+        HAS_ROWS=rows is not None, NORMALIZE=bool(normalize),
+        BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
+    )
+    return scores
+
+
+def register() -> None:
+    register_backend(
+        Backend("triton", ("cuda",), field_update_triton, available,
+                why_unavailable=_why_unavailable())
+    )
+
+
+register()

@@ -1,0 +1,235 @@
+"""The Triton kernel against the reference, on CPU under ``TRITON_INTERPRET=1``.
+
+The interpreter flag takes effect only if it is set before triton is imported (``triton.jit``
+decides at decoration time), and another test of the session may already have imported triton.
+So the numerical checks run in a fresh interpreter: this file, run as a script (which sets
+``TRITON_INTERPRET=1`` first), executes every ``check_*`` function and exits non-zero on a
+failure. The pytest process itself never sets the flag, so a GPU session's other tests keep
+compiled Triton.
+Triton is in the ``dev`` extra: a missing triton fails these tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":  # the checks' own process: before any triton import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from svf_kernels.reference import field_update_reference
+
+# Absolute error floors per storage dtype (hidden ~ N(0, 1)): the kernel may also be up to 2x
+# the torch reference's own error in that dtype, whichever is larger.
+HIDDEN_FLOOR = {torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+SCORE_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+
+
+def _field(C: int, m: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(C, m, d, generator=g) / d**0.5
+    c = 0.1 * torch.randn(C, m, generator=g)
+    w2 = torch.randn(C, m, generator=g) / m**0.5
+    b2 = torch.randn(C, generator=g)
+    return A, c, w2, b2
+
+
+def _run_triton(hidden, A, c, w2, b2, alpha, **kw):
+    from svf_kernels.backends.triton_backend import field_update_triton
+
+    return field_update_triton(hidden, A, c, w2, b2, alpha, **kw)
+
+
+def _compare(hidden, A, c, w2, b2, alpha, *, normalize=True, tau=1.0, rows=None, out=None):
+    """Run kernel and torch reference on copies of ``hidden``; return (errors, results)."""
+    dt = hidden.dtype
+    h64 = hidden.double()
+    s64 = field_update_reference(h64, A.double(), c.double(), w2.double(), b2.double(),
+                                 alpha.double(), tau, normalize, rows=rows)
+    h_ref = hidden.clone()
+    s_ref = field_update_reference(h_ref, A, c, w2, b2, alpha, tau, normalize, rows=rows)
+    h_k = hidden.clone() if out is None else out
+    s_k = _run_triton(h_k, A, c, w2, b2, alpha, tau=tau, normalize=normalize, rows=rows)
+    assert s_k.dtype == torch.float32 and s_k.shape == s_ref.shape
+    assert h_k.dtype == dt
+
+    def err(x, y):
+        return (x.double() - y).abs().nan_to_num(0.0).max().item() if x.numel() else 0.0
+
+    e = {
+        "h_kernel": err(h_k, h64), "h_ref": err(h_ref, h64),
+        "s_kernel": err(s_k, s64), "s_ref": err(s_ref, s64),
+    }
+    return e, (h_k, s_k, h_ref, s_ref, h64)
+
+
+def _assert_close(e, dt, label):
+    hk, hr = e["h_kernel"], e["h_ref"]
+    sk, sr = e["s_kernel"], e["s_ref"]
+    assert hk <= max(2 * hr, HIDDEN_FLOOR[dt]), f"{label}: hidden error {hk:.3g} (ref {hr:.3g})"
+    assert sk <= max(2 * sr, SCORE_FLOOR[dt]), f"{label}: score error {sk:.3g} (ref {sr:.3g})"
+
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_shapes_dtypes_normalize():
+    """d=77, m=12; C in {1, 3}; N in {1, 7}; three dtypes; normalize on and off."""
+    for C in (1, 3):
+        A, c, w2, b2 = _field(C, 12, 77, seed=C)
+        for N in (1, 7):
+            for dt in DTYPES:
+                for normalize in (True, False):
+                    g = torch.Generator().manual_seed(100 * N + C)
+                    hidden = torch.randn(N, 77, generator=g).to(dt)
+                    alpha = torch.linspace(0.3, 1.5, N)
+                    e, (h_k, *_rest) = _compare(hidden, A, c, w2, b2, alpha, normalize=normalize)
+                    label = f"C={C} N={N} {dt} normalize={normalize}"
+                    _assert_close(e, dt, label)
+                    assert (h_k != hidden).any(), f"{label}: nothing was updated"
+
+
+def check_params_in_hidden_dtype_and_tau():
+    """Parameters stored in the hidden dtype; tau != 1 (softmin sharper)."""
+    A, c, w2, b2 = _field(3, 12, 77, seed=7)
+    for dt in (torch.bfloat16, torch.float16):
+        hidden = torch.randn(7, 77, generator=torch.Generator().manual_seed(8)).to(dt)
+        p = [t.to(dt) for t in (A, c, w2, b2)]
+        alpha = torch.full((7,), 0.8)
+        e, _ = _compare(hidden, *p, alpha, tau=0.3)
+        _assert_close(e, dt, f"{dt} params, tau=0.3")
+
+
+def check_larger_shape():
+    """d=769, m=96, C=3, N=7: several BLOCK_D / BLOCK_U tiles with ragged edges."""
+    A, c, w2, b2 = _field(3, 96, 769, seed=11)
+    hidden = torch.randn(7, 769, generator=torch.Generator().manual_seed(12))
+    alpha = torch.full((7,), 0.5)
+    e, _ = _compare(hidden, A, c, w2, b2, alpha)
+    _assert_close(e, torch.float32, "d=769 m=96 C=3")
+
+
+def check_noncontiguous_rows():
+    """hidden = x[:, -1] of a [B, T, d] tensor: only those rows change, in place."""
+    A, c, w2, b2 = _field(3, 12, 77, seed=3)
+    for dt in DTYPES:
+        x = torch.randn(4, 5, 77, generator=torch.Generator().manual_seed(4)).to(dt)
+        x0 = x.clone()
+        view = x[:, -1]
+        assert not view.is_contiguous()
+        alpha = torch.full((4,), 1.0)
+        e, _ = _compare(view.clone(), A, c, w2, b2, alpha, out=view)
+        _assert_close(e, dt, f"non-contiguous {dt}")
+        assert torch.equal(x[:, :-1], x0[:, :-1]), "other positions changed"
+        assert (x[:, -1] != x0[:, -1]).any()
+
+
+def check_mask_zero_alpha_nonfinite():
+    """rows False / alpha 0 / non-finite rows bit-identical; the other rows updated."""
+    A, c, w2, b2 = _field(3, 12, 77, seed=5)
+    for dt in DTYPES:
+        for normalize in (True, False):
+            hidden = torch.randn(7, 77, generator=torch.Generator().manual_seed(6)).to(dt)
+            hidden[4, 3] = float("nan")
+            hidden[5, 10] = float("inf")
+            alpha = torch.tensor([0.7, 0.0, 0.7, 0.7, 0.7, 0.7, -0.9])
+            rows = torch.tensor([True, True, False, True, True, True, True])
+            before = hidden.clone()
+            e, (h_k, s_k, h_ref, s_ref, _) = _compare(
+                hidden, A, c, w2, b2, alpha, rows=rows, normalize=normalize
+            )
+            label = f"mask {dt} normalize={normalize}"
+            bits = torch.int32 if dt == torch.float32 else torch.int16
+            for r in (1, 2, 4, 5):  # alpha 0, masked, nan, inf: bit-identical (NaN payload too)
+                assert torch.equal(h_k[r].view(bits), before[r].view(bits)), f"{label}: row {r}"
+            for r in (0, 3, 6):
+                assert (h_k[r] != before[r]).any(), f"{label}: row {r} not updated"
+            ok = [0, 1, 2, 3, 6]
+            hk = (h_k[ok].double() - h_ref[ok].double()).abs().max().item()
+            assert hk <= max(2 * e["h_ref"], HIDDEN_FLOOR[dt]), f"{label}: {hk:.3g}"
+            fin = torch.isfinite(s_ref)
+            assert torch.equal(fin, torch.isfinite(s_k)), f"{label}: score finiteness differs"
+            sk = (s_k[fin].double() - s_ref[fin].double()).abs().max().item()
+            assert sk <= max(2 * e["s_ref"], 1e-5), f"{label}: scores {sk:.3g}"
+
+
+def check_overflow_row_left_alone():
+    """A row whose update overflows float32 is left unchanged (like the reference)."""
+    A, c, w2, b2 = _field(1, 12, 77, seed=9)
+    hidden = 1e-4 * torch.randn(2, 77, generator=torch.Generator().manual_seed(10))
+    alpha = torch.tensor([1e37, 0.5])
+    h_k = hidden.clone()
+    _run_triton(h_k, A, c, w2, b2, alpha, normalize=False)
+    h_ref = hidden.clone()
+    field_update_reference(h_ref, A, c, w2, b2, alpha, normalize=False)
+    assert torch.equal(h_ref[0], hidden[0]), "test premise: the reference leaves row 0 alone"
+    assert torch.equal(h_k[0], hidden[0]), "overflowing row changed"
+    assert (h_k[1] != hidden[1]).any()
+    assert (h_k[1] - h_ref[1]).abs().max().item() <= 1e-5 * h_ref[1].abs().max().item()
+
+
+def _main() -> int:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("run with TRITON_INTERPRET=1")
+        return 2
+    torch.set_num_threads(1)
+    failures = 0
+    for name, fn in sorted(globals().items()):
+        if not (name.startswith("check_") and callable(fn)):
+            continue
+        t0 = time.perf_counter()
+        try:
+            fn()
+            print(f"PASS {name} ({time.perf_counter() - t0:.1f}s)")
+        except Exception:  # noqa: BLE001 - report every failing check
+            failures += 1
+            print(f"FAIL {name} ({time.perf_counter() - t0:.1f}s)\n{traceback.format_exc()}")
+    return 1 if failures else 0
+
+
+def test_triton_is_installed():
+    """triton is in the dev extra: its absence is a failure, not a skip."""
+    import importlib.util
+
+    assert importlib.util.find_spec("triton") is not None, (
+        "triton is not installed; install the dev extra (pip install -e '.[dev]')"
+    )
+
+
+def test_triton_backend_registration():
+    from svf_kernels import dispatch
+    from svf_kernels.backends import triton_backend
+
+    backend = dispatch._BACKENDS["triton"]
+    assert backend.device_types == ("cuda",)
+    assert backend.available() == (triton_backend.triton is not None and torch.cuda.is_available())
+    if not backend.available():
+        assert backend.why_unavailable
+
+
+def test_triton_kernel_interpreter():
+    """Every check_* above, in a fresh interpreter with TRITON_INTERPRET=1."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())],
+        check=False, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    print(out)
+    assert proc.returncode == 0, f"Triton interpreter checks failed:\n{out}"
+    assert "FAIL" not in proc.stdout and proc.stdout.count("PASS") >= 6, out
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

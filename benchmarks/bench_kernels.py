@@ -1,8 +1,9 @@
 """Kernel benchmark: field_update_ providers side by side over shared shapes.
 
 Providers: ``paper`` (autograd of the unfolded scorer, as the published method does it),
-``torch`` (the reference backend), and every compiled backend available for the device
-(``cpu``; on a GPU ``cuda`` and ``triton``). Shapes: d in {576, 2048, 4096}, m = 64,
+``torch`` (the reference backend) and every compiled backend available for the device
+(``cpu``; on a GPU ``cuda`` and ``triton``), the last two through the public
+``svf_kernels.field_update_`` with ``SVF_BACKEND`` set, as users call them. Shapes: d in {576, 2048, 4096}, m = 64,
 C in {1, 3}, rows N in {1, 16, 256, 4096}.
 
     python -m pytest benchmarks/bench_kernels.py --benchmark-json benchmarks/results/kernels_cpu.json
@@ -23,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import random_scorer
 
 import svf_kernels
-from svf_kernels.dispatch import _BACKENDS
 
 DEVICE = torch.device(os.environ.get("SVF_BENCH_DEVICE", "cpu"))
 DTYPE = getattr(torch, os.environ.get("SVF_BENCH_DTYPE", "float32"))
@@ -65,7 +65,7 @@ def _paper_step(scorers, hidden, alpha):
 @pytest.mark.parametrize("c", C)
 @pytest.mark.parametrize("d", D)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_field_update(benchmark, provider, d, c, n):
+def test_field_update(benchmark, monkeypatch, provider, d, c, n):
     scorers, packed, hidden = _setup(d, c, n)
     benchmark.group = f"d={d} C={c} N={n}"
     elt = hidden.element_size()
@@ -76,12 +76,12 @@ def test_field_update(benchmark, provider, d, c, n):
         def step():
             _paper_step(scorers, hidden, 1e-3)
             _sync()
-    else:
-        impl = _BACKENDS[provider].impl
+    else:  # the public op, as users call it (argument checks + dispatcher + backend)
+        monkeypatch.setenv("SVF_BACKEND", provider)
         alpha = torch.full((n,), 1e-3, device=DEVICE)
 
         def step():
-            impl(hidden, *packed, alpha, 1.0, True, "gelu_tanh", 1e-6, None)
+            svf_kernels.field_update_(hidden, *packed, alpha)
             _sync()
     with torch.no_grad():
         benchmark(step)

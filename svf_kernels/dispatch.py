@@ -30,11 +30,15 @@ class Backend:
 
 # Later registrations take precedence: compiled kernels register after the torch reference.
 _BACKENDS: dict[str, Backend] = {}
+# (device type, SVF_BACKEND) -> the chosen backend: selection runs on every op call, and the
+# availability checks behind it (torch.cuda.is_available(), ...) cost microseconds.
+_CHOSEN: dict[tuple[str, str], Backend] = {}
 
 
 def register_backend(backend: Backend) -> None:
     """Add a backend (compiled kernels register themselves at import)."""
     _BACKENDS[backend.name] = backend
+    _CHOSEN.clear()
 
 
 register_backend(
@@ -54,6 +58,14 @@ def available_backends(device_type: str | None = None) -> list[str]:
 def select_backend(device: torch.device) -> Backend:
     """The backend for tensors on ``device``: ``SVF_BACKEND`` if set, else the preferred one."""
     requested = os.environ.get("SVF_BACKEND", "").strip().lower()
+    key = (device.type, requested)
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        chosen = _CHOSEN[key] = _choose(device, requested)
+    return chosen
+
+
+def _choose(device: torch.device, requested: str) -> Backend:
     if requested:
         backend = _BACKENDS.get(requested)
         if backend is None:

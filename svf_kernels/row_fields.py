@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import SVFArgumentError
-from .op import check_field_args, field_update_
+from .op import check_field_args, field_update_, field_update_op
 from .reference import STORAGE_DTYPES
 
 
@@ -71,7 +71,7 @@ class PackedField(RowField):
             and not torch.compiler.is_compiling()
         )
         if fast:  # parameters were validated at construction: skip the per-call checks
-            return torch.ops.svf.field_update_(
+            return field_update_op(
                 rows, self.A, self.c, self.w2, self.b2, self._alpha(float(alpha), rows.shape[0], rows.device),
                 self.tau, self.normalize, "gelu_tanh", self.eps, None,
             )

@@ -1,8 +1,9 @@
 """End-to-end decode latency: unsteered vs CAA vs SVF paper-style vs SVF fused.
 
-Per-token latency of greedy decoding with a KV cache, K = 1 (the field is recomputed at
-every token), for 1 layer, 4 layers and all layers steered. All modes run interleaved in
-one process, medians over repeats, reported as ratios to unsteered from the same run.
+Per-token latency of decoding with a KV cache (one forward step, one new token per row),
+K = 1 (the field is recomputed at every token), for 1 layer, 4 layers and all layers
+steered. All modes are timed in paired rounds in one process (each round: one step in every
+mode, same cache), reported as the median per-round ratio to unsteered.
 
     python benchmarks/bench_decode.py                      # default model, CPU
     python benchmarks/bench_decode.py --model llama3-8b-random --device cuda --dtype bfloat16 --batch 1 16
@@ -11,6 +12,7 @@ one process, medians over repeats, reported as ratios to unsteered from the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import statistics
 import sys
@@ -47,18 +49,46 @@ def load(name: str, device: str, dtype: torch.dtype):
     return load_model(name, dtype=dtype, device=device)
 
 
-def per_token_seconds(model, ids, new_tokens: int) -> float:
-    """(time for 1 + new_tokens tokens - time for 1 token) / new_tokens."""
-    def run(n):
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                       do_sample=False, pad_token_id=0)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-    return (run(1 + new_tokens) - run(1)) / new_tokens
+def _quantile(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _steering(model, mode: str, layers, scorer, field):
+    """The context that puts ``model`` in ``mode`` (nothing for unsteered)."""
+    if layers is None:
+        return contextlib.nullcontext()
+    if mode.startswith("svf-paper"):
+        return PaperStyleSteering(model, scorer, dict.fromkeys(layers, 1.0))
+    return steer(model, field, alpha=1.0, layers=layers, method="caa" if mode.startswith("caa") else "svf")
+
+
+def paired_step_times(model, ids, modes, scorer, field, rounds: int) -> dict[str, list[float]]:
+    """Seconds of one decode step (one new token per row, KV cache of the prompt) per mode.
+
+    Every round times one step in every mode, in a rotated order, on the same cache (cropped
+    back after each step), so each mode sees the same machine noise; the first round warms up
+    and is dropped. Attaching and detaching stay outside the timed region.
+    """
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    out = model(ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    cache = out.past_key_values
+    start = cache.get_seq_length()
+    nxt = out.logits[:, -1:].argmax(-1)
+    mask = torch.ones(ids.shape[0], start + 1, dtype=ids.dtype, device=ids.device)
+    times: dict[str, list[float]] = {m: [] for m, _ in modes}
+    for r in tqdm(range(rounds + 1), desc=f"decode steps, batch {ids.shape[0]}"):
+        shift = r % len(modes)
+        for mode, layers in modes[shift:] + modes[:shift]:
+            with _steering(model, mode, layers, scorer, field):
+                sync()
+                t = time.perf_counter()
+                model(nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+                sync()
+                dt = time.perf_counter() - t
+            cache.crop(start - cache.get_seq_length())  # drop the new token (negative: remove)
+            if r:
+                times[mode].append(dt)
+    return times
 
 
 def main(argv=None) -> int:
@@ -67,9 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=40, help="timed decode steps per mode")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -85,24 +114,16 @@ def main(argv=None) -> int:
     for batch in args.batch:
         torch.manual_seed(0)
         ids = torch.randint(100, 1000, (batch, args.prompt_tokens), device=args.device)
-        times: dict[str, list[float]] = {m: [] for m, _ in modes}
         with torch.no_grad():
-            for _ in tqdm(range(args.repeats), desc=f"decode batch {batch}"):
-                for mode, layers in modes:  # interleaved: every mode sees the same noise
-                    if layers is None:
-                        times[mode].append(per_token_seconds(model, ids, args.new_tokens))
-                    elif mode.startswith("svf-paper"):
-                        with PaperStyleSteering(model, scorer, dict.fromkeys(layers, 1.0)):
-                            times[mode].append(per_token_seconds(model, ids, args.new_tokens))
-                    else:
-                        method = "caa" if mode.startswith("caa") else "svf"
-                        with steer(model, field, alpha=1.0, layers=layers, method=method):
-                            times[mode].append(per_token_seconds(model, ids, args.new_tokens))
-        base = statistics.median(times["unsteered"])
+            times = paired_step_times(model, ids, modes, scorer, field, args.rounds)
+        base = times["unsteered"]
         for mode, _ in modes:
-            med = statistics.median(times[mode])
+            paired = [t / b for t, b in zip(times[mode], base)]
             rows.append({"model": args.model, "device": args.device, "dtype": args.dtype, "batch": batch,
-                         "mode": mode, "ms_per_token": 1e3 * med, "ratio_to_unsteered": med / base})
+                         "mode": mode, "ms_per_token": 1e3 * statistics.median(times[mode]),
+                         "ratio_to_unsteered": statistics.median(paired),
+                         "ratio_q25": _quantile(paired, 0.25), "ratio_q75": _quantile(paired, 0.75),
+                         "rounds": len(paired)})
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"decode_{args.model}_{args.device}".replace("/", "_")
     with open(args.out / f"{stem}.csv", "w", newline="") as f:
@@ -112,10 +133,12 @@ def main(argv=None) -> int:
     _plot(rows, args.out / f"{stem}.png")
     info = machine()
     print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
-          f"commit {info['commit']}), {args.new_tokens} new tokens, median of {args.repeats}")
-    print("| batch | mode | ms/token | x unsteered |\n| --- | --- | --- | --- |")
+          f"commit {info['commit']}), prompt {args.prompt_tokens} tokens, {args.rounds} paired rounds: "
+          "median ms per decode step, median (and quartiles) of the per-round ratio to unsteered")
+    print("| batch | mode | ms/token | x unsteered | quartiles |\n| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['batch']} | {r['mode']} | {r['ms_per_token']:.2f} | {r['ratio_to_unsteered']:.3f} |")
+        print(f"| {r['batch']} | {r['mode']} | {r['ms_per_token']:.2f} | {r['ratio_to_unsteered']:.3f} "
+              f"| {r['ratio_q25']:.3f}-{r['ratio_q75']:.3f} |")
     return 0
 
 

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_checks import (
+    DTYPES,
+    HIDDEN_TOL,
+    SCORE_ATOL,
+    SCORE_RTOL,
+    D,
+    M,
+    bits,
+    check_close,
+    make_field,
+    truth,
+)
 
 from svf_kernels import available_backends, field_update_
 from svf_kernels.reference import field_update_reference
 
 # (backend, device): the cpu kernel always; cuda and triton where a GPU is present.
 KERNELS = [("cpu", "cpu")] + [(b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")]
-
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# (atol, rtol) of the updated hidden state against float64 truth, per storage dtype.
-HIDDEN_TOL = {
-    torch.float32: (1e-5, 1e-5),
-    torch.bfloat16: (1e-6, 8e-3),  # half an ulp of bf16 is 2**-9 relative
-    torch.float16: (1e-6, 1e-3),  # half an ulp of fp16 is 2**-12 relative
-}
-SCORE_ATOL, SCORE_RTOL = 1e-4, 1e-4  # scores are fp32 arithmetic in every storage dtype
-D, M = 769, 96  # odd sizes: no multiple of any vector width
-
 
 @pytest.fixture(params=KERNELS, ids=[f"{b}-{d}" for b, d in KERNELS])
 def kernel(request, monkeypatch):
@@ -38,18 +39,6 @@ def kernel(request, monkeypatch):
         assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
     monkeypatch.setenv("SVF_BACKEND", backend)
     return backend, torch.device(device)
-
-
-def _field(C: int, d: int, m: int, dtype: torch.dtype, gen: torch.Generator, device="cpu"):
-    A = (torch.randn(C, m, d, generator=gen) / d**0.5).to(device, dtype)
-    c = (0.5 * torch.randn(C, m, generator=gen)).to(device, dtype)
-    w2 = torch.randn(C, m, generator=gen).to(device, dtype)
-    b2 = torch.randn(C, generator=gen).to(device, dtype)
-    return A, c, w2, b2
-
-
-def _f64(*ts):
-    return tuple(None if t is None else (t if t.dtype == torch.bool else t.double()) for t in ts)
 
 
 def _reference(hidden, *args, **kwargs) -> torch.Tensor:
@@ -62,37 +51,6 @@ def _reference(hidden, *args, **kwargs) -> torch.Tensor:
                                   kwargs.get("rows"))
 
 
-def _truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, rows=None):
-    """float64 reference on float64 copies; returns (new hidden, scores)."""
-    h64, A64, c64, w64, b64 = _f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
-    rows = None if rows is None else rows.cpu()
-    h64 = h64.clone()
-    if not isinstance(alpha, torch.Tensor):
-        alpha = torch.full((hidden.shape[0],), float(alpha))
-    s64 = field_update_reference(h64, A64, c64, w64, b64, alpha.double().cpu(), tau, normalize,
-                                 "gelu_tanh", eps, rows)
-    return h64, s64
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits (so that NaN == NaN for bit-identity checks)."""
-    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
-
-
-def _max_err(x: torch.Tensor, truth: torch.Tensor) -> float:
-    return (x.double() - truth).abs().max().item()
-
-
-def _check_close(name, out, ref_out, truth, atol, rtol, floor):
-    """out within (atol, rtol) of truth and no worse than 2x the torch reference's error."""
-    out, ref_out = out.cpu(), ref_out.cpu()
-    err = (out.double() - truth).abs()
-    bound = atol + rtol * truth.abs()
-    assert bool((err <= bound).all()), f"{name}: max err {err.max().item():.3g} over tolerance"
-    e_k, e_r = _max_err(out, truth), _max_err(ref_out, truth)
-    assert e_k <= 2 * e_r + floor, f"{name}: kernel err {e_k:.3g} > 2 x reference err {e_r:.3g}"
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("params", ["fp32", "hidden"])
 @pytest.mark.parametrize("C", [1, 3])
@@ -100,14 +58,14 @@ def _check_close(name, out, ref_out, truth, atol, rtol, floor):
 def test_matches_float64_reference(kernel, dtype, params, C, N):
     _, dev = kernel
     gen = torch.Generator().manual_seed(1000 * N + 10 * C + DTYPES.index(dtype))
-    A, c, w2, b2 = _field(C, D, M, torch.float32 if params == "fp32" else dtype, gen, dev)
+    A, c, w2, b2 = make_field(C, D, M, torch.float32 if params == "fp32" else dtype, gen, dev)
     # the last position of a [B, T, d] tensor: a non-contiguous row view, updated in place
     base = (2.0 * torch.randn(N, 3, D, generator=gen)).to(dev, dtype)
     alpha = (0.25 + torch.rand(N, generator=gen)).to(dev)  # per-row strengths
     before = base.clone()
     hidden = base[:, -1]
     assert hidden.stride(0) == 3 * D
-    truth_h, truth_s = _truth(hidden, A, c, w2, b2, alpha, tau=0.7)
+    truth_h, truth_s = truth(hidden, A, c, w2, b2, alpha, tau=0.7)
 
     ref_h = hidden.clone()
     ref_s = _reference(ref_h, A, c, w2, b2, alpha, tau=0.7)
@@ -117,8 +75,8 @@ def test_matches_float64_reference(kernel, dtype, params, C, N):
     assert torch.equal(base[:, :-1], before[:, :-1]), "other positions were touched"
     atol, rtol = HIDDEN_TOL[dtype]
     floor = 1e-6 if dtype == torch.float32 else 0.0
-    _check_close("hidden", base[:, -1], ref_h, truth_h, atol, rtol, floor)
-    _check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
+    check_close("hidden", base[:, -1], ref_h, truth_h, atol, rtol, floor)
+    check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
     assert not torch.equal(base[:, -1], before[:, -1]), "nothing was updated"
 
 
@@ -128,18 +86,18 @@ def test_matches_float64_reference(kernel, dtype, params, C, N):
 def test_normalize_and_tau(kernel, dtype, normalize, tau):
     _, dev = kernel
     gen = torch.Generator().manual_seed(7 + int(normalize) + int(100 * tau))
-    A, c, w2, b2 = _field(3, D, M, torch.float32, gen, dev)
+    A, c, w2, b2 = make_field(3, D, M, torch.float32, gen, dev)
     hidden = torch.randn(9, D, generator=gen).to(dev, dtype)
     before = hidden.clone()
     alpha = 0.5 if normalize else 2.0
-    truth_h, truth_s = _truth(hidden, A, c, w2, b2, alpha, tau=tau, normalize=normalize)
+    truth_h, truth_s = truth(hidden, A, c, w2, b2, alpha, tau=tau, normalize=normalize)
     ref_h = hidden.clone()
     ref_s = _reference(ref_h, A, c, w2, b2, alpha, tau=tau, normalize=normalize)
     s = field_update_(hidden, A, c, w2, b2, alpha, tau=tau, normalize=normalize)
     atol, rtol = HIDDEN_TOL[dtype]
     floor = 1e-6 if dtype == torch.float32 else 0.0
-    _check_close("hidden", hidden, ref_h, truth_h, atol, rtol, floor)
-    _check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
+    check_close("hidden", hidden, ref_h, truth_h, atol, rtol, floor)
+    check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
     if normalize and dtype == torch.float32:  # unit direction: each step has length alpha
         step = (hidden.double() - before.double()).norm(dim=-1)
         torch.testing.assert_close(step, torch.full_like(step, alpha), atol=1e-5, rtol=1e-4)
@@ -150,7 +108,7 @@ def test_rows_mask_and_zero_alpha_leave_rows_bit_identical(kernel, dtype):
     _, dev = kernel
     gen = torch.Generator().manual_seed(3)
     N = 16
-    A, c, w2, b2 = _field(3, D, M, dtype, gen, dev)
+    A, c, w2, b2 = make_field(3, D, M, dtype, gen, dev)
     hidden = torch.randn(N, D, generator=gen).to(dev, dtype)
     before = hidden.clone()
     rows = torch.rand(N, generator=gen) > 0.4
@@ -159,7 +117,7 @@ def test_rows_mask_and_zero_alpha_leave_rows_bit_identical(kernel, dtype):
     alpha[0] = 0.0  # masked in, but zero strength
     alpha[5] = 0.0
     rows, alpha = rows.to(dev), alpha.to(dev)
-    truth_h, truth_s = _truth(hidden, A, c, w2, b2, alpha, rows=rows)
+    truth_h, truth_s = truth(hidden, A, c, w2, b2, alpha, rows=rows)
     ref_h = hidden.clone()
     ref_s = _reference(ref_h, A, c, w2, b2, alpha, rows=rows)
     s = field_update_(hidden, A, c, w2, b2, alpha, rows=rows)
@@ -169,9 +127,9 @@ def test_rows_mask_and_zero_alpha_leave_rows_bit_identical(kernel, dtype):
     assert torch.equal(hidden[frozen], before[frozen])
     assert not torch.equal(hidden[moved], before[moved])
     atol, rtol = HIDDEN_TOL[dtype]
-    _check_close("hidden", hidden, ref_h, truth_h, atol, rtol, 1e-6)
+    check_close("hidden", hidden, ref_h, truth_h, atol, rtol, 1e-6)
     # scores are computed for every row, frozen or not
-    _check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
+    check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -179,7 +137,7 @@ def test_rows_mask_and_zero_alpha_leave_rows_bit_identical(kernel, dtype):
 def test_non_finite_rows_left_unchanged(kernel, dtype, N):
     _, dev = kernel
     gen = torch.Generator().manual_seed(11 + N)
-    A, c, w2, b2 = _field(2, D, M, torch.float32, gen, dev)
+    A, c, w2, b2 = make_field(2, D, M, torch.float32, gen, dev)
     clean = torch.randn(N, D, generator=gen).to(dev, dtype)
     alpha = torch.full((N,), 0.5, device=dev)
     alpha[3] = float("inf")  # finite input, non-finite new row
@@ -192,7 +150,7 @@ def test_non_finite_rows_left_unchanged(kernel, dtype, N):
     s = field_update_(dirty, A, c, w2, b2, alpha)
     bad = torch.zeros(N, dtype=torch.bool, device=dev)
     bad[1:4] = True
-    assert torch.equal(_bits(dirty[bad]), _bits(before[bad]))  # bit-identical, NaNs too
+    assert torch.equal(bits(dirty[bad]), bits(before[bad]))  # bit-identical, NaNs too
     assert torch.equal(out_clean[3], clean[3])
     assert torch.equal(dirty[~bad], out_clean[~bad])  # other rows unaffected
     assert torch.isfinite(s[~bad]).all()

@@ -24,7 +24,7 @@ import os
 import torch
 
 from ..dispatch import Backend, register_backend
-from ..reference import field_update_reference
+from ._entry import kernel_entry
 
 try:
     import triton
@@ -204,31 +204,20 @@ def available() -> bool:
     return _why_unavailable() == ""
 
 
-def field_update_triton(
+def _launch(
     hidden: torch.Tensor,
     A: torch.Tensor,
     c: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
     alpha: torch.Tensor,
-    tau: float = 1.0,
-    normalize: bool = True,
-    activation: str = "gelu_tanh",
-    eps: float = 1e-6,
-    rows: torch.Tensor | None = None,
+    tau: float,
+    normalize: bool,
+    eps: float,
+    rows: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Same contract as :func:`svf_kernels.reference.field_update_reference`.
-
-    CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1`` was set before triton's import.
-    float64 ``hidden`` (reference checks only) goes to the reference.
-    """
-    if activation != "gelu_tanh":
-        raise ValueError(f"the triton backend supports activation 'gelu_tanh', got {activation!r}")
-    if hidden.dtype == torch.float64:
-        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps,
-                                      rows)
-    if triton is None:
-        raise RuntimeError(_why_unavailable())
+    """One launch over all rows. CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1``
+    was set before triton's import."""
     if hidden.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             f"the triton backend needs CUDA tensors (got {hidden.device.type}); "
@@ -261,6 +250,11 @@ def field_update_triton(
         BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
     )
     return scores
+
+
+field_update_triton = kernel_entry(
+    "triton", lambda: _launch if triton is not None else None, _why_unavailable
+)
 
 
 def register() -> None:

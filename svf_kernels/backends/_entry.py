@@ -1,0 +1,61 @@
+"""What the compiled backends share: one load of ``svf_kernels._C`` and the entry wrapper.
+
+Every compiled kernel takes only ``gelu_tanh`` and fp32/bf16/fp16 storage; float64 inputs
+(reference checks only) go to the torch reference. ``kernel_entry`` adds exactly that around a
+kernel launcher, so each backend module holds only what is particular to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..reference import field_update_reference
+
+try:
+    from .. import _C  # type: ignore[attr-defined]
+
+    EXTENSION_ERROR = ""
+except Exception as exc:  # noqa: BLE001 - any failure to load the extension means "unavailable"
+    _C = None
+    EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+
+# launch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows) -> scores
+Launcher = Callable[..., torch.Tensor]
+
+
+def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
+                 why_unavailable: Callable[[], str]) -> Callable[..., torch.Tensor]:
+    """The backend implementation (signature of ``field_update_reference``) around a launcher.
+
+    ``launcher()`` returns the launch function, or None when the backend cannot run (then the
+    call raises with ``why_unavailable()``).
+    """
+
+    def impl(
+        hidden: torch.Tensor,
+        A: torch.Tensor,
+        c: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+        alpha: torch.Tensor,
+        tau: float = 1.0,
+        normalize: bool = True,
+        activation: str = "gelu_tanh",
+        eps: float = 1e-6,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if activation != "gelu_tanh":
+            raise ValueError(f"the {name} backend supports activation 'gelu_tanh', got {activation!r}")
+        if hidden.dtype == torch.float64:  # reference checks only: kernels store fp32/bf16/fp16
+            return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation,
+                                          eps, rows)
+        launch = launcher()
+        if launch is None:
+            raise RuntimeError(why_unavailable())
+        return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps), rows)
+
+    impl.__name__ = impl.__qualname__ = f"field_update_{name}"
+    impl.__doc__ = f"The {name} kernel; same contract as svf_kernels.reference.field_update_reference."
+    return impl

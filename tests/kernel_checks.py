@@ -1,0 +1,65 @@
+"""Shared pieces of the kernel tests: random fields, float64 truth, per-dtype tolerances.
+
+Ground truth is :func:`svf_kernels.reference.field_update_reference` in float64 on float64
+copies of the (low-precision) inputs; a kernel must be within a per-dtype tolerance of it AND
+no worse than twice the torch reference's own error in the same storage dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from svf_kernels.reference import field_update_reference
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# (atol, rtol) of the updated hidden state against float64 truth, per storage dtype.
+HIDDEN_TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (1e-6, 8e-3),  # half an ulp of bf16 is 2**-9 relative
+    torch.float16: (1e-6, 1e-3),  # half an ulp of fp16 is 2**-12 relative
+}
+SCORE_ATOL, SCORE_RTOL = 1e-4, 1e-4  # scores are fp32 arithmetic in every storage dtype
+D, M = 769, 96  # odd sizes: no multiple of any vector width
+
+
+def make_field(C: int, d: int, m: int, dtype: torch.dtype, gen: torch.Generator, device="cpu"):
+    A = (torch.randn(C, m, d, generator=gen) / d**0.5).to(device, dtype)
+    c = (0.5 * torch.randn(C, m, generator=gen)).to(device, dtype)
+    w2 = torch.randn(C, m, generator=gen).to(device, dtype)
+    b2 = torch.randn(C, generator=gen).to(device, dtype)
+    return A, c, w2, b2
+
+
+def to_f64(*ts):
+    return tuple(None if t is None else (t if t.dtype == torch.bool else t.double()) for t in ts)
+
+
+def truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, rows=None):
+    """float64 reference on float64 copies; returns (new hidden, scores)."""
+    h64, A64, c64, w64, b64 = to_f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
+    rows = None if rows is None else rows.cpu()
+    h64 = h64.clone()
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.full((hidden.shape[0],), float(alpha))
+    s64 = field_update_reference(h64, A64, c64, w64, b64, alpha.double().cpu(), tau, normalize,
+                                 "gelu_tanh", eps, rows)
+    return h64, s64
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits (so that NaN == NaN for bit-identity checks)."""
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def max_err(x: torch.Tensor, truth: torch.Tensor) -> float:
+    return (x.double() - truth).abs().max().item()
+
+
+def check_close(name, out, ref_out, truth, atol, rtol, floor):
+    """out within (atol, rtol) of truth and no worse than 2x the torch reference's error."""
+    out, ref_out = out.cpu(), ref_out.cpu()
+    err = (out.double() - truth).abs()
+    bound = atol + rtol * truth.abs()
+    assert bool((err <= bound).all()), f"{name}: max err {err.max().item():.3g} over tolerance"
+    e_k, e_r = max_err(out, truth), max_err(ref_out, truth)
+    assert e_k <= 2 * e_r + floor, f"{name}: kernel err {e_k:.3g} > 2 x reference err {e_r:.3g}"

@@ -61,7 +61,8 @@ def extension_modules() -> list:
     """The compiled extensions to build: ``svf_kernels._C`` (the ``cpu`` and ``cuda`` backends).
 
     * without torch: none (pure-Python install; the ``torch`` reference backend still works);
-    * with torch: a ``CppExtension`` from ``csrc/bindings.cpp`` + ``csrc/cpu/*.cpp``, built with
+    * with torch: a ``CppExtension`` from ``csrc/bindings.cpp`` (pybind functions),
+      ``csrc/registration.cpp`` (the op's CPU/CUDA dispatch-key kernels) + ``csrc/cpu/*.cpp``, built with
       ``-O3 -fopenmp`` (no ``-march``: the vectorised loops target the baseline ISA, so the
       build runs on any x86-64 / aarch64 CPU);
     * when torch has CUDA and ``nvcc`` exists (``_cuda_available``): the same module as a
@@ -73,7 +74,7 @@ def extension_modules() -> list:
         return []
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/bindings.cpp", *_sources("csrc/cpu", (".cpp",))]
+    sources = ["csrc/bindings.cpp", "csrc/registration.cpp", *_sources("csrc/cpu", (".cpp",))]
     include_dirs = [str(ROOT / "csrc")]
     cxx_flags = ["-O3", "-fopenmp"]
     if _cuda_available(torch):

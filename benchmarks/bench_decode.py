@@ -67,7 +67,9 @@ def paired_step_times(model, ids, modes, scorer, field, rounds: int) -> dict[str
 
     Every round times one step in every mode, in a rotated order, on the same cache (cropped
     back after each step), so each mode sees the same machine noise; the first round warms up
-    and is dropped. Attaching and detaching stay outside the timed region.
+    and is dropped. Attaching and detaching stay outside the timed region, and in every mode
+    one untimed step runs before the timed one: the steady per-token cost of generation, not
+    the first call after building the wrappers.
     """
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     out = model(ids, attention_mask=torch.ones_like(ids), use_cache=True)
@@ -80,6 +82,8 @@ def paired_step_times(model, ids, modes, scorer, field, rounds: int) -> dict[str
         shift = r % len(modes)
         for mode, layers in modes[shift:] + modes[:shift]:
             with _steering(model, mode, layers, scorer, field):
+                model(nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+                cache.crop(start - cache.get_seq_length())
                 sync()
                 t = time.perf_counter()
                 model(nxt, attention_mask=mask, past_key_values=cache, use_cache=True)

@@ -2,9 +2,11 @@
 
 The Python wrapper checks arguments (shapes, dtypes, devices; host-side, shape-only so it
 traces under ``torch.compile``), turns a float ``alpha`` into a per-row tensor, and calls
-``torch.ops.svf.field_update_``. The registered op has one kernel that picks the backend at
-one dispatch point (:mod:`svf_kernels.dispatch`), and a shape-only fake implementation so
-``torch.compile(fullgraph=True)`` traces through it.
+``torch.ops.svf.field_update_``. The registered op has one Python kernel that picks the
+backend at one dispatch point (:mod:`svf_kernels.dispatch`), and a shape-only fake
+implementation so ``torch.compile(fullgraph=True)`` traces through it. When the extension is
+built, its C++ kernels take the op's CPU/CUDA calls first and hand back to the same dispatch
+whatever they do not serve.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def _dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows
 
 
 _LIB.impl("field_update_", _dispatch, "CompositeExplicitAutograd")
+# The compiled extension also registers C++ kernels for the CPU (and CUDA) keys of
+# ``field_update_`` (csrc/registration.cpp): those calls skip the Python hop. What they do not
+# serve (another SVF_BACKEND, float64, another activation) comes back here through this twin.
+_LIB.define(SCHEMA.replace("field_update_(", "_field_update_python(", 1))
+_LIB.impl("_field_update_python", _dispatch, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("svf::field_update_", lib=_LIB)

@@ -66,7 +66,9 @@ class FusedSteeringField(nn.Module):
         self.last_delta: torch.Tensor | None = None
 
     def forward(self, *args, **kwargs):
-        out = self.layer(*args, **kwargs)
+        # ``_modules[...]`` and ``object.__setattr__`` below skip nn.Module's Python-level
+        # attribute hooks: this runs once per layer per token, where they cost more than the kernel.
+        out = self._modules["layer"](*args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
         if hidden.requires_grad and torch.is_grad_enabled():
             raise SVFArgumentError("steering updates hidden states in place: run under torch.no_grad()")
@@ -88,7 +90,9 @@ class FusedSteeringField(nn.Module):
         B, T, d = hidden.shape
         plan = self.planner() if self.planner is not None else None
         if plan is not None and plan.last_only:  # the decoding hot path: no gather/scatter
-            self.last_scores = self.field.apply_(hidden[:, -1], self._row_alpha(plan.refresh))
+            alpha = self._row_alpha(plan.refresh) if isinstance(self.alpha, torch.Tensor) else self.alpha
+            scores = self._modules["field"].apply_(hidden.select(1, -1), alpha)
+            object.__setattr__(self, "last_scores", scores)
             return
         flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
         work = flat if flat is not None else hidden.reshape(B * T, d)

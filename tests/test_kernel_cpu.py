@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import HIDDEN_TOL, SCORE_ATOL, SCORE_RTOL, M, check_close, make_field, truth
+from kernel_checks import (
+    HIDDEN_TOL,
+    SCORE_ATOL,
+    SCORE_RTOL,
+    M,
+    bits,
+    check_close,
+    make_field,
+    truth,
+)
 
 from svf_kernels import available_backends, field_update_, select_backend
 from svf_kernels.reference import field_update_reference
@@ -108,3 +117,64 @@ def test_large_single_row_split_across_threads(monkeypatch, dtype):
     atol, rtol = HIDDEN_TOL[dtype]
     check_close("hidden", hidden, ref_h, truth_h, atol, rtol, 1e-6)
     check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
+
+
+def _op_args(gen, n=3, d=40, dtype=torch.float32):
+    A, c, w2, b2 = make_field(2, d, 8, torch.float32, gen)
+    h = torch.randn(n, d, generator=gen).to(dtype)
+    return h, (A, c, w2, b2, torch.full((n,), 0.4), 1.0, True, "gelu_tanh", 1e-6, None)
+
+
+def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
+    """The extension registers the CPU key (csrc/registration.cpp): no Python dispatch runs."""
+    import svf_kernels.op as op_module
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("svf::field_update_", "CPU")
+
+    def python_dispatch_ran(device):
+        raise AssertionError(f"Python dispatch ran for {device}")
+
+    monkeypatch.setattr(op_module, "select_backend", python_dispatch_ran)
+    gen = torch.Generator().manual_seed(31)
+    h, args = _op_args(gen)
+    h_kernel = h.clone()
+    from svf_kernels import _C
+
+    s_kernel = _C.field_update_cpu(h_kernel, *args[:7], args[8], None)
+    s = op_module.field_update_op(h, *args)
+    assert torch.equal(h, h_kernel) and torch.equal(s, s_kernel)
+    # What the C++ kernel does not serve comes back to the Python dispatch:
+    for env, hidden in (("torch", h), ("", h.double())):
+        monkeypatch.setenv("SVF_BACKEND", env)
+        with pytest.raises(AssertionError, match="Python dispatch ran for cpu"):
+            op_module.field_update_op(hidden, *args)
+
+
+@pytest.mark.parametrize("spelling", ["CPU", " cpu "])
+def test_op_backend_spellings_reach_the_same_kernel(monkeypatch, spelling):
+    """SVF_BACKEND spellings other than exactly 'cpu' take the Python path to the same kernel."""
+    from svf_kernels.op import field_update_op
+
+    gen = torch.Generator().manual_seed(32)
+    h, args = _op_args(gen, dtype=torch.bfloat16)
+    h2 = h.clone()
+    s = field_update_op(h, *args)
+    monkeypatch.setenv("SVF_BACKEND", spelling)
+    s2 = field_update_op(h2, *args)
+    assert torch.equal(bits(h), bits(h2)) and torch.equal(s, s2)
+
+
+def test_op_unavailable_backend_fails_loudly_through_cpp(monkeypatch):
+    from svf_kernels import SVFArgumentError
+    from svf_kernels.op import field_update_op
+
+    gen = torch.Generator().manual_seed(33)
+    h, args = _op_args(gen)
+    before = h.clone()
+    monkeypatch.setenv("SVF_BACKEND", "cuda")
+    with pytest.raises(SVFArgumentError, match="SVF_BACKEND='cuda'"):
+        field_update_op(h, *args)
+    monkeypatch.setenv("SVF_BACKEND", "nonsense")
+    with pytest.raises(SVFArgumentError, match="not a backend"):
+        field_update_op(h, *args)
+    assert torch.equal(h, before)

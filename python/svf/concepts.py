@@ -1,0 +1,88 @@
+"""Evaluation concepts: training pairs, neutral prompts and the likelihood measure's completions.
+
+Each concept lives in ``data/concepts/<name>/`` (``pairs.jsonl``, ``prompts.jsonl``,
+``completions.jsonl``, README with how it was made). Sentiment takes its training pairs from
+rt-polarity and, as completions, rt-polarity sentences held out from those pairs.
+Prompts split once: the first 30% are validation (every choice of layer or strength is made
+there), the rest test (read once, for the report).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import ContrastivePair, _require, data_dir, sentiment_pairs
+
+CONCEPTS = ("sentiment", "formality", "topic-ocean")
+VALIDATION_FRACTION = 0.3
+SENTIMENT_PAIRS = 400  # default training pairs drawn from rt-polarity (of 5,331)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept's data; ``positive`` completions are the direction steering asks for."""
+
+    name: str
+    pairs: tuple[ContrastivePair, ...]
+    prompts: tuple[str, ...]
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+    @property
+    def validation_prompts(self) -> list[str]:
+        return list(self.prompts[: self._n_val])
+
+    @property
+    def test_prompts(self) -> list[str]:
+        return list(self.prompts[self._n_val :])
+
+    @property
+    def _n_val(self) -> int:
+        return int(VALIDATION_FRACTION * len(self.prompts))
+
+
+def _jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, str]]:
+    rows = []
+    for i, line in enumerate(_require(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or set(row) != set(keys) or not all(
+            isinstance(row[k], str) and row[k].strip() for k in keys
+        ):
+            raise ValueError(f"{path}:{i}: expected non-empty string fields {list(keys)}, got {line[:80]!r}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    return rows
+
+
+def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) -> Concept:
+    """Load ``name`` (one of :data:`CONCEPTS`), with at most ``n_pairs`` training pairs and
+    ``n_completions`` completions per side."""
+    if name not in CONCEPTS:
+        raise ValueError(f"unknown concept {name!r}; known: {list(CONCEPTS)}")
+    if n_completions < 1:
+        raise ValueError(f"n_completions must be >= 1, got {n_completions}")
+    root = data_dir() / "concepts" / name
+    prompts = tuple(r["prompt"] for r in _jsonl(root / "prompts.jsonl", ("prompt",)))
+    if name == "sentiment":
+        every = sentiment_pairs()
+        n_train = SENTIMENT_PAIRS if n_pairs is None else n_pairs
+        if not 0 < n_train <= len(every) - n_completions:
+            raise ValueError(f"n_pairs must be in [1, {len(every) - n_completions}], got {n_pairs}")
+        # completions: short held-out sentences (never among the training pairs)
+        held = [p for p in every[n_train:] if len(p.positive.split()) <= 20 and len(p.negative.split()) <= 20]
+        pos = tuple(p.positive for p in held[:n_completions])
+        neg = tuple(p.negative for p in held[:n_completions])
+        return Concept(name, tuple(every[:n_train]), prompts, pos, neg)
+    pairs = [ContrastivePair(r["positive"], r["negative"])
+             for r in _jsonl(root / "pairs.jsonl", ("positive", "negative"))]
+    comp = _jsonl(root / "completions.jsonl", ("positive", "negative"))[:n_completions]
+    return Concept(name, tuple(pairs[:n_pairs] if n_pairs else pairs), prompts,
+                   tuple(r["positive"] for r in comp), tuple(r["negative"] for r in comp))

@@ -1,0 +1,97 @@
+"""Likelihood steerability of every method (DESIGN.md §8, issue 4 item 2).
+
+Per method: a strength sweep on the validation prompts picks the strength (largest mean gap
+shift in the requested direction); the test prompts are then read once, at strengths
+``0, s/2, s`` (and their negatives for the other direction), for the mean gap shift, the
+steerable rate, the per-input slope and the anti-steerable fraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .concepts import Concept
+from .likelihood import completion_logprobs
+from .methods import Method, steering
+from .metrics import likelihood_gap, steerability
+
+
+@dataclass
+class LikelihoodResult:
+    """One method, one direction (+1 toward the concept, -1 away)."""
+
+    method: str
+    direction: int
+    sweep: list[float]  # validation strengths (signed)
+    val_shift: list[float]  # mean validation gap shift per sweep strength (requested direction)
+    strength: float  # chosen on validation
+    test_strengths: list[float]
+    test_gaps: torch.Tensor  # [len(test_strengths), P_test]
+    stats: dict  # from metrics.steerability on the test gaps
+
+    def row(self) -> dict:
+        s = self.stats
+        return {"method": self.method, "direction": self.direction, "strength": self.strength,
+                "mean_shift": float(s["mean_shift"]), "steerable_rate": float(s["steerable_rate"]),
+                "anti_steerable": float(s["anti_steerable"]), "mean_slope": float(s["mean_slope"]),
+                "n_test": int(self.test_gaps.shape[1])}
+
+
+def gaps(model, tokenizer, concept: Concept, prompts: Sequence[str], method: Method,
+         strengths: Sequence[float], unit: float, *, chat: bool = True,
+         batch_size: int = 32) -> torch.Tensor:
+    """``[len(strengths), len(prompts)]`` likelihood gaps (positive minus negative completions)."""
+    rows = []
+    for s in strengths:
+        with steering(model, method, s, unit):
+            pos = completion_logprobs(model, tokenizer, prompts, concept.positive, chat=chat, batch_size=batch_size)
+            neg = completion_logprobs(model, tokenizer, prompts, concept.negative, chat=chat, batch_size=batch_size)
+        rows.append(likelihood_gap(pos, neg))
+    return torch.stack(rows)
+
+
+def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: float,
+                    sweep: Sequence[float], direction: int, *, chat: bool = True,
+                    base_val: torch.Tensor | None = None, base_test: torch.Tensor | None = None,
+                    batch_size: int = 32) -> LikelihoodResult:
+    """Sweep ``direction * sweep`` on validation, pick the best, then measure on test once."""
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction}")
+    if not method.fields:
+        raise ValueError("the base method has no strength to sweep")
+    if not sweep or any(s <= 0 for s in sweep):
+        raise ValueError(f"sweep must be positive strengths, got {list(sweep)}")
+    val_p, test_p = concept.validation_prompts, concept.test_prompts
+    signed = [direction * s for s in sweep]
+    if base_val is None:
+        base_val = gaps(model, tokenizer, concept, val_p, method, [0.0], unit, chat=chat, batch_size=batch_size)[0]
+    val = gaps(model, tokenizer, concept, val_p, method, signed, unit, chat=chat, batch_size=batch_size)
+    shift = [float(direction * (g - base_val).mean()) for g in val]
+    best = signed[max(range(len(signed)), key=shift.__getitem__)]
+    test_strengths = [0.0, best / 2, best]
+    if base_test is None:
+        base_test = gaps(model, tokenizer, concept, test_p, method, [0.0], unit, chat=chat, batch_size=batch_size)[0]
+    rest = gaps(model, tokenizer, concept, test_p, method, test_strengths[1:], unit, chat=chat, batch_size=batch_size)
+    test = torch.cat([base_test[None], rest])
+    # slopes over |strength|; with direction -1 the requested movement is downward
+    stats = steerability([abs(s) for s in test_strengths], test, direction=direction)
+    return LikelihoodResult(method.name, direction, signed, shift, best, test_strengths, test, stats)
+
+
+def evaluate_all(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+                 sweep: Sequence[float], *, chat: bool = True, batch_size: int = 32) -> list[LikelihoodResult]:
+    """Every method in both directions; the unsteered gaps are computed once and shared."""
+    base = methods["base"]
+    base_val = gaps(model, tokenizer, concept, concept.validation_prompts, base, [0.0], unit, chat=chat, batch_size=batch_size)[0]
+    base_test = gaps(model, tokenizer, concept, concept.test_prompts, base, [0.0], unit, chat=chat, batch_size=batch_size)[0]
+    out = []
+    for name, method in methods.items():
+        if name == "base":
+            continue
+        for direction in (1, -1):
+            out.append(evaluate_method(model, tokenizer, concept, method, unit, sweep, direction, chat=chat,
+                                       base_val=base_val, base_test=base_test, batch_size=batch_size))
+    return out

@@ -57,3 +57,14 @@ def test_errors_name_the_problem(data):
     (data / "concepts" / "formality" / "prompts.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="prompts.jsonl not found"):
         concepts.load_concept("formality")
+
+
+@pytest.mark.parametrize("name", concepts.CONCEPTS)
+def test_shipped_concepts_meet_the_sizes(name):
+    """Each shipped concept: >= 200 training pairs, >= 100 prompts, no prompt in training text."""
+    c = concepts.load_concept(name)
+    assert len(c.pairs) >= 200 and len(c.prompts) >= 100
+    assert len(set(c.prompts)) == len(c.prompts)
+    train_text = {t for p in c.pairs for t in (p.positive, p.negative)}
+    assert not set(c.prompts) & train_text
+    assert len(c.positive) == len(c.negative) == 8

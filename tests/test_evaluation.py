@@ -38,3 +38,22 @@ def test_likelihood_run_writes_every_method_and_direction(tiny, tmp_path, monkey
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "likelihood.md").read_text().count("\n") == len(rows) + 2
     assert (tmp_path / "toy_choices.json").is_file()
+
+
+def test_cli_eval_quick_writes_report(tiny, tmp_path, monkeypatch, capsys):
+    """``svf eval --quick`` wiring: model loading, quick config, report directory."""
+    from svf import cli
+
+    model, tok = tiny
+    monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
+    monkeypatch.setattr(evaluation, "load_concept", lambda name, n_pairs, n_completions: _concept())
+    real_quick = evaluation.quick_config
+
+    def tiny_quick(**overrides):  # the default layers do not exist in a 4-layer model
+        return real_quick(train_layers=(0, 1, 2, 3), steer_layers=(1, 2),
+                          train=TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), **overrides)
+
+    monkeypatch.setattr(evaluation, "quick_config", tiny_quick)
+    assert cli.main(["eval", "--quick", "--concepts", "toy", "--out", str(tmp_path)]) == 0
+    assert "| toy | svf-shared |" in capsys.readouterr().out
+    assert (tmp_path / "likelihood.csv").is_file() and (tmp_path / "config.txt").is_file()

@@ -1,4 +1,4 @@
-"""The ``svf`` command line: ``svf train``, ``svf generate``, ``svf demo``."""
+"""The ``svf`` command line: ``svf train``, ``svf generate``, ``svf demo``, ``svf eval``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import EvalConfig, quick_config, run_likelihood
+
+    model, tok = _load_model(args.model)
+    overrides = {"concepts": tuple(args.concepts)} if args.concepts else {}
+    cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
+    out = Path(args.out)
+    rows = run_likelihood(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct")
+    print((out / "likelihood.md").read_text() if rows else "no results")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .models import prepare_default_model
 
@@ -137,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-new-tokens", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval", help="how strongly and reliably each method steers (report directory)")
+    e.add_argument("--quick", action="store_true", help="small data and sweeps: a few minutes")
+    e.add_argument("--concepts", nargs="+", default=None, help="default: every concept in data/concepts")
+    e.add_argument("--model", default=None)
+    e.add_argument("--out", default="runs/eval", help="report directory (default: runs/eval)")
+    e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("prepare", help="convert the default model once into the cache")
     m.add_argument("--force", action="store_true", help="convert again even when cached")

@@ -1,7 +1,7 @@
 """Likelihood of completions after prompts, computed the way generation sees them.
 
-The prompt runs first (left-padded, KV cache), then the completion tokens teacher-forced on
-that cache: so steering attached to the model acts at exactly the positions it acts on when
+The prompt runs first (left-padded, KV cache, once per prompt: the cache is repeated for each
+completion), then the completion tokens teacher-forced on that cache: so steering attached to the model acts at exactly the positions it acts on when
 generating (the last prompt token, then every new token; DESIGN.md §4). Position ids follow
 the attention mask, so a row's result does not depend on its batch's padding.
 """
@@ -43,29 +43,36 @@ def completion_logprobs(
     if any(len(c) == 0 for c in c_ids) or any(len(p) == 0 for p in p_ids):
         raise ValueError("every prompt and completion must tokenize to at least one token")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs = [(i, j) for i in range(len(prompts)) for j in range(len(completions))]
-    out = torch.empty(len(prompts), len(completions))
-    chunks = range(0, len(pairs), batch_size)
+    n_c = len(completions)
+    C = max(len(c) for c in c_ids)
+    comp1 = torch.full((n_c, C), pad, dtype=torch.long)
+    cmask1 = torch.zeros(n_c, C, dtype=torch.long)
+    for j, c in enumerate(c_ids):  # right padding
+        comp1[j, : len(c)], cmask1[j, : len(c)] = torch.tensor(c), 1
+    out = torch.empty(len(prompts), n_c)
+    # Each prompt runs once; its KV cache is repeated for every completion.
+    per_batch = max(1, batch_size // n_c)
+    chunks = range(0, len(prompts), per_batch)
     for start in tqdm(chunks, desc="completion likelihoods", disable=not progress):
-        batch = pairs[start : start + batch_size]
-        P = max(len(p_ids[i]) for i, _ in batch)
-        C = max(len(c_ids[j]) for _, j in batch)
-        prompt = torch.full((len(batch), P), pad, dtype=torch.long)
-        pmask = torch.zeros(len(batch), P, dtype=torch.long)
-        comp = torch.full((len(batch), C), pad, dtype=torch.long)
-        cmask = torch.zeros(len(batch), C, dtype=torch.long)
-        for r, (i, j) in enumerate(batch):
-            p, c = p_ids[i], c_ids[j]
-            prompt[r, P - len(p) :], pmask[r, P - len(p) :] = torch.tensor(p), 1  # left padding
-            comp[r, : len(c)], cmask[r, : len(c)] = torch.tensor(c), 1  # right padding
-        prompt, pmask, comp, cmask = (t.to(device) for t in (prompt, pmask, comp, cmask))
+        rows = list(range(start, min(start + per_batch, len(prompts))))
+        P = max(len(p_ids[i]) for i in rows)
+        prompt = torch.full((len(rows), P), pad, dtype=torch.long)
+        pmask = torch.zeros(len(rows), P, dtype=torch.long)
+        for r, i in enumerate(rows):  # left padding
+            prompt[r, P - len(p_ids[i]) :], pmask[r, P - len(p_ids[i]) :] = torch.tensor(p_ids[i]), 1
+        prompt, pmask = prompt.to(device), pmask.to(device)
         first = model(input_ids=prompt, attention_mask=pmask, position_ids=_positions(pmask), use_cache=True)
-        mask = torch.cat([pmask, cmask], 1)
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(n_c)
+        pmask_r = pmask.repeat_interleave(n_c, 0)
+        comp = comp1.repeat(len(rows), 1).to(device)
+        cmask = cmask1.repeat(len(rows), 1).to(device)
+        mask = torch.cat([pmask_r, cmask], 1)
         rest = model(input_ids=comp, attention_mask=mask, position_ids=_positions(mask)[:, P:],
-                     past_key_values=first.past_key_values, use_cache=True)
-        logits = torch.cat([first.logits[:, -1:], rest.logits[:, :-1]], 1).float()
+                     past_key_values=cache, use_cache=True)
+        last = first.logits[:, -1:].repeat_interleave(n_c, 0)
+        logits = torch.cat([last, rest.logits[:, :-1]], 1).float()
         lp = logits.log_softmax(-1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
         mean = (lp * cmask).sum(1) / cmask.sum(1)
-        for r, (i, j) in enumerate(batch):
-            out[i, j] = mean[r].cpu()
+        out[rows] = mean.view(len(rows), n_c).cpu()
     return out

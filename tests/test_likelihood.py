@@ -72,3 +72,43 @@ def test_methods_split_total_displacement(tiny):
     assert not hasattr(steering(model, methods["svf-1"], 0.0, unit), "alphas")
     with pytest.raises(ValueError, match="one_layer 3"):
         build_methods(field, (1, 2), 3)
+
+
+def _merging_tokenizer():
+    """One token per character, except "ab", which is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "ab": 3}
+    for ch in [chr(i) for i in range(32, 127)]:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("ab|."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def test_completion_is_scored_as_its_own_tokens():
+    """Prompt "xa" + completion "bc": tokenised together, "ab" would merge across the boundary;
+    the completion is scored as its own tokens "b", "c" after the prompt's "x", "a"."""
+    from helpers import tiny_model
+
+    tok = _merging_tokenizer()
+    assert tok("xabc", add_special_tokens=False).input_ids != (
+        tok("xa", add_special_tokens=False).input_ids + tok("bc", add_special_tokens=False).input_ids)
+    model = tiny_model("llama", vocab_size=len(tok), layers=2)
+    got = completion_logprobs(model, tok, ["xa", "zzab"], ["bc", "abab"], chat=False, batch_size=3)
+    want = torch.tensor([[_direct(model, tok, p, c) for c in ["bc", "abab"]] for p in ["xa", "zzab"]])
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompts, completions, match", [
+    ([], ["a"], "need prompts and completions"),
+    (["a"], [], "need prompts and completions"),
+    (["a"], ["b", ""], "at least one token"),
+])
+def test_completion_logprobs_rejects(tiny, prompts, completions, match):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=match):
+        completion_logprobs(model, tok, prompts, completions, chat=False)

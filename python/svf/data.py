@@ -280,14 +280,18 @@ def mwe_pairs(
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         items = random.Random(seed).sample(items, min(n, len(items)))
-    pairs = []
-    for it in items:
-        pos = render_mwe(it["question"], _answer_stub(it["answer_matching_behavior"]), tokenizer)
-        neg = render_mwe(
-            it["question"], _answer_stub(it["answer_not_matching_behavior"]), tokenizer
+    return mwe_item_pairs(items, tokenizer)
+
+
+def mwe_item_pairs(items: Sequence[dict[str, str]], tokenizer: Any = None) -> list[ContrastivePair]:
+    """Question + matching answer vs + the other answer, for MWE items (see :func:`mwe_pairs`)."""
+    return [
+        ContrastivePair(
+            render_mwe(it["question"], _answer_stub(it["answer_matching_behavior"]), tokenizer),
+            render_mwe(it["question"], _answer_stub(it["answer_not_matching_behavior"]), tokenizer),
         )
-        pairs.append(ContrastivePair(pos, neg))
-    return pairs
+        for it in items
+    ]
 
 
 # --------------------------------------------------------------------------- splits

@@ -179,6 +179,44 @@ def scorer_accuracy(scorer: ConceptScorer, feats: Features) -> list[float]:
     return accs
 
 
+@dataclass
+class PairFeatures:
+    """Activations of the train/val/test splits of a set of pairs at ``layers`` (extract once,
+    train several fields on any subset of the layers)."""
+
+    layers: tuple[int, ...]
+    train: Features
+    val: Features
+    test: Features
+
+    def select(self, layers: Sequence[int]) -> tuple[Features, Features, Features]:
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            raise SVFArgumentError(f"features lack layers {missing} (have {list(self.layers)})")
+        idx = [self.layers.index(i) for i in layers]
+        return tuple(Features(f.pos[:, idx], f.neg[:, idx]) for f in (self.train, self.val, self.test))
+
+
+def pair_features(model: nn.Module, tokenizer, pairs: Sequence, layers: Sequence[int],
+                  config: TrainConfig | None = None, *, batch_size: int = 16,
+                  progress: bool = True) -> PairFeatures:
+    """Split ``pairs`` by ``config.fractions`` and extract each split's last-token activations."""
+    config = config or TrainConfig()
+    layers = list(layers)
+    check_layers(model, layers, "train_layers")
+    tr, va, te = split(list(pairs), config.fractions, config.seed)
+    if min(len(tr), len(va), len(te)) < 2:
+        raise SVFArgumentError(f"need more pairs: split gave train/val/test = {len(tr)}/{len(va)}/{len(te)}")
+
+    def feats(part: list, name: str) -> Features:
+        texts = [p.positive for p in part] + [p.negative for p in part]
+        acts = last_token_activations(model, tokenizer, texts, layers, batch_size=batch_size,
+                                      desc=f"activations ({name})", progress=progress)
+        return Features(acts[: len(part)], acts[len(part) :])
+
+    return PairFeatures(tuple(layers), feats(tr, "train"), feats(va, "val"), feats(te, "test"))
+
+
 def train_field(
     model: nn.Module,
     tokenizer,
@@ -191,11 +229,13 @@ def train_field(
     model_name: str = "",
     batch_size: int = 16,
     progress: bool = True,
+    features: PairFeatures | None = None,
 ) -> tuple[SteeringField, TrainReport]:
     """Train a field from contrastive pairs (objects with ``.positive`` / ``.negative`` text).
 
     Pairs are split train/val/test by ``config.fractions``; the test split is used once,
-    for the report's held-out accuracies.
+    for the report's held-out accuracies. ``features``: activations already extracted by
+    :func:`pair_features` from the same pairs and config (for a superset of the layers).
     """
     config = config or TrainConfig()
     train_layers = list(train_layers)
@@ -205,17 +245,11 @@ def train_field(
     steer_layers = list(steer_layers) if steer_layers is not None else train_layers[:4]
     if not set(steer_layers) <= set(train_layers):
         raise SVFArgumentError(f"steer_layers {steer_layers} must be a subset of train_layers {train_layers}")
-    tr, va, te = split(list(pairs), config.fractions, config.seed)
-    if min(len(tr), len(va), len(te)) < 2:
-        raise SVFArgumentError(f"need more pairs: split gave train/val/test = {len(tr)}/{len(va)}/{len(te)}")
-
-    def feats(split: list, name: str) -> Features:
-        texts = [p.positive for p in split] + [p.negative for p in split]
-        acts = last_token_activations(model, tokenizer, texts, train_layers, batch_size=batch_size,
-                                      desc=f"activations ({name})", progress=progress)
-        return Features(acts[: len(split)], acts[len(split) :])
-
-    f_tr, f_va, f_te = feats(tr, "train"), feats(va, "val"), feats(te, "test")
+    if features is None:
+        features = pair_features(model, tokenizer, pairs, train_layers, config, batch_size=batch_size,
+                                 progress=progress)
+    f_tr, f_va, f_te = features.select(train_layers)
+    tr, va, te = f_tr.pos, f_va.pos, f_te.pos  # sizes for the report
     scorer, history, best_epoch = train_scorer(f_tr, f_va, train_layers, config, progress)
     linear = linear_baseline(f_tr, f_te)
     accs = scorer_accuracy(scorer, f_te)

@@ -1,0 +1,153 @@
+"""MWE A/B behaviour questions, the paper's protocol (DESIGN.md §8, "MCQ").
+
+Per behaviour the items are split 40/10/50 (train/validation/test): one shared field is
+trained on the train split's contrastive pairs; per steered method the strength is chosen on
+validation (largest mean gap shift toward the behaviour) and the test split is read once, at
+strengths ``0, s/2, s``. The gap is ``logit(matching answer) - logit(other answer)`` at the
+answer position: the last token the two renderings share (DESIGN.md §4 steers exactly there).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import load_mwe, mwe_item_pairs, split
+from .methods import Method, build_methods, steering, strength_unit
+from .metrics import mcq_accuracy, mcq_gap, steerability
+from .training import TrainConfig, train_field
+
+__all__ = ["ab_gaps", "run_mwe", "write_mwe"]
+
+MWE_FRACTIONS = (0.4, 0.1, 0.5)
+_MD_KEYS = ("behavior", "method", "layers", "strength", "n_test", "base_accuracy",
+            "steered_accuracy", "mean_shift", "steerable_rate", "anti_steerable", "mean_slope")
+
+
+def _answer_ids(item: Mapping[str, str], tokenizer) -> tuple[list[int], int, int]:
+    """The shared prefix's token ids and the first token of each answer after it."""
+    pair = mwe_item_pairs([item], tokenizer)[0]
+    m = tokenizer(pair.positive, add_special_tokens=False).input_ids
+    o = tokenizer(pair.negative, add_special_tokens=False).input_ids
+    k = next((i for i, (a, b) in enumerate(zip(m, o)) if a != b), min(len(m), len(o)))
+    if k == 0 or k == len(m) or k == len(o):
+        raise ValueError(f"the two answers of {item['question'][:60]!r} do not tokenize to a shared "
+                         f"prefix followed by different tokens (shared length {k}, "
+                         f"lengths {len(m)} and {len(o)})")
+    return m[:k], m[k], o[k]
+
+
+@torch.no_grad()
+def ab_gaps(model: nn.Module, tokenizer, items: Sequence[Mapping[str, str]], *,
+            batch_size: int = 16) -> torch.Tensor:
+    """``[P]``: logit(matching answer) - logit(other answer) at the answer position, under
+    whatever steering is attached (left-padded batches, position ids from the mask)."""
+    if not items:
+        raise ValueError("no items")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    enc = [_answer_ids(it, tokenizer) for it in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))  # less padding per batch
+    out = torch.empty(len(enc))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        T = max(len(enc[i][0]) for i in rows)
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for r, i in enumerate(rows):  # left padding: every row's answer position is the last
+            n = len(enc[i][0])
+            ids[r, T - n :], mask[r, T - n :] = torch.tensor(enc[i][0]), 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        match = torch.tensor([enc[i][1] for i in rows], device=device)
+        other = torch.tensor([enc[i][2] for i in rows], device=device)
+        out[rows] = mcq_gap(logits[:, -1], match, other).cpu()
+    return out
+
+
+def _gaps_at(model, tokenizer, items, method: Method, strength: float, unit: float,
+             batch_size: int) -> torch.Tensor:
+    with steering(model, method, strength, unit):
+        return ab_gaps(model, tokenizer, items, batch_size=batch_size)
+
+
+def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
+            train_layers: Sequence[int], steer_layers: Sequence[int],
+            sweep: Sequence[float] = (0.05, 0.1, 0.2), n_items: int | None = None,
+            train_config: TrainConfig | None = None, seed: int = 0, model_name: str = "",
+            batch_size: int = 16) -> list[dict]:
+    """Every behaviour, every steered method, toward the behaviour: one row per (behaviour,
+    method) with the chosen strength and the test accuracy, shift, rates and slope."""
+    if not behaviors:
+        raise ValueError("no behaviours")
+    if not sweep or any(not s > 0 for s in sweep):
+        raise ValueError(f"sweep must be positive strengths, got {list(sweep)}")
+    if not steer_layers:
+        raise ValueError("no steer_layers")
+    if n_items is not None and n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    config = train_config or TrainConfig()
+    steer_layers = sorted(steer_layers)
+    rows: list[dict] = []
+    for behavior in behaviors:
+        items = load_mwe(behavior)
+        if not items:
+            raise ValueError(f"behaviour {behavior!r} has no items")
+        if n_items is not None and n_items < len(items):
+            items = random.Random(seed).sample(items, n_items)
+        train, val, test = split(items, MWE_FRACTIONS, seed)
+        if not (train and val and test):
+            raise ValueError(f"behaviour {behavior!r}: {len(items)} items are too few for the "
+                             f"40/10/50 split (train/val/test = {len(train)}/{len(val)}/{len(test)})")
+        shared, _ = train_field(model, tokenizer, mwe_item_pairs(train, tokenizer), concept=behavior,
+                                train_layers=train_layers, steer_layers=steer_layers,
+                                config=config, model_name=model_name, progress=False)
+        methods = build_methods(shared, steer_layers, steer_layers[len(steer_layers) // 2])
+        unit = strength_unit(shared, steer_layers)
+        base_val = ab_gaps(model, tokenizer, val, batch_size=batch_size)
+        base_test = ab_gaps(model, tokenizer, test, batch_size=batch_size)
+        base_acc = mcq_accuracy(base_test)
+        for name, method in methods.items():
+            if not method.fields:
+                continue
+            shift = [float((_gaps_at(model, tokenizer, val, method, s, unit, batch_size)
+                            - base_val).mean()) for s in sweep]
+            best = float(sweep[max(range(len(sweep)), key=shift.__getitem__)])
+            strengths = [0.0, best / 2, best]
+            test_gaps = torch.stack([base_test] + [
+                _gaps_at(model, tokenizer, test, method, s, unit, batch_size) for s in strengths[1:]])
+            stats = steerability([abs(s) for s in strengths], test_gaps, direction=1)
+            rows.append({
+                "behavior": behavior, "method": name, "layers": "+".join(map(str, method.layers)),
+                "strength": best, "n_test": len(test), "base_accuracy": base_acc,
+                "steered_accuracy": mcq_accuracy(test_gaps[-1]),
+                "mean_shift": stats["mean_shift"], "steerable_rate": stats["steerable_rate"],
+                "anti_steerable": stats["anti_steerable"], "mean_slope": stats["mean_slope"],
+            })
+    return rows
+
+
+def write_mwe(rows: Sequence[dict], out_dir: Path) -> None:
+    """Write ``mwe.csv`` (every key) and ``mwe.md`` (a Markdown table) under ``out_dir``."""
+    if not rows:
+        raise ValueError("no rows to write")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "mwe.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    keys = [k for k in _MD_KEYS if k in rows[0]]
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / "mwe.md").write_text("\n".join(lines) + "\n")

@@ -41,7 +41,7 @@ def test_sentiment_completions_are_held_out_from_training(data):
     train_text = {t for p in c.pairs for t in (p.positive, p.negative)}
     assert len(c.positive) == len(c.negative) == 5
     assert not (set(c.positive) | set(c.negative)) & train_text
-    assert all(len(t.split()) <= 20 for t in c.positive + c.negative)
+    assert all(len(t.split()) <= 12 for t in c.positive + c.negative)
 
 
 def test_errors_name_the_problem(data):

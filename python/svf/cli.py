@@ -101,15 +101,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluation import EvalConfig, quick_config, run_likelihood
+    from .evaluation import EvalConfig, quick_config, run_eval
 
     model, tok = _load_model(args.model)
     overrides = {"concepts": tuple(args.concepts)} if args.concepts else {}
+    if args.no_mwe:
+        overrides["mwe_behaviors"] = ()
     cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
     out = Path(args.out)
-    rows = run_likelihood(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct")
-    print((out / "likelihood.md").read_text() if rows else "no results")
-    print(f"wrote {out}")
+    command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
+    run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command)
+    for table in ("likelihood", "open_ended"):
+        if (out / f"{table}.md").is_file():
+            print((out / f"{table}.md").read_text())
+    print(f"wrote {out}/README.md")
     return 0
 
 
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--concepts", nargs="+", default=None, help="default: every concept in data/concepts")
     e.add_argument("--model", default=None)
     e.add_argument("--out", default="runs/eval", help="report directory (default: runs/eval)")
+    e.add_argument("--no-mwe", action="store_true", help="skip the MWE A/B questions")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("prepare", help="convert the default model once into the cache")
@@ -167,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (SVFArgumentError, ValueError, FileNotFoundError) as e:

@@ -77,7 +77,7 @@ def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) 
         if not 0 < n_train <= len(every) - n_completions:
             raise ValueError(f"n_pairs must be in [1, {len(every) - n_completions}], got {n_pairs}")
         # completions: short held-out sentences (never among the training pairs)
-        held = [p for p in every[n_train:] if len(p.positive.split()) <= 20 and len(p.negative.split()) <= 20]
+        held = [p for p in every[n_train:] if len(p.positive.split()) <= 12 and len(p.negative.split()) <= 12]
         pos = tuple(p.positive for p in held[:n_completions])
         neg = tuple(p.negative for p in held[:n_completions])
         return Concept(name, tuple(every[:n_train]), prompts, pos, neg)

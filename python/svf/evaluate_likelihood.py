@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .concepts import Concept
 from .likelihood import completion_logprobs
@@ -46,10 +47,11 @@ def gaps(model, tokenizer, concept: Concept, prompts: Sequence[str], method: Met
     """``[len(strengths), len(prompts)]`` likelihood gaps (positive minus negative completions)."""
     rows = []
     for s in strengths:
-        with steering(model, method, s, unit):
-            pos = completion_logprobs(model, tokenizer, prompts, concept.positive, chat=chat, batch_size=batch_size)
-            neg = completion_logprobs(model, tokenizer, prompts, concept.negative, chat=chat, batch_size=batch_size)
-        rows.append(likelihood_gap(pos, neg))
+        with steering(model, method, s, unit):  # one prompt pass serves both completion sets
+            lp = completion_logprobs(model, tokenizer, prompts, [*concept.positive, *concept.negative],
+                                     chat=chat, batch_size=batch_size)
+        n_pos = len(concept.positive)
+        rows.append(likelihood_gap(lp[:, :n_pos], lp[:, n_pos:]))
     return torch.stack(rows)
 
 
@@ -82,16 +84,15 @@ def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: fl
 
 
 def evaluate_all(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
-                 sweep: Sequence[float], *, chat: bool = True, batch_size: int = 32) -> list[LikelihoodResult]:
-    """Every method in both directions; the unsteered gaps are computed once and shared."""
+                 sweep: Sequence[float], *, chat: bool = True, batch_size: int = 32,
+                 directions: Sequence[int] = (1, -1)) -> list[LikelihoodResult]:
+    """Every method in each direction; the unsteered gaps are computed once and shared."""
     base = methods["base"]
     base_val = gaps(model, tokenizer, concept, concept.validation_prompts, base, [0.0], unit, chat=chat, batch_size=batch_size)[0]
     base_test = gaps(model, tokenizer, concept, concept.test_prompts, base, [0.0], unit, chat=chat, batch_size=batch_size)[0]
+    todo = [(m, d) for name, m in methods.items() if name != "base" for d in directions]
     out = []
-    for name, method in methods.items():
-        if name == "base":
-            continue
-        for direction in (1, -1):
-            out.append(evaluate_method(model, tokenizer, concept, method, unit, sweep, direction, chat=chat,
-                                       base_val=base_val, base_test=base_test, batch_size=batch_size))
+    for method, direction in tqdm(todo, desc=f"likelihood {concept.name}"):
+        out.append(evaluate_method(model, tokenizer, concept, method, unit, sweep, direction, chat=chat,
+                                   base_val=base_val, base_test=base_test, batch_size=batch_size))
     return out

@@ -1,25 +1,37 @@
 """``svf eval``: train each concept's fields, build every method, measure, write a report.
 
 This module orchestrates; the measures live in :mod:`svf.metrics`, the likelihood protocol in
-:mod:`svf.evaluate_likelihood`, the methods in :mod:`svf.methods`. Every choice (the single
-layer of one-layer methods, the strength) is made on validation prompts; test prompts are read
-once, for the report.
+:mod:`svf.evaluate_likelihood`, generation in :mod:`svf.evaluate_generation`, the A/B
+questions in :mod:`svf.evaluate_mwe`, the methods in :mod:`svf.methods`, the plots in
+:mod:`svf.report_plots`. Every choice (the single layer of one-layer methods, the likelihood
+strength) is made on validation prompts; test prompts are read once, for the report.
+Generation compares methods at fixed, matched total displacements, chosen before any run.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from . import report_plots
 from .concepts import CONCEPTS, Concept, load_concept
+from .evaluate_generation import Judge, long_form, multi_attribute, open_ended
 from .evaluate_likelihood import LikelihoodResult, evaluate_all, gaps
 from .field import SteeringField
+from .judges import load_embedding_judge, train_pair_judge, vader_compound
+from .knn_field import KNNField
 from .methods import Method, build_methods, strength_unit
-from .training import TrainConfig, train_field
+from .training import TrainConfig, pair_features, train_field
 
 
 @dataclass
@@ -29,19 +41,39 @@ class EvalConfig:
     concepts: tuple[str, ...] = CONCEPTS
     train_layers: tuple[int, ...] = tuple(range(12, 22))
     steer_layers: tuple[int, ...] = (16, 18, 20)
-    sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    # likelihood: validation sweep of total strengths, toward the concept (+1) and/or away (-1)
+    sweep: tuple[float, ...] = (0.1, 0.2, 0.4)
+    directions: tuple[int, ...] = (1,)
     n_pairs: int | None = None
-    n_completions: int = 8
-    n_prompts: int | None = None  # cap on prompts (validation and test keep their 30/70 split)
+    n_completions: int = 4
+    n_prompts: int | None = 60  # cap on prompts (validation and test keep their 30/70 split)
     knn_k: int = 64
     chat: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
+    # open-ended generation: fixed total strengths, the same for every method, both directions
+    gen_strengths: tuple[float, ...] = (0.3,)
+    gen_prompts: int = 24
+    gen_samples: int = 2
+    gen_tokens: int = 32
+    # long-form (first concept only): refresh intervals, prompts, length, window
+    long_refresh: tuple[int, ...] = (1, 2, 4)
+    long_prompts: int = 12
+    long_tokens: int = 256
+    long_window: int = 32
+    # multi-attribute: softmin vs summed CAA over the first 2 and 3 concepts
+    multi_samples: int = 2
+    # MWE A/B questions (the paper's protocol; uninformative at this model size)
+    mwe_behaviors: tuple[str, ...] = ("wealth-seeking-inclination",)
+    mwe_items: int | None = 100
+    seed: int = 0
 
 
 def quick_config(**overrides) -> EvalConfig:
-    """A few minutes on the default model: fewer pairs, prompts, completions and strengths."""
-    base = {"n_pairs": 60, "n_completions": 3, "n_prompts": 20, "sweep": (0.1, 0.3),
-            "train": TrainConfig(max_epochs=8, patience=2)}
+    """A few minutes on the default model: two concepts, small data, sweeps and samples."""
+    base = {"concepts": ("sentiment", "formality"), "n_pairs": 60, "n_completions": 2, "n_prompts": 10,
+            "sweep": (0.2,), "train": TrainConfig(max_epochs=8, patience=2), "gen_prompts": 6,
+            "gen_samples": 1, "gen_tokens": 16, "long_refresh": (1, 4), "long_prompts": 2, "long_tokens": 64,
+            "multi_samples": 1, "mwe_items": 60}
     base.update(overrides)
     return EvalConfig(**base)
 
@@ -64,23 +96,32 @@ def choose_layer(model, tokenizer, concept: Concept, per_layer: dict[int, Method
     return max(shift, key=shift.get)
 
 
-def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "") -> tuple[dict[str, Method], float, dict]:
-    """Train the shared field and the per-layer independent scorers; build every method."""
+@dataclass
+class Prepared:
+    """One concept's trained fields and methods, and the choices made on validation."""
+
+    methods: dict[str, Method]
+    unit: float
+    shared: SteeringField
+    info: dict
+
+
+def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "") -> Prepared:
+    """Train the shared field and the per-layer independent scorers, build the KNN banks and
+    every method; the single layer of one-layer methods is chosen on validation prompts."""
+    feats = pair_features(model, tokenizer, concept.pairs, cfg.train_layers, cfg.train, progress=False)
     shared, report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
                                  train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
-                                 config=cfg.train, model_name=model_name, progress=False)
+                                 config=cfg.train, model_name=model_name, progress=False, features=feats)
     independent: dict[int, SteeringField] = {}
     for i in cfg.steer_layers:
         independent[i], _ = train_field(model, tokenizer, concept.pairs, concept=concept.name,
                                         train_layers=[i], steer_layers=[i], config=cfg.train,
-                                        model_name=model_name, progress=False)
-    knn = None
-    try:
-        from .knn_field import knn_fields
-    except ImportError:  # the KNN baseline is optional until it lands
-        knn_fields = None
-    if knn_fields is not None:
-        knn = knn_fields(model, tokenizer, [p.positive for p in concept.pairs], cfg.steer_layers, k=cfg.knn_k)
+                                        model_name=model_name, progress=False, features=feats)
+    # KNN banks: every pair's positive text, the same activations (last token, layer output)
+    device = next(model.parameters()).device
+    positives = torch.cat([f.pos for f in (feats.train, feats.val, feats.test)])
+    knn = {i: KNNField(positives[:, cfg.train_layers.index(i)], k=cfg.knn_k).to(device) for i in cfg.steer_layers}
     unit = strength_unit(shared, cfg.steer_layers)
     mid = cfg.sweep[len(cfg.sweep) // 2]
     layer_caa = choose_layer(model, tokenizer, concept,
@@ -92,39 +133,168 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
     methods = build_methods(shared, cfg.steer_layers, layer_svf, independent=independent, knn=knn)
     methods["caa-1"] = Method("caa-1", {layer_caa: shared.row_field(layer_caa, "caa")})
     info = {"train_report": report.as_dict(), "caa_1_layer": layer_caa, "svf_1_layer": layer_svf, "unit": unit}
-    return methods, unit, info
+    return Prepared(methods, unit, shared, info)
 
 
-def run_likelihood(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "") -> list[dict]:
-    """Every concept, every method, both directions; writes ``likelihood.csv`` / ``.md`` and,
-    per concept, the choices made on validation (``<concept>_choices.json``)."""
+def concept_judges(concept: Concept) -> tuple[dict[str, Judge], dict]:
+    """Judges independent of the steered model, and their held-out accuracies: sentiment gets
+    VADER and the rt-polarity embedding classifier, other concepts an embedding classifier fitted
+    on their contrastive pairs."""
+    if concept.name == "sentiment":
+        judge = load_embedding_judge()
+        return {"embed": judge.score, "vader": vader_compound}, {"embed_heldout_accuracy": judge.heldout_accuracy,
+                                                                 "embed_n_heldout": judge.n_heldout}
+    judge = train_pair_judge(concept.pairs)
+    return {"embed": judge.score}, {"embed_heldout_accuracy": judge.heldout_accuracy,
+                                    "embed_n_heldout": judge.n_heldout}
+
+
+def _likelihood_rows(name: str, results: Sequence[LikelihoodResult], methods: dict[str, Method]):
+    rows, sweeps, slopes = [], [], []
+    for r in results:
+        rows.append({"concept": name, **r.row(), "layers": "+".join(map(str, methods[r.method].layers))})
+        sweeps += [{"concept": name, "method": r.method, "strength": s, "gap_shift": r.direction * v}
+                   for s, v in zip(r.sweep, r.val_shift)]
+        slopes += [{"concept": name, "method": r.method, "direction": r.direction, "prompt": i, "slope": float(v)}
+                   for i, v in enumerate(r.stats["slope"])]
+    return rows, sweeps, slopes
+
+
+def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
+             command: str = "") -> dict[str, list[dict]]:
+    """Every concept, method and measure; writes the report directory ``out`` (Markdown
+    tables, CSV, plots, ``README.md`` with the run's facts) and returns the tables' rows."""
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    for name in cfg.concepts:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    tables: dict[str, list[dict]] = {k: [] for k in ("likelihood", "sweeps", "slopes", "open_ended",
+                                                    "long_form", "multi_attribute", "mwe", "judges")}
+    timings: dict[str, float] = {}
+    examples: list[dict] = []
+    shared: dict[str, SteeringField] = {}
+    judges: dict[str, Judge] = {}
+    units: list[float] = []
+    first_prompts: list[str] = []
+    for name in tqdm(cfg.concepts, desc="concepts"):
+        t = time.perf_counter()
         concept = _cap(load_concept(name, cfg.n_pairs, cfg.n_completions), cfg.n_prompts)
-        methods, unit, info = prepare(model, tokenizer, concept, cfg, model_name)
-        results: list[LikelihoodResult] = evaluate_all(model, tokenizer, concept, methods, unit, cfg.sweep, chat=cfg.chat)
-        for r in results:
-            rows.append({"concept": name, **r.row(), "layers": "+".join(map(str, methods[r.method].layers)),
-                         "seconds": round(time.perf_counter() - t0, 1)})
-        (out / f"{name}_choices.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
-    _write(rows, out / "likelihood")
-    (out / "config.txt").write_text(repr(asdict(cfg)) + "\n")
-    return rows
+        prep = prepare(model, tokenizer, concept, cfg, model_name)
+        (out / f"{name}_choices.json").write_text(json.dumps(prep.info, indent=1, default=float) + "\n")
+        shared[name], units = prep.shared, units + [prep.unit]
+        timings[f"{name}: train + choose layers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        results = evaluate_all(model, tokenizer, concept, prep.methods, prep.unit, cfg.sweep, chat=cfg.chat,
+                               directions=cfg.directions)
+        for key, rows in zip(("likelihood", "sweeps", "slopes"), _likelihood_rows(name, results, prep.methods)):
+            tables[key] += rows
+        timings[f"{name}: likelihood"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cj, acc = concept_judges(concept)
+        judges[name] = cj["embed"]
+        tables["judges"].append({"concept": name, **acc})
+        tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit, cfg.gen_strengths,
+                                           cj, n_prompts=cfg.gen_prompts, samples=cfg.gen_samples, max_new_tokens=cfg.gen_tokens,
+                                           chat=cfg.chat, seed=cfg.seed, examples=examples)
+        timings[f"{name}: open-ended"] = time.perf_counter() - t
+        if not first_prompts:
+            first_prompts = concept.test_prompts
+            t = time.perf_counter()
+            tables["long_form"] += long_form(model, tokenizer, concept, prep.methods, prep.unit,
+                                             max(cfg.gen_strengths), cj["embed"], refreshes=cfg.long_refresh,
+                                             n_prompts=cfg.long_prompts, length=cfg.long_tokens,
+                                             window=cfg.long_window, chat=cfg.chat, seed=cfg.seed)
+            timings[f"{name}: long-form"] = time.perf_counter() - t
+    if len(cfg.concepts) >= 2:
+        t = time.perf_counter()
+        combos = [cfg.concepts[:n] for n in (2, 3) if len(cfg.concepts) >= n]
+        tables["multi_attribute"] = multi_attribute(
+            model, tokenizer, shared, cfg.steer_layers, sum(units) / len(units), max(cfg.gen_strengths),
+            judges, first_prompts[: cfg.gen_prompts], combos=combos, samples=cfg.multi_samples, max_new_tokens=cfg.gen_tokens,
+            chat=cfg.chat, seed=cfg.seed)
+        timings["multi-attribute"] = time.perf_counter() - t
+    if cfg.mwe_behaviors:
+        from .evaluate_mwe import run_mwe
+
+        t = time.perf_counter()
+        tables["mwe"] = run_mwe(model, tokenizer, cfg.mwe_behaviors, train_layers=cfg.train_layers,
+                                steer_layers=cfg.steer_layers, sweep=cfg.sweep, n_items=cfg.mwe_items, train_config=cfg.train,
+                                seed=cfg.seed, model_name=model_name)
+        timings["mwe"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    write_report(out, tables, examples, cfg, timings, model_name, command)
+    return tables
 
 
-def _write(rows: Sequence[dict], stem: Path) -> None:
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict], cfg: EvalConfig,
+                 timings: dict[str, float], model_name: str, command: str) -> None:
+    """CSV and Markdown per table, the plots, example continuations and ``README.md``."""
+    for key, rows in tables.items():
+        _write_csv(rows, out / f"{key}.csv")
+    plots = {"gap_vs_alpha.png": (report_plots.gap_vs_alpha, tables["sweeps"]),
+             "slopes.png": (report_plots.slope_histograms, tables["slopes"]),
+             "open_ended.png": (report_plots.open_ended_tradeoff, tables["open_ended"]),
+             "long_form.png": (report_plots.long_form_curves, tables["long_form"])}
+    for fname, (draw, rows) in plots.items():
+        if rows:
+            draw(rows, out / fname)
+    (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")
+    facts = [f"- command: `{command or ' '.join(sys.argv)}`", f"- model: {model_name or 'unknown'}",
+             f"- commit: {_git_commit()}", f"- machine: {_machine()}",
+             f"- wall time: {timings.get('total', 0.0) / 60:.1f} min"]
+    parts = ["# svf eval report", "", *facts, "", "## Time per stage (s)", "",
+             *[f"- {k}: {v:.0f}" for k, v in timings.items()], ""]
+    sections = [("likelihood", "Likelihood steerability (test prompts; strength chosen on validation)",
+                 ["concept", "method", "direction", "layers", "strength", "mean_shift", "steerable_rate",
+                  "anti_steerable", "mean_slope", "n_test"]),
+                ("open_ended", "Open-ended generation (test prompts, matched total displacement)", None),
+                ("long_form", "Long-form, per window", None),
+                ("multi_attribute", "Multi-attribute (softmin SVF vs summed CAA)", None),
+                ("mwe", "MWE A/B questions (40/10/50 split)", None),
+                ("judges", "Judges' held-out accuracy", None)]
+    for key, title, keys in sections:
+        if tables.get(key):
+            parts += [f"## {title}", "", _markdown(tables[key], keys), ""]
+            (out / f"{key}.md").write_text(_markdown(tables[key], keys) + "\n")
+    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in plots if (out / f).is_file()]
+    (out / "README.md").write_text("\n".join(parts) + "\n")
+
+
+def _write_csv(rows: Sequence[dict], path: Path) -> None:
     if not rows:
         return
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    keys = ["concept", "method", "direction", "layers", "strength", "mean_shift", "steerable_rate",
-            "anti_steerable", "mean_slope", "n_test"]
+
+
+def _markdown(rows: Sequence[dict], keys: Sequence[str] | None = None) -> str:
+    keys = list(keys or dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    for r in rows:
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

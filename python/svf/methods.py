@@ -72,10 +72,11 @@ def strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:
     return sum(shared.mean_norm(i) for i in layers) / len(layers)
 
 
-def steering(model, method: Method, strength: float, unit: float):
+def steering(model, method: Method, strength: float, unit: float, *, refresh: int = 1):
     """Context manager that steers ``model`` by ``method`` at total displacement
-    ``strength * unit`` (a no-op for ``base`` or strength 0)."""
+    ``strength * unit`` (a no-op for ``base`` or strength 0); ``refresh``: recompute the
+    direction every ``refresh`` generated tokens (DESIGN.md §4)."""
     if not method.fields or strength == 0:
         return nullcontext()
     per_layer = strength * unit / len(method.fields)
-    return Steering(model, dict(method.fields), dict.fromkeys(method.fields, per_layer))
+    return Steering(model, dict(method.fields), dict.fromkeys(method.fields, per_layer), refresh=refresh)

@@ -1,0 +1,144 @@
+"""Open-ended, long-form and multi-attribute evaluation (issue 4 items 3-5).
+
+Continuations are sampled under each method at *matched total displacement* (the strength is
+a total over the layers a method steers, :func:`svf.methods.steering`), judged by judges
+independent of the steered model (scores in [-1, 1], + = the concept's positive side), and
+scored for fluency (perplexity under the *unsteered* model) and repetition (distinct-2).
+Strengths are fixed in the configuration, the same for every method, so nothing here is
+chosen on test prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from statistics import median
+
+import torch
+from tqdm.auto import tqdm
+
+from .concepts import Concept
+from .continuations import Continuations, perplexity, sample, token_nll
+from .field import SteeringField
+from .methods import Method, steering
+from .metrics import distinct_n, distinct_n_per_text, moved_shares, window_scores
+from .steering import steer
+
+#: A judge maps texts to scores in [-1, 1] (+ = the concept's positive side).
+Judge = Callable[[Sequence[str]], list[float]]
+
+
+def _scores(judge: Judge, cont: Continuations) -> torch.Tensor:
+    """``[P, S]`` judge scores."""
+    return torch.tensor(judge(cont.texts), dtype=torch.float64).view(cont.n_prompts, cont.samples)
+
+
+def _fluency(model, cont: Continuations) -> dict:
+    nll = token_nll(model, cont)
+    ppl = [perplexity(x) for x in nll if x.numel()]
+    return {"ppl_median": median(ppl) if ppl else float("nan"),
+            "distinct2": distinct_n(cont.tokens, 2),
+            "distinct2_per_text": sum(distinct_n_per_text(cont.tokens, 2)) / len(cont.tokens),
+            "mean_tokens": sum(len(t) for t in cont.tokens) / len(cont.tokens)}
+
+
+def _judged_row(base: Mapping[str, torch.Tensor], steered: Mapping[str, torch.Tensor], direction: int) -> dict:
+    row = {}
+    for name, s in steered.items():
+        shares = moved_shares(base[name], s, direction)
+        row[f"{name}_score"] = float(s.mean())
+        row[f"{name}_delta"] = direction * float(s.mean() - base[name].mean())
+        row[f"{name}_right"] = shares["right"]
+        row[f"{name}_wrong"] = shares["wrong"]
+    return row
+
+
+def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+               strengths: Sequence[float], judges: Mapping[str, Judge], *, n_prompts: int | None = None,
+               samples: int = 3,
+               max_new_tokens: int = 48, chat: bool = True, seed: int = 0,
+               examples: list | None = None) -> list[dict]:
+    """Every method, both directions, every strength, on the concept's first ``n_prompts`` test
+    prompts (all when None): per judge
+    the mean score, the shift in the requested direction, and the shares of samples moved the
+    right / wrong way from their prompt's unsteered mean; fluency and repetition."""
+    prompts = concept.test_prompts[:n_prompts]
+    kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
+    base_cont = sample(model, tokenizer, prompts, **kw)
+    base = {name: _scores(j, base_cont) for name, j in judges.items()}
+    rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "strength": 0.0,
+             **_judged_row(base, base, 1), **_fluency(model, base_cont), "n_prompts": len(prompts),
+             "samples": samples}]
+    if examples is not None:
+        examples.append({"concept": concept.name, "method": "base", "direction": 0, "strength": 0.0,
+                         "prompt": prompts[0], "text": base_cont.texts[0]})
+    todo = [(m, d, s) for m in methods.values() if m.fields for d in (1, -1) for s in strengths]
+    for method, direction, strength in tqdm(todo, desc=f"open-ended {concept.name}"):
+        with steering(model, method, direction * strength, unit):
+            cont = sample(model, tokenizer, prompts, **kw)
+        scores = {name: _scores(j, cont) for name, j in judges.items()}
+        rows.append({"concept": concept.name, "method": method.name,
+                     "layers": "+".join(map(str, method.layers)), "direction": direction,
+                     "strength": strength, **_judged_row(base, scores, direction),
+                     **_fluency(model, cont), "n_prompts": len(prompts), "samples": samples})
+        if examples is not None:
+            examples.append({"concept": concept.name, "method": method.name, "direction": direction,
+                             "strength": strength, "prompt": prompts[0], "text": cont.texts[0]})
+    return rows
+
+
+def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+              strength: float, judge: Judge, *, refreshes: Sequence[int] = (1, 2, 4),
+              n_prompts: int = 16, length: int = 256, window: int = 32, chat: bool = True,
+              seed: int = 0) -> list[dict]:
+    """``length``-token continuations (end of sequence suppressed) toward the concept, scored
+    per ``window``-token window: judge score and unsteered perplexity, for the unsteered model,
+    static CAA on the SVF layers, and shared-space SVF at each refresh interval K."""
+    prompts = concept.test_prompts[:n_prompts]
+    runs = [("base", methods["base"], 1), ("caa-multi", methods["caa-multi"], 1)]
+    runs += [(f"svf-shared K={k}", methods["svf-shared"], k) for k in refreshes]
+    rows = []
+    for label, method, k in tqdm(runs, desc=f"long-form {concept.name}"):
+        with steering(model, method, strength if method.fields else 0.0, unit, refresh=k):
+            cont = sample(model, tokenizer, prompts, samples=1, max_new_tokens=length,
+                          min_new_tokens=length, chat=chat, seed=seed)
+        nll = token_nll(model, cont)
+        for w, (a, b) in enumerate(window_scores(list(range(length)), window)):
+            pieces = [(t[a:b], x[a:b]) for t, x in zip(cont.tokens, nll) if len(t) >= b]
+            if not pieces:
+                continue
+            texts = tokenizer.batch_decode([p for p, _ in pieces], skip_special_tokens=True)
+            rows.append({"concept": concept.name, "run": label, "method": method.name, "refresh": k,
+                         "strength": strength if method.fields else 0.0, "window": w, "start": a,
+                         "score": sum(judge(texts)) / len(texts),
+                         "ppl_median": median(perplexity(x) for _, x in pieces),
+                         "distinct2": distinct_n([p for p, _ in pieces], 2), "n": len(pieces)})
+    return rows
+
+
+def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layers: Sequence[int],
+                    unit: float, strength: float, judges: Mapping[str, Judge],
+                    prompts: Sequence[str], *, combos: Sequence[Sequence[str]],
+                    samples: int = 2, max_new_tokens: int = 48, chat: bool = True,
+                    seed: int = 0) -> list[dict]:
+    """Several concepts at once: SVF's softmin composition (DESIGN.md §2) against the sum of
+    the concepts' unit CAA vectors, at the same total displacement; per component concept,
+    its judge's shift toward it and the right/wrong shares; fluency and repetition."""
+    kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
+    base_cont = sample(model, tokenizer, prompts, **kw)
+    base = {c: _scores(judges[c], base_cont) for c in fields}
+    rows = [{"combo": "", "method": "base", "strength": 0.0, **_fluency(model, base_cont),
+             **{f"{c}_score": float(base[c].mean()) for c in fields}}]
+    per_layer = strength * unit / len(layers)
+    todo = [(combo, m) for combo in combos for m in ("svf", "caa")]
+    for combo, method in tqdm(todo, desc="multi-attribute"):
+        with steer(model, [fields[c] for c in combo], alpha=per_layer, layers=layers, method=method):
+            cont = sample(model, tokenizer, prompts, **kw)
+        row = {"combo": "+".join(combo), "method": "softmin-svf" if method == "svf" else "summed-caa",
+               "strength": strength, **_fluency(model, cont)}
+        for c in combo:
+            s = _scores(judges[c], cont)
+            shares = moved_shares(base[c], s, 1)
+            row.update({f"{c}_score": float(s.mean()), f"{c}_delta": float(s.mean() - base[c].mean()),
+                        f"{c}_right": shares["right"], f"{c}_wrong": shares["wrong"]})
+        rows.append(row)
+    return rows

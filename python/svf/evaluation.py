@@ -174,6 +174,20 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     judges: dict[str, Judge] = {}
     units: list[float] = []
     first_prompts: list[str] = []
+
+    def flush() -> None:  # the report so far: a late failure loses nothing already measured
+        timings["total"] = time.perf_counter() - t0
+        write_report(out, tables, examples, cfg, timings, model_name, command)
+
+    if cfg.mwe_behaviors:
+        from .evaluate_mwe import run_mwe
+
+        t = time.perf_counter()
+        tables["mwe"] = run_mwe(model, tokenizer, cfg.mwe_behaviors, train_layers=cfg.train_layers,
+                                steer_layers=cfg.steer_layers, sweep=cfg.sweep, n_items=cfg.mwe_items, train_config=cfg.train,
+                                seed=cfg.seed, model_name=model_name)
+        timings["mwe"] = time.perf_counter() - t
+        flush()
     for name in tqdm(cfg.concepts, desc="concepts"):
         t = time.perf_counter()
         concept = _cap(load_concept(name, cfg.n_pairs, cfg.n_completions), cfg.n_prompts)
@@ -203,6 +217,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
                                              n_prompts=cfg.long_prompts, length=cfg.long_tokens,
                                              window=cfg.long_window, chat=cfg.chat, seed=cfg.seed)
             timings[f"{name}: long-form"] = time.perf_counter() - t
+        flush()
     if len(cfg.concepts) >= 2:
         t = time.perf_counter()
         combos = [cfg.concepts[:n] for n in (2, 3) if len(cfg.concepts) >= n]
@@ -211,16 +226,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
             judges, first_prompts[: cfg.gen_prompts], combos=combos, samples=cfg.multi_samples, max_new_tokens=cfg.gen_tokens,
             chat=cfg.chat, seed=cfg.seed)
         timings["multi-attribute"] = time.perf_counter() - t
-    if cfg.mwe_behaviors:
-        from .evaluate_mwe import run_mwe
-
-        t = time.perf_counter()
-        tables["mwe"] = run_mwe(model, tokenizer, cfg.mwe_behaviors, train_layers=cfg.train_layers,
-                                steer_layers=cfg.steer_layers, sweep=cfg.sweep, n_items=cfg.mwe_items, train_config=cfg.train,
-                                seed=cfg.seed, model_name=model_name)
-        timings["mwe"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    write_report(out, tables, examples, cfg, timings, model_name, command)
+    flush()
     return tables
 
 

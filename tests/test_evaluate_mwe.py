@@ -1,6 +1,5 @@
 """The MWE A/B protocol (svf.evaluate_mwe) on a tiny random model and synthetic items."""
 
-import csv
 import math
 
 import pytest
@@ -9,7 +8,7 @@ from helpers import random_field, tiny_model
 
 import svf.evaluate_mwe as em
 from svf.data import _answer_stub, render_mwe
-from svf.evaluate_mwe import ab_gaps, run_mwe, write_mwe
+from svf.evaluate_mwe import ab_gaps, run_mwe
 from svf.steering import steer
 from svf.training import TrainConfig
 
@@ -73,7 +72,7 @@ def test_ab_gaps_errors(llama):
         ab_gaps(model, tok, [same_start])
 
 
-def test_run_mwe_end_to_end(llama, monkeypatch, tmp_path):
+def test_run_mwe_end_to_end(llama, monkeypatch):
     model, tok = llama
     monkeypatch.setattr(em, "load_mwe", lambda behavior: _items(40))
     cfg = TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1, fractions=(0.6, 0.2, 0.2))
@@ -90,11 +89,6 @@ def test_run_mwe_end_to_end(llama, monkeypatch, tmp_path):
             assert 0.0 <= r[k] <= 1.0, (k, r)
         for k in ("mean_shift", "mean_slope"):
             assert math.isfinite(r[k]), (k, r)
-    write_mwe(rows, tmp_path)
-    with open(tmp_path / "mwe.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(rows)
-    md = (tmp_path / "mwe.md").read_text().splitlines()
-    assert len(md) == 2 + len(rows) and md[0].startswith("| behavior | method")
 
 
 def test_run_mwe_errors(llama, monkeypatch):
@@ -108,5 +102,3 @@ def test_run_mwe_errors(llama, monkeypatch):
         run_mwe(model, tok, ["small"], **kw)
     with pytest.raises(ValueError, match="sweep"):
         run_mwe(model, tok, ["small"], sweep=(0.0,), **kw)
-    with pytest.raises(ValueError, match="rows"):
-        write_mwe([], "unused")

@@ -51,10 +51,30 @@ def toy_world(monkeypatch, char_tok):
     return tiny_model("llama", vocab_size=len(char_tok)), char_tok
 
 
-def test_full_report_on_a_tiny_model(toy_world, tmp_path):
+def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeypatch, capsys):
+    """``svf eval --quick`` end to end on a tiny model (quick configuration with the tiny
+    model's layers and sizes): every method, measure, table and plot of the report."""
+    from svf import cli
+
     model, tok = toy_world
-    cfg = evaluation.EvalConfig(concepts=("toy", "tone", "sea"), **_tiny_config())
-    tables = evaluation.run_eval(model, tok, cfg, tmp_path, model_name="tiny", command="test")
+    monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
+    real_quick, real_run = evaluation.quick_config, evaluation.run_eval
+    seen = {}
+
+    def tiny_quick(**overrides):  # the default layers do not exist in a 4-layer model
+        return real_quick(**{**_tiny_config(), **overrides})
+
+    def run_and_keep(*args, **kwargs):
+        seen["tables"] = real_run(*args, **kwargs)
+        return seen["tables"]
+
+    monkeypatch.setattr(evaluation, "quick_config", tiny_quick)
+    monkeypatch.setattr(evaluation, "run_eval", run_and_keep)
+    assert cli.main(["eval", "--quick", "--concepts", *WORDS, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| toy | svf-shared |" in out and "wrote" in out
+    assert "svf eval --quick" in (tmp_path / "README.md").read_text()
+    tables = seen["tables"]
     for f in FILES:
         assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0, f
     lik = tables["likelihood"]
@@ -69,9 +89,14 @@ def test_full_report_on_a_tiny_model(toy_world, tmp_path):
     opened = tables["open_ended"]
     assert {(r["concept"], r["method"], r["direction"]) for r in opened} == {
         (c, m, d) for c in WORDS for m in METHODS for d in (1, -1)} | {(c, "base", 0) for c in WORDS}
+    base_score = {r["concept"]: r["embed_score"] for r in opened if r["method"] == "base"}
     for r in opened:
-        assert 0.0 <= r["embed_right"] + r["embed_wrong"] <= 1.0 and r["samples"] == 2 and r["n_prompts"] == 5
+        assert r["samples"] == 2 and r["n_prompts"] == 5 and -1.0 <= r["embed_score"] <= 1.0
         assert r["ppl_median"] > 1.0 and 0.0 <= r["distinct2"] <= 1.0
+        if r["method"] != "base":
+            assert 0.0 <= r["embed_right"] + r["embed_wrong"] <= 1.0
+            want = r["direction"] * (r["embed_score"] - base_score[r["concept"]])
+            assert r["embed_delta"] == pytest.approx(want, abs=1e-9)
     runs = {r["run"] for r in tables["long_form"]}
     assert runs == {"base", "caa-multi", "svf-shared K=1", "svf-shared K=2"}
     assert {r["window"] for r in tables["long_form"]} == {0, 1}
@@ -89,20 +114,9 @@ def test_full_report_on_a_tiny_model(toy_world, tmp_path):
     assert "wall time" in readme and "commit" in readme and "![slopes.png](slopes.png)" in readme
 
 
-def test_cli_eval_quick_writes_report(toy_world, tmp_path, monkeypatch, capsys):
-    """``svf eval --quick`` wiring: model loading, quick config, report directory."""
-    from svf import cli
-
+def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):
     model, tok = toy_world
-    monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
-    real_quick = evaluation.quick_config
-
-    def tiny_quick(**overrides):  # the default layers do not exist in a 4-layer model
-        return real_quick(**{**_tiny_config(), **overrides})
-
-    monkeypatch.setattr(evaluation, "quick_config", tiny_quick)
-    assert cli.main(["eval", "--quick", "--concepts", "toy", "--no-mwe", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "| toy | svf-shared |" in out and "wrote" in out
-    assert (tmp_path / "likelihood.csv").is_file() and not (tmp_path / "mwe.csv").exists()
-    assert "svf eval --quick" in (tmp_path / "README.md").read_text()
+    cfg = evaluation.EvalConfig(concepts=("toy",), **_tiny_config(mwe_behaviors=()))
+    tables = evaluation.run_eval(model, tok, cfg, tmp_path)
+    assert not tables["mwe"] and not tables["multi_attribute"] and not (tmp_path / "mwe.csv").exists()
+    assert (tmp_path / "likelihood.csv").is_file() and (tmp_path / "long_form.png").is_file()

@@ -66,7 +66,8 @@ def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method]
     base_cont = sample(model, tokenizer, prompts, **kw)
     base = {name: _scores(j, base_cont) for name, j in judges.items()}
     rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "strength": 0.0,
-             **_judged_row(base, base, 1), **_fluency(model, base_cont), "n_prompts": len(prompts),
+             **{f"{name}_score": float(b.mean()) for name, b in base.items()},
+             **_fluency(model, base_cont), "n_prompts": len(prompts),
              "samples": samples}]
     if examples is not None:
         examples.append({"concept": concept.name, "method": "base", "direction": 0, "strength": 0.0,

@@ -9,24 +9,21 @@ answer position: the last token the two renderings share (DESIGN.md §4 steers e
 
 from __future__ import annotations
 
-import csv
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .data import load_mwe, mwe_item_pairs, split
 from .methods import Method, build_methods, steering, strength_unit
 from .metrics import mcq_accuracy, mcq_gap, steerability
 from .training import TrainConfig, train_field
 
-__all__ = ["ab_gaps", "run_mwe", "write_mwe"]
+__all__ = ["ab_gaps", "run_mwe"]
 
 MWE_FRACTIONS = (0.4, 0.1, 0.5)
-_MD_KEYS = ("behavior", "method", "layers", "strength", "n_test", "base_accuracy",
-            "steered_accuracy", "mean_shift", "steerable_rate", "anti_steerable", "mean_slope")
 
 
 def _answer_ids(item: Mapping[str, str], tokenizer) -> tuple[list[int], int, int]:
@@ -115,9 +112,8 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
         base_val = ab_gaps(model, tokenizer, val, batch_size=batch_size)
         base_test = ab_gaps(model, tokenizer, test, batch_size=batch_size)
         base_acc = mcq_accuracy(base_test)
-        for name, method in methods.items():
-            if not method.fields:
-                continue
+        steered = [(name, m) for name, m in methods.items() if m.fields]
+        for name, method in tqdm(steered, desc=f"A/B {behavior}"):
             shift = [float((_gaps_at(model, tokenizer, val, method, s, unit, batch_size)
                             - base_val).mean()) for s in sweep]
             best = float(sweep[max(range(len(sweep)), key=shift.__getitem__)])
@@ -133,21 +129,3 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
                 "anti_steerable": stats["anti_steerable"], "mean_slope": stats["mean_slope"],
             })
     return rows
-
-
-def write_mwe(rows: Sequence[dict], out_dir: Path) -> None:
-    """Write ``mwe.csv`` (every key) and ``mwe.md`` (a Markdown table) under ``out_dir``."""
-    if not rows:
-        raise ValueError("no rows to write")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "mwe.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    keys = [k for k in _MD_KEYS if k in rows[0]]
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    for r in rows:
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    (out_dir / "mwe.md").write_text("\n".join(lines) + "\n")

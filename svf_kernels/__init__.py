@@ -7,8 +7,14 @@
 from . import backends  # noqa: F401 - registers the compiled backends (cpu, cuda) if built
 from .dispatch import available_backends, select_backend
 from .errors import SVFArgumentError
-from .op import field_update_
-from .reference import field_direction, field_update_reference, gelu_tanh, gelu_tanh_grad
+from .op import field_table_update_, field_update_
+from .reference import (
+    field_direction,
+    field_table_update_reference,
+    field_update_reference,
+    gelu_tanh,
+    gelu_tanh_grad,
+)
 from .row_fields import ConstantField, PackedField, RowField
 from .steering_field import FusedSteeringField, StepPlan
 
@@ -21,6 +27,8 @@ __all__ = [
     "StepPlan",
     "available_backends",
     "field_direction",
+    "field_table_update_",
+    "field_table_update_reference",
     "field_update_",
     "field_update_reference",
     "gelu_tanh",

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SVFArgumentError
-from .reference import field_update_reference
+from .reference import field_table_update_reference, field_update_reference
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A named implementation of the op and the device types it serves."""
+    """A named implementation of the op and the device types it serves.
+
+    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, field_ids=None)``
+    serves both ops: one field (``field_ids`` None) and the field table (``A [F, C, m, d]``).
+    """
 
     name: str
     device_types: tuple[str, ...]
@@ -41,8 +45,17 @@ def register_backend(backend: Backend) -> None:
     _CHOSEN.clear()
 
 
+def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, activation="gelu_tanh",
+                       eps=1e-6, rows=None, field_ids=None):
+    """The ``torch`` backend: the reference, one field (``A [C, m, d]``) or a table (``field_ids``)."""
+    if field_ids is None:
+        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
+    return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
+                                        activation, eps)
+
+
 register_backend(
-    Backend("torch", ("cpu", "cuda", "mps", "xpu", "meta"), field_update_reference, lambda: True)
+    Backend("torch", ("cpu", "cuda", "mps", "xpu", "meta"), field_update_torch, lambda: True)
 )
 
 

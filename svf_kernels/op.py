@@ -50,6 +50,34 @@ def _field_update_fake(hidden, A, c, w2, b2, alpha, tau, normalize, activation, 
 
 field_update_op = torch.ops.svf.field_update_.default
 
+# The field-table variant (DESIGN.md §3, last paragraph): F fields stacked, one per-row id.
+TABLE_SCHEMA = (
+    "field_table_update_(Tensor(a!) hidden, Tensor A, Tensor c, Tensor w2, Tensor b2, "
+    "Tensor field_ids, Tensor alpha, float tau, bool normalize, str activation, float eps) -> Tensor"
+)
+_LIB.define(TABLE_SCHEMA)
+
+
+def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps):
+    """The table op's one kernel: the same backend choice, with ``field_ids``."""
+    return select_backend(hidden.device).impl(hidden, A, c, w2, b2, alpha, tau, normalize,
+                                              activation, eps, None, field_ids)
+
+
+_LIB.impl("field_table_update_", _table_dispatch, "CompositeExplicitAutograd")
+_LIB.define(TABLE_SCHEMA.replace("field_table_update_(", "_field_table_update_python(", 1))
+_LIB.impl("_field_table_update_python", _table_dispatch, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("svf::field_table_update_", lib=_LIB)
+def _field_table_update_fake(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps):
+    """Shape-only implementation: scores are float32 [N, C]."""
+    return hidden.new_empty((hidden.shape[0], A.shape[1]), dtype=torch.float32)
+
+
+field_table_update_op = torch.ops.svf.field_table_update_.default
+_ID_DTYPES = (torch.int64, torch.int32)
+
 
 def check_field_args(
     hidden: torch.Tensor,
@@ -138,3 +166,80 @@ def field_update_(
         alpha = torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
     check_field_args(hidden, A, c, w2, b2, alpha, tau, activation, eps, rows)
     return field_update_op(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), activation, float(eps), rows)
+
+
+def check_table_args(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    field_ids: torch.Tensor,
+    alpha: torch.Tensor,
+    tau: float,
+    activation: str,
+    eps: float,
+) -> None:
+    """Validate the table op's arguments (shapes, dtypes, devices); raise SVFArgumentError.
+
+    Shape-only like :func:`check_field_args`: the id *values* are not read here (that would
+    synchronise with the device); kernels treat ids outside ``[0, F)`` as "no steering".
+    """
+    if not isinstance(A, torch.Tensor) or A.dim() != 4:
+        raise SVFArgumentError(f"A must be a table [F, C, m, d], got shape {tuple(getattr(A, 'shape', ()))}")
+    F, C, m = A.shape[0], A.shape[1], A.shape[2]
+    if F < 1:
+        raise SVFArgumentError(f"the table must hold F >= 1 fields, got A of shape {tuple(A.shape)}")
+    for name, t, shape in (("c", c, (F, C, m)), ("w2", w2, (F, C, m)), ("b2", b2, (F, C))):
+        if not isinstance(t, torch.Tensor):
+            raise SVFArgumentError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.shape != shape:
+            raise SVFArgumentError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    # Everything else is the one-field contract, checked on field 0's slices.
+    check_field_args(hidden, A[0], c[0], w2[0], b2[0], alpha, tau, activation, eps, None)
+    if not isinstance(field_ids, torch.Tensor) or field_ids.dtype not in _ID_DTYPES:
+        raise SVFArgumentError(
+            f"field_ids must be an int64 or int32 tensor, got {getattr(field_ids, 'dtype', type(field_ids))}"
+        )
+    if field_ids.shape != (hidden.shape[0],):
+        raise SVFArgumentError(f"field_ids must have shape ({hidden.shape[0]},), got {tuple(field_ids.shape)}")
+    if field_ids.device != hidden.device:
+        raise SVFArgumentError(f"field_ids is on {field_ids.device} but hidden is on {hidden.device}")
+    for name, t in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
+        if not t.is_contiguous():
+            raise SVFArgumentError(f"{name} of a field table must be contiguous")
+
+
+def field_table_update_(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    field_ids: torch.Tensor,
+    alpha: float | torch.Tensor,
+    *,
+    tau: float = 1.0,
+    normalize: bool = True,
+    activation: str = "gelu_tanh",
+    eps: float = 1e-6,
+    check_ids: bool = True,
+) -> torch.Tensor:
+    """Move row ``r`` of ``hidden`` ``[N, d]`` by field ``field_ids[r]`` of a table, in place.
+
+    ``A [F, C, m, d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``: F fields of C concepts each;
+    ``field_ids [N]`` (int64/int32): ``-1`` leaves the row bit-identical (scores NaN).
+    ``check_ids`` reads the ids to reject values outside ``[-1, F)`` (one device sync; pass
+    False in a compiled or CUDA-graph region, where the kernels treat them as -1).
+    See :func:`svf_kernels.reference.field_table_update_reference`.
+    """
+    if not isinstance(alpha, torch.Tensor):
+        dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        alpha = torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
+    check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, activation, eps)
+    if check_ids and field_ids.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(field_ids.min()), int(field_ids.max())
+        if lo < -1 or hi >= A.shape[0]:
+            raise SVFArgumentError(f"field_ids must lie in [-1, {A.shape[0]}), got values in [{lo}, {hi}]")
+    return field_table_update_op(hidden, A, c, w2, b2, field_ids, alpha, float(tau), bool(normalize),
+                                 activation, float(eps))

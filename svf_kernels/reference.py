@@ -16,6 +16,12 @@ compiled kernel is tested against. For one row ``h`` of the residual stream and 
 Arithmetic runs in float32 whatever the storage dtype (float64 inputs stay float64, so the
 reference can be checked against autograd to ~1e-12). A row is left bit-identical when its
 ``rows`` mask entry is False, its ``alpha`` is 0, or its input or update is not finite.
+
+The *field table* variant (DESIGN.md §3, last paragraph; batched serving) holds F fields
+stacked (``A: [F, C, m, d]``, ``c, w2: [F, C, m]``, ``b2: [F, C]``) and a per-row
+``field_ids: [N]``: row ``r`` is moved by field ``field_ids[r]`` exactly as the one-field op
+would move it; ``-1`` (or any id outside ``[0, F)``) means no steering: the row is left
+bit-identical and its scores are NaN.
 """
 
 from __future__ import annotations
@@ -72,6 +78,22 @@ def field_direction(
     return scores, (weights.unsqueeze(-1) * v).sum(1)
 
 
+def _move_(
+    hidden: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, normalize: bool, keep: torch.Tensor | None
+) -> None:
+    """``hidden += alpha * dir(v)`` in place, on the rows that stay finite, are kept and have alpha != 0."""
+    dt = v.dtype
+    if normalize:
+        tiny = torch.finfo(dt).tiny
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    a = alpha.to(dt).reshape(-1, 1)
+    new = hidden.to(dt) + a * v
+    ok = (a != 0).squeeze(1) & torch.isfinite(new).all(-1) & torch.isfinite(hidden).all(-1)
+    if keep is not None:
+        ok = ok & keep
+    hidden.copy_(torch.where(ok.unsqueeze(1), new.to(hidden.dtype), hidden))
+
+
 def field_update_reference(
     hidden: torch.Tensor,
     A: torch.Tensor,
@@ -92,14 +114,40 @@ def field_update_reference(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     scores, v = field_direction(hidden, A, c, w2, b2, tau=tau, eps=eps)
-    dt = v.dtype
-    if normalize:
-        tiny = torch.finfo(dt).tiny
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
-    a = alpha.to(dt).reshape(-1, 1)
-    new = hidden.to(dt) + a * v
-    keep = (a != 0).squeeze(1) & torch.isfinite(new).all(-1) & torch.isfinite(hidden).all(-1)
-    if rows is not None:
-        keep = keep & rows
-    hidden.copy_(torch.where(keep.unsqueeze(1), new.to(hidden.dtype), hidden))
+    _move_(hidden, v, alpha, normalize, rows)
     return scores.float()
+
+
+def field_table_update_reference(
+    hidden: torch.Tensor,
+    A: torch.Tensor,
+    c: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    field_ids: torch.Tensor,
+    alpha: torch.Tensor,
+    tau: float = 1.0,
+    normalize: bool = True,
+    activation: str = "gelu_tanh",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Move row ``r`` of ``hidden`` by field ``field_ids[r]`` of the table, in place.
+
+    Returns float32 scores ``[N, C]`` (NaN on rows with no field). Every field is evaluated
+    on every row and the row's own is selected: F times the work, no data-dependent shapes
+    (so it traces and never synchronises with the host); the compiled kernels do only the
+    row's own field.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    ids = field_ids.long()
+    N, C = hidden.shape[0], A.shape[1]
+    scores = torch.full((N, C), float("nan"), dtype=torch.float32, device=hidden.device)
+    v = torch.zeros(hidden.shape, dtype=compute_dtype(hidden.dtype), device=hidden.device)
+    for f in range(A.shape[0]):
+        s_f, v_f = field_direction(hidden, A[f], c[f], w2[f], b2[f], tau=tau, eps=eps)
+        mine = (ids == f).unsqueeze(1)
+        scores = torch.where(mine, s_f.float(), scores)
+        v = torch.where(mine, v_f, v)
+    _move_(hidden, v, alpha, normalize, (ids >= 0) & (ids < A.shape[0]))
+    return scores

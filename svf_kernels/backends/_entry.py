@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..reference import field_update_reference
+from ..reference import field_table_update_reference, field_update_reference
 
 try:
     from .. import _C  # type: ignore[attr-defined]
@@ -21,7 +21,8 @@ except Exception as exc:  # noqa: BLE001 - any failure to load the extension mea
     _C = None
     EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
 
-# launch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows) -> scores
+# launch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows[, field_ids]) -> scores; with
+# field_ids ([N] int64, -1 = no steering) A is a table [F, C, m, d] (c, w2 [F, C, m], b2 [F, C]).
 Launcher = Callable[..., torch.Tensor]
 
 
@@ -45,16 +46,23 @@ def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
         activation: str = "gelu_tanh",
         eps: float = 1e-6,
         rows: torch.Tensor | None = None,
+        field_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if activation != "gelu_tanh":
             raise ValueError(f"the {name} backend supports activation 'gelu_tanh', got {activation!r}")
         if hidden.dtype == torch.float64:  # reference checks only: kernels store fp32/bf16/fp16
+            if field_ids is not None:
+                return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau,
+                                                    normalize, activation, eps)
             return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation,
                                           eps, rows)
         launch = launcher()
         if launch is None:
             raise RuntimeError(why_unavailable())
-        return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps), rows)
+        if field_ids is None:
+            return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps), rows)
+        return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps), None,
+                      field_ids)
 
     impl.__name__ = impl.__qualname__ = f"field_update_{name}"
     impl.__doc__ = f"The {name} kernel; same contract as svf_kernels.reference.field_update_reference."

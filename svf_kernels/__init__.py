@@ -15,11 +15,12 @@ from .reference import (
     gelu_tanh,
     gelu_tanh_grad,
 )
-from .row_fields import ConstantField, PackedField, RowField
+from .row_fields import ConstantField, FieldTable, PackedField, RowField
 from .steering_field import FusedSteeringField, StepPlan
 
 __all__ = [
     "ConstantField",
+    "FieldTable",
     "FusedSteeringField",
     "PackedField",
     "RowField",

@@ -2,7 +2,8 @@
 
 A row field maps rows ``[n, d]`` and strengths to an in-place update and per-row scores.
 :class:`PackedField` is SVF's folded scorer (it calls the fused op); :class:`ConstantField`
-is a static steering vector (CAA and friends), so methods differ only in the field.
+is a static steering vector (CAA and friends), so methods differ only in the field;
+:class:`FieldTable` holds several SVF fields and moves each row by its own (batched serving).
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ import torch
 from torch import nn
 
 from .errors import SVFArgumentError
-from .op import check_field_args, field_update_, field_update_op
+from .op import (
+    check_field_args,
+    check_table_args,
+    field_table_update_op,
+    field_update_,
+    field_update_op,
+)
 
 
 class RowField(nn.Module):
@@ -115,3 +122,52 @@ class ConstantField(RowField):
             keep = keep & (a != 0)
         rows.copy_(torch.where(keep, new.to(rows.dtype), rows))
         return scores
+
+
+class FieldTable(RowField):
+    """F SVF fields at one layer (``A [F, C, m, d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``).
+
+    ``apply_(rows, alpha, field_ids)`` moves row ``r`` by field ``field_ids[r]`` (``-1``: not
+    at all) in one launch of ``field_table_update_``. Ids are not read on the host here (the
+    caller validates them once per batch), so the call traces and never synchronises.
+    """
+
+    def __init__(
+        self,
+        A: torch.Tensor,
+        c: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+        *,
+        tau: float = 1.0,
+        normalize: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise SVFArgumentError(f"tau must be > 0, got {tau}")
+        self.register_buffer("A", A.detach().float().contiguous())
+        self.register_buffer("c", c.detach().float().contiguous())
+        self.register_buffer("w2", w2.detach().float().contiguous())
+        self.register_buffer("b2", b2.detach().float().contiguous())
+        self.tau, self.normalize, self.eps = float(tau), bool(normalize), float(eps)
+        check_table_args(torch.zeros(1, self.A.shape[-1]), self.A, self.c, self.w2, self.b2,
+                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, "gelu_tanh", self.eps)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.A.shape[-1]
+
+    @property
+    def num_fields(self) -> int:
+        return self.A.shape[0]
+
+    def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor,
+               field_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if field_ids is None:
+            raise SVFArgumentError("a FieldTable needs field_ids: one field index (or -1) per row")
+        if not isinstance(alpha, torch.Tensor):
+            alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
+        b = self._buffers
+        return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
+                                     self.tau, self.normalize, "gelu_tanh", self.eps)

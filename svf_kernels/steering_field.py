@@ -46,7 +46,12 @@ class FusedSteeringField(nn.Module):
     """Wrap ``layer``; after it runs, move its output along ``field`` at the planned positions.
 
     ``alpha`` is the L2 displacement (float, or a ``[B]`` tensor of per-row strengths).
+    ``field_ids``: for a :class:`~svf_kernels.row_fields.FieldTable`, the ``[B]`` field index
+    of each batch row (``-1``: unsteered); None for single fields.
     ``planner`` returns the current :class:`StepPlan` (or None: steer every position).
+    ``last_only=True`` ignores the planner and steers the last position of every forward pass
+    (what left-padded cached decoding steers): no host logic at all, so it traces under
+    ``torch.compile(fullgraph=True)``.
     Works whether the layer returns a tensor (transformers 5) or a tuple (transformers 4).
     """
 
@@ -56,12 +61,17 @@ class FusedSteeringField(nn.Module):
         field: RowField,
         alpha: float | torch.Tensor,
         planner: Callable[[], StepPlan | None] | None = None,
+        *,
+        field_ids: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> None:
         super().__init__()
         self.layer = layer
         self.field = field
         self.alpha = alpha
+        self.field_ids = field_ids
         self.planner = planner
+        self.last_only = last_only
         self.last_scores: torch.Tensor | None = None
         self.last_delta: torch.Tensor | None = None
 
@@ -85,25 +95,46 @@ class FusedSteeringField(nn.Module):
             return self.alpha.to(batch_rows.device).float()[batch_rows]
         return self.alpha
 
+    def _apply(self, rows: torch.Tensor, batch_rows: torch.Tensor | None) -> torch.Tensor:
+        """Run the field on ``rows`` (``batch_rows[i]``: the batch row of ``rows[i]``; None:
+        ``rows`` are the batch rows themselves, in order)."""
+        field = self._modules["field"]
+        alpha = self.alpha
+        if isinstance(alpha, torch.Tensor):
+            alpha = (self._row_alpha(batch_rows) if batch_rows is not None
+                     else alpha.to(device=rows.device, dtype=torch.float32))
+        if self.field_ids is None:
+            return field.apply_(rows, alpha)
+        ids = self.field_ids if batch_rows is None else self.field_ids[batch_rows.to(self.field_ids.device)]
+        return field.apply_(rows, alpha, ids)
+
+    def _check_batch(self, B: int) -> None:
+        for name, t in (("alpha", self.alpha), ("field_ids", self.field_ids)):
+            if isinstance(t, torch.Tensor) and t.shape[0] != B:
+                raise SVFArgumentError(f"{name} has {t.shape[0]} rows but the batch has {B}")
+
     def steer_(self, hidden: torch.Tensor) -> None:
         """Apply the field to ``hidden`` ``[B, T, d]`` in place at the planned positions."""
         B, T, d = hidden.shape
+        if self.last_only:  # traceable: no plan, no host logic
+            self._check_batch(B)
+            object.__setattr__(self, "last_scores", self._apply(hidden.select(1, -1), None))
+            return
         plan = self.planner() if self.planner is not None else None
         if plan is not None and plan.last_only:  # the decoding hot path: no gather/scatter
-            alpha = self._row_alpha(plan.refresh) if isinstance(self.alpha, torch.Tensor) else self.alpha
-            scores = self._modules["field"].apply_(hidden.select(1, -1), alpha)
-            object.__setattr__(self, "last_scores", scores)
+            self._check_batch(B)
+            object.__setattr__(self, "last_scores", self._apply(hidden.select(1, -1), None))
             return
         flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
         work = flat if flat is not None else hidden.reshape(B * T, d)
         if plan is None:
             all_rows = torch.arange(B * T, device=hidden.device) // T
-            self.last_scores = self.field.apply_(work, self._row_alpha(all_rows))
+            self.last_scores = self._apply(work, all_rows)
         else:
             refresh = plan.refresh.to(hidden.device)
             rows = work.index_select(0, refresh)
             before = rows.clone() if plan.reuse is not None or plan.store_rows is not None else None
-            self.last_scores = self.field.apply_(rows, self._row_alpha(refresh // T))
+            self.last_scores = self._apply(rows, refresh // T)
             work.index_copy_(0, refresh, rows)
             if before is not None:
                 self._reuse(work, plan, rows.float() - before.float(), B, d)

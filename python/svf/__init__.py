@@ -9,6 +9,7 @@ math (DESIGN.md §2) is in :mod:`svf.scorer`; the fused update it folds into liv
 from svf_kernels import SVFArgumentError
 
 from .artifacts import ArtifactError
+from .batch_steering import BatchSteering, steer_requests
 from .data import NEUTRAL_PROMPTS, ContrastivePair, mwe_pairs, sentiment_pairs
 from .field import SteeringField
 from .generation import generate
@@ -20,6 +21,7 @@ from .training import TrainConfig, TrainReport, train_field
 __all__ = [
     "NEUTRAL_PROMPTS",
     "ArtifactError",
+    "BatchSteering",
     "ConceptScorer",
     "ContrastivePair",
     "SVFArgumentError",
@@ -33,5 +35,6 @@ __all__ = [
     "mwe_pairs",
     "sentiment_pairs",
     "steer",
+    "steer_requests",
     "train_field",
 ]

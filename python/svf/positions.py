@@ -7,6 +7,9 @@ no-cache decoding step by its prompt prefix, so the same positions are steered w
 without a cache. With refresh ``K > 1`` the direction is recomputed at generated-token
 steps ``0, K, 2K, ...`` (step 0 = last prompt token) and reused in between.
 Option ``positions="all"``: every real (non-padding) token of every forward pass.
+Option ``positions="last"``: the last position of every forward pass, decided without any
+host logic (no tracker runs): the same positions as the default for left-padded decoding
+with a KV cache and refresh 1, and the mode that traces under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from svf_kernels import StepPlan, SVFArgumentError
 
-POSITION_MODES = ("default", "all")
+POSITION_MODES = ("default", "all", "last")
 
 
 def _past_length(cache: Any, mask: torch.Tensor | None, T: int) -> int:
@@ -46,6 +49,8 @@ class PositionTracker:
             raise SVFArgumentError(f"refresh must be an int >= 1, got {refresh!r}")
         if positions not in POSITION_MODES:
             raise SVFArgumentError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+        if positions == "last" and refresh != 1:
+            raise SVFArgumentError(f"positions='last' steers every forward pass afresh: refresh must be 1, got {refresh}")
         self.refresh, self.positions = refresh, positions
         self.plan: StepPlan | None = None
         self._last_only_plan: StepPlan | None = None

@@ -36,6 +36,7 @@ class Steering:
         refresh: int = 1,
         positions: str = "default",
         record_scores: bool = False,
+        field_ids: dict[int, torch.Tensor] | None = None,
     ) -> None:
         if not layer_fields:
             raise SVFArgumentError("layer_fields is empty: give at least one layer to steer")
@@ -47,15 +48,19 @@ class Steering:
         self.layer_fields = dict(sorted(layer_fields.items()))
         self.alphas = alphas
         self.tracker = PositionTracker(refresh, positions)
+        if record_scores and positions == "last":
+            raise SVFArgumentError("record_scores needs the position tracker: use positions='default'")
         self.record_scores = record_scores
+        self.field_ids = field_ids or {}
         self.trace: list[dict[str, torch.Tensor]] = []
         self._wrappers: dict[int, FusedSteeringField] = {}
         self._originals: dict[int, nn.Module] = {}
         self._hook = None
+        self._attached = False
 
     @property
     def attached(self) -> bool:
-        return self._hook is not None
+        return self._attached
 
     def attach(self) -> Steering:
         """Wrap the steering layers; raises if this or another steering is already attached."""
@@ -71,25 +76,31 @@ class Steering:
         owner, _ = decoder_layers_path(self.model)
         self.tracker.reset()
         self.trace = []
+        last_only = self.tracker.positions == "last"
         for i, field in self.layer_fields.items():
             self._originals[i] = layers[i]
-            wrapper = FusedSteeringField(layers[i], field, self.alphas[i], self._current_plan)
+            wrapper = FusedSteeringField(layers[i], field, self.alphas[i], self._current_plan,
+                                         field_ids=self.field_ids.get(i), last_only=last_only)
             self._wrappers[i] = wrapper
             layers[i] = wrapper
-        self._hook = owner.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        if not last_only:  # positions="last" needs no host logic before the forward pass
+            self._hook = owner.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        self._attached = True
         if self.record_scores:
             next(iter(self._wrappers.values())).register_forward_hook(self._record)
         return self
 
     def detach(self) -> None:
         """Restore the original layers and remove the hook (a no-op when not attached)."""
-        if self._hook is None:
+        if not self._attached:
             return
         layers = decoder_layers(self.model)
         for i, original in self._originals.items():
             layers[i] = original
-        self._hook.remove()
+        if self._hook is not None:
+            self._hook.remove()
         self._hook = None
+        self._attached = False
         self._originals.clear()
         self._wrappers.clear()
 
@@ -198,10 +209,12 @@ def steer(
     for i in layers:
         if method == "svf":
             folded = [f.scorer.fold(i) for f in items]
+            m = max(x.A.shape[0] for x in folded)  # scorers of other widths: pad units with
+            pad = [m - x.A.shape[0] for x in folded]  # zeros (they add exactly nothing)
             layer_fields[i] = PackedField(
-                torch.stack([x.A for x in folded]),
-                torch.stack([x.c for x in folded]),
-                torch.stack([x.w2 for x in folded]),
+                torch.stack([nn.functional.pad(x.A, (0, 0, 0, p)) for x, p in zip(folded, pad)]),
+                torch.stack([nn.functional.pad(x.c, (0, p)) for x, p in zip(folded, pad)]),
+                torch.stack([nn.functional.pad(x.w2, (0, p)) for x, p in zip(folded, pad)]),
                 torch.cat([x.b2 for x in folded]),
                 tau=tau, normalize=normalize, eps=items[0].scorer.config.eps,
             )

@@ -1,0 +1,182 @@
+"""Per-request steering inside one batch: each row its own field and strength, or none.
+
+Attach a set of named fields to a model once (:func:`steer_requests`); before each batched
+``generate`` give every row a field name (or ``None``) and a strength
+(:meth:`BatchSteering.set_requests`). Each steered layer then runs one
+``field_table_update_`` launch for the whole batch (DESIGN.md §3, the field table), with no
+Python loop over rows. Entries may steer different layers and hold different numbers of
+concepts: a row whose field does not steer a layer gets id -1 there, and tables pad concepts
+with a score of +inf (softmin weight exactly 0) and hidden units with zeros (no effect).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from svf_kernels import FieldTable, SVFArgumentError
+
+from .field import SteeringField
+from .hf import check_layers
+from .steering import Steering
+
+FieldEntry = SteeringField | Sequence[SteeringField]
+
+
+def _concepts(name: str, entry: FieldEntry) -> list[SteeringField]:
+    items = [entry] if isinstance(entry, SteeringField) else list(entry)
+    if not items or not all(isinstance(f, SteeringField) for f in items):
+        raise SVFArgumentError(f"field {name!r} must be a SteeringField or a non-empty sequence of them")
+    return items
+
+
+def _table(entries: list[list[SteeringField]], layer: int, tau: float, normalize: bool) -> FieldTable:
+    """The F entries' folded scorers at ``layer``, padded to common C and m."""
+    folded = [[f.scorer.fold(layer) for f in concepts] for concepts in entries]
+    F, d = len(folded), folded[0][0].A.shape[-1]
+    C = max(len(x) for x in folded)
+    m = max(x.A.shape[0] for concepts in folded for x in concepts)
+    A, c, w2 = torch.zeros(F, C, m, d), torch.zeros(F, C, m), torch.zeros(F, C, m)
+    b2 = torch.full((F, C), math.inf)  # padded concepts: score +inf, softmin weight 0
+    for f, concepts in enumerate(folded):
+        for k, x in enumerate(concepts):
+            mk = x.A.shape[0]
+            A[f, k, :mk], c[f, k, :mk], w2[f, k, :mk], b2[f, k] = x.A, x.c, x.w2, x.b2.reshape(())
+    return FieldTable(A, c, w2, b2, tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps)
+
+
+class BatchSteering:
+    """Named fields attached to ``model`` once; each batch row picks one (or none) per call.
+
+    Build it with :func:`steer_requests`. ``set_requests(fields, strengths)`` before each
+    batched forward or ``generate`` (or :meth:`generate`, which does both). Strengths are
+    relative, as in :func:`svf.steer`: row ``r`` at layer ``i`` moves by
+    ``strengths[r] * mean_norm(field, i)``.
+    """
+
+    def __init__(self, model: nn.Module, fields: Mapping[str, FieldEntry], *,
+                 layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
+                 positions: str = "default", refresh: int = 1) -> None:
+        if not isinstance(fields, Mapping) or not fields:
+            raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
+        for name in fields:
+            if not isinstance(name, str) or not name:
+                raise SVFArgumentError(f"field names must be non-empty strings, got {name!r}")
+        self.names = list(fields)
+        entries = [_concepts(n, fields[n]) for n in self.names]
+        d = entries[0][0].hidden_size
+        for name, concepts in zip(self.names, entries):
+            if any(f.hidden_size != d for f in concepts):
+                raise SVFArgumentError(f"field {name!r} has hidden size other than {d}")
+        # The layers each entry steers: ``layers`` for all, else its first concept's own.
+        own = {n: tuple(layers) if layers is not None else tuple(e[0].steer_layers)
+               for n, e in zip(self.names, entries)}
+        for name, concepts in zip(self.names, entries):
+            if not own[name]:
+                raise SVFArgumentError(f"field {name!r} steers no layer")
+            for f in concepts:
+                outside = [i for i in own[name] if i not in f.train_layers]
+                if outside:
+                    raise SVFArgumentError(f"field {name!r}: layers {outside} are outside the "
+                                           f"training layers {list(f.train_layers)}")
+        self.layers = sorted({i for ls in own.values() for i in ls})
+        check_layers(model, self.layers, "steering layers")
+        device = next(model.parameters()).device
+        self.model, self.device = model, device
+        tables, self._id_map, self._norms = {}, {}, {}
+        for i in self.layers:
+            members = [g for g, n in enumerate(self.names) if i in own[n]]
+            tables[i] = _table([entries[g] for g in members], i, tau, normalize).to(device)
+            id_map = torch.full((len(self.names) + 1,), -1, dtype=torch.long)  # [global id + 1]
+            norms = torch.zeros(len(self.names) + 1)
+            for local, g in enumerate(members):
+                id_map[g + 1] = local
+                norms[g + 1] = sum(f.mean_norm(i) for f in entries[g]) / len(entries[g])
+            self._id_map[i], self._norms[i] = id_map.to(device), norms.to(device)
+        # Per-layer per-row tensors, updated in place while the batch size stays (so a
+        # compiled forward keeps seeing the same tensors); empty until set_requests.
+        self._alpha = {i: torch.zeros(0, device=device) for i in self.layers}
+        self._ids = {i: torch.zeros(0, dtype=torch.long, device=device) for i in self.layers}
+        self.steering = Steering(model, tables, self._alpha, refresh=refresh, positions=positions,
+                                 field_ids=self._ids)
+
+    # -- per call -------------------------------------------------------------------------
+    def set_requests(self, fields: Sequence[str | None], strengths: float | Sequence[float] = 0.0
+                     ) -> BatchSteering:
+        """Row ``r`` of the next batches is steered by ``fields[r]`` (None: unsteered) at
+        ``strengths[r]`` (one number: every row). Checked here, once, on the host."""
+        if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
+            raise SVFArgumentError("fields must be a non-empty sequence of field names (or None), one per row")
+        B = len(fields)
+        index = {n: g for g, n in enumerate(self.names)}
+        unknown = sorted({f for f in fields if f is not None and f not in index}, key=str)
+        if unknown:
+            raise SVFArgumentError(f"unknown fields {unknown}; attached: {self.names}")
+        if isinstance(strengths, (int, float)) and not isinstance(strengths, bool):
+            strengths = [float(strengths)] * B
+        strengths = list(strengths)
+        if len(strengths) != B:
+            raise SVFArgumentError(f"strengths has {len(strengths)} entries but fields has {B}")
+        for s in strengths:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise SVFArgumentError(f"strengths must be finite numbers, got {s!r}")
+        g1 = torch.tensor([-1 if f is None else index[f] for f in fields], dtype=torch.long) + 1
+        g1 = g1.to(self.device)
+        s = torch.tensor(strengths, dtype=torch.float32, device=self.device)
+        for i in self.layers:
+            ids = self._id_map[i][g1]
+            alpha = s * self._norms[i][g1]
+            if self._ids[i].shape[0] == B:  # same batch size: in place, same tensors
+                self._ids[i].copy_(ids)
+                self._alpha[i].copy_(alpha)
+            else:
+                self._ids[i], self._alpha[i] = ids, alpha
+                wrapper = self.steering._wrappers.get(i)
+                if wrapper is not None:
+                    wrapper.field_ids, wrapper.alpha = ids, alpha
+        return self
+
+    def generate(self, *args, fields: Sequence[str | None], strengths: float | Sequence[float] = 0.0,
+                 **kwargs):
+        """``model.generate(*args, **kwargs)`` with row ``r`` steered by ``fields[r]``."""
+        self.set_requests(fields, strengths)
+        if not self.attached:
+            raise SVFArgumentError("attach() the batch steering before generate()")
+        return self.model.generate(*args, **kwargs)
+
+    # -- attach / detach ------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self.steering.attached
+
+    def attach(self) -> BatchSteering:
+        """Wrap the steering layers (the model is unchanged otherwise)."""
+        self.steering.attach()
+        return self
+
+    def detach(self) -> None:
+        """Put the original layers back (a no-op when not attached)."""
+        self.steering.detach()
+
+    def __enter__(self) -> BatchSteering:  # noqa: PYI034
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+
+def steer_requests(model: nn.Module, fields: Mapping[str, FieldEntry], *,
+                   layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
+                   positions: str = "default", refresh: int = 1) -> BatchSteering:
+    """Build (not yet attached) per-request steering of ``model`` by named fields.
+
+    ``fields``: name -> a :class:`SteeringField`, or a sequence of them combined by softmin.
+    ``layers``: the layers every field steers (default: each field's own steering layers).
+    ``positions="last"`` makes the steering traceable by ``torch.compile(fullgraph=True)``
+    (for left-padded cached decoding it steers the same positions as the default).
+    """
+    return BatchSteering(model, fields, layers=layers, tau=tau, normalize=normalize,
+                         positions=positions, refresh=refresh)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from svf_kernels.reference import field_update_reference
+from svf_kernels.reference import field_table_update_reference, field_update_reference
 
 # Absolute error floors per storage dtype (hidden ~ N(0, 1)): the kernel may also be up to 2x
 # the torch reference's own error in that dtype, whichever is larger.
@@ -179,6 +179,151 @@ def check_overflow_row_left_alone():
     assert (h_k[1] - h_ref[1]).abs().max().item() <= 1e-5 * h_ref[1].abs().max().item()
 
 
+# ---------------------------------------------------------------- field table (F fields, ids)
+
+
+def _table(F: int, C: int, m: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(F, C, m, d, generator=g) / d**0.5
+    c = 0.1 * torch.randn(F, C, m, generator=g)
+    w2 = torch.randn(F, C, m, generator=g) / m**0.5
+    b2 = torch.randn(F, C, generator=g)
+    return A, c, w2, b2
+
+
+def _ids(F: int, N: int, dtype=torch.int64) -> torch.Tensor:
+    """Every field, -1, and out-of-range ids (F, F + 2, -5) among N rows."""
+    pool = [*range(F), -1, F, *range(F), F + 2, -5]
+    return torch.tensor([pool[i % len(pool)] for i in range(N)], dtype=dtype)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0, out=None):
+    """Kernel vs float64 table reference and the reference in the storage dtype.
+
+    Checks the contract's exact parts (rows with an id outside [0, F): bit-identical, NaN
+    scores; NaN scores nowhere else unless the reference has them) and returns the errors on
+    the other rows (shape of ``_compare``'s) plus the results.
+    """
+    dt = hidden.dtype
+    F = A.shape[0]
+    h64 = hidden.double()
+    s64 = field_table_update_reference(h64, A.double(), c.double(), w2.double(), b2.double(),
+                                       ids, alpha.double(), tau, normalize)
+    h_ref = hidden.clone()
+    s_ref = field_table_update_reference(h_ref, A, c, w2, b2, ids, alpha, tau, normalize)
+    h_k = hidden.clone() if out is None else out
+    s_k = _run_triton(h_k, A, c, w2, b2, alpha, tau=tau, normalize=normalize, field_ids=ids)
+    assert s_k.dtype == torch.float32 and s_k.shape == s_ref.shape == (hidden.shape[0], A.shape[1])
+    assert h_k.dtype == dt
+    bad = (ids < 0) | (ids >= F)
+    assert torch.equal(_bits(h_k[bad]), _bits(hidden[bad])), "a row with no field changed"
+    assert bool(s_k[bad].isnan().all()), "a row with no field has non-NaN scores"
+    assert torch.equal(s_k.isnan(), s64.isnan()), "NaN scores differ from the reference"
+    ok = ~bad
+
+    def err(x, y):
+        x, y = x[ok], y[ok]
+        return (x.double() - y).abs().nan_to_num(0.0).max().item() if x.numel() else 0.0
+
+    e = {
+        "h_kernel": err(h_k, h64), "h_ref": err(h_ref, h64),
+        "s_kernel": err(s_k, s64), "s_ref": err(s_ref, s64),
+    }
+    return e, (h_k, s_k, h_ref, s_ref, h64)
+
+
+def check_table_shapes_dtypes_ids():
+    """F in {1, 3}, C in {1, 2}, d=37; three dtypes; int64 and int32 ids with -1 and
+    out-of-range values; every steered row updated, every other row bit-identical."""
+    for F in (1, 3):
+        for C in (1, 2):
+            A, c, w2, b2 = _table(F, C, 12, 37, seed=10 * F + C)
+            for dt in DTYPES:
+                for id_dtype in (torch.int64, torch.int32):
+                    N = 9
+                    hidden = torch.randn(N, 37, generator=torch.Generator().manual_seed(F + C)).to(dt)
+                    ids = _ids(F, N, id_dtype)
+                    alpha = torch.linspace(0.4, 1.4, N)
+                    e, (h_k, *_rest) = _compare_table(hidden, A, c, w2, b2, ids, alpha)
+                    label = f"table F={F} C={C} {dt} ids {id_dtype}"
+                    _assert_close(e, dt, label)
+                    steered = (ids >= 0) & (ids < F)
+                    assert bool((h_k[steered] != hidden[steered]).any(-1).all()), (
+                        f"{label}: a steered row was not updated"
+                    )
+
+
+def check_table_matches_one_field_kernel():
+    """Row r of the table op == the one-field kernel with field ids[r], bit for bit (scores
+    too); normalize off, tau != 1, parameters in the hidden dtype, d and C*m over several tiles."""
+    for dt, d, m, normalize in ((torch.float32, 131, 40, False), (torch.bfloat16, 37, 12, True)):
+        A, c, w2, b2 = (t.to(dt) for t in _table(3, 2, m, d, seed=21))
+        N = 8
+        hidden = torch.randn(N, d, generator=torch.Generator().manual_seed(22)).to(dt)
+        ids = _ids(3, N, torch.int32)
+        alpha = torch.full((N,), 0.7)
+        e, (h_k, s_k, *_rest) = _compare_table(hidden, A, c, w2, b2, ids, alpha,
+                                               normalize=normalize, tau=0.5)
+        _assert_close(e, dt, f"table vs reference {dt} d={d}")
+        for f in range(3):
+            h_one = hidden.clone()
+            s_one = _run_triton(h_one, A[f], c[f], w2[f], b2[f], alpha, tau=0.5,
+                                normalize=normalize)
+            mine = ids.long() == f
+            assert torch.equal(_bits(h_k[mine]), _bits(h_one[mine])), f"{dt} field {f}: hidden"
+            assert torch.equal(s_k[mine], s_one[mine]), f"{dt} field {f}: scores"
+
+
+def check_table_noncontiguous_rows():
+    """hidden = x[:, -1] of a [B, T, d] tensor: only the steered rows of the view change."""
+    A, c, w2, b2 = _table(3, 2, 12, 37, seed=31)
+    for dt in DTYPES:
+        x = torch.randn(6, 3, 37, generator=torch.Generator().manual_seed(32)).to(dt)
+        x0 = x.clone()
+        view = x[:, -1]
+        assert not view.is_contiguous()
+        ids = torch.tensor([1, -1, 0, 2, 3, 1])
+        e, _ = _compare_table(view.clone(), A, c, w2, b2, ids, torch.full((6,), 1.0), out=view)
+        _assert_close(e, dt, f"table non-contiguous {dt}")
+        assert torch.equal(_bits(x[:, :-1]), _bits(x0[:, :-1])), "other positions changed"
+        steered = torch.tensor([True, False, True, True, False, True])
+        assert bool((x[steered, -1] != x0[steered, -1]).any(-1).all())
+
+
+def check_table_zero_alpha_nonfinite_all_unsteered():
+    """alpha 0 / NaN / inf rows with a valid field stay bit-identical (scores as the
+    reference's); ids all -1: nothing changes and every score is NaN."""
+    A, c, w2, b2 = _table(3, 2, 12, 37, seed=41)
+    for dt in DTYPES:
+        for normalize in (True, False):
+            hidden = torch.randn(7, 37, generator=torch.Generator().manual_seed(42)).to(dt)
+            hidden[3, 5] = float("nan")
+            hidden[4, 9] = float("-inf")
+            before = hidden.clone()
+            ids = torch.tensor([0, 1, 2, 1, 0, -1, 2], dtype=torch.int32)
+            alpha = torch.tensor([0.8, 0.0, 0.8, 0.8, 0.8, 0.8, -0.6])
+            e, (h_k, s_k, h_ref, s_ref, _) = _compare_table(hidden, A, c, w2, b2, ids, alpha,
+                                                            normalize=normalize)
+            label = f"table mask {dt} normalize={normalize}"
+            for r in (1, 3, 4, 5):  # alpha 0, nan, inf, no field: bit-identical (NaN payload too)
+                assert torch.equal(_bits(h_k[r]), _bits(before[r])), f"{label}: row {r}"
+            for r in (0, 2, 6):
+                assert (h_k[r] != before[r]).any(), f"{label}: row {r} not updated"
+            fin = [0, 1, 2, 6]
+            hk = (h_k[fin].double() - h_ref[fin].double()).abs().max().item()
+            assert hk <= max(2 * e["h_ref"], HIDDEN_FLOOR[dt]), f"{label}: {hk:.3g}"
+            sk = (s_k[fin].double() - s_ref[fin].double()).abs().max().item()
+            assert sk <= max(2 * e["s_ref"], 1e-5), f"{label}: scores {sk:.3g}"
+        none = torch.full((7,), -1)
+        h_k = before.clone()
+        s_k = _run_triton(h_k, A, c, w2, b2, torch.full((7,), 0.8), field_ids=none)
+        assert torch.equal(_bits(h_k), _bits(before)) and bool(s_k.isnan().all()), f"all -1 {dt}"
+
+
 def _main() -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("run with TRITON_INTERPRET=1")
@@ -228,7 +373,7 @@ def test_triton_kernel_interpreter():
     out = proc.stdout + proc.stderr
     print(out)
     assert proc.returncode == 0, f"Triton interpreter checks failed:\n{out}"
-    assert "FAIL" not in proc.stdout and proc.stdout.count("PASS") >= 6, out
+    assert "FAIL" not in proc.stdout and proc.stdout.count("PASS") >= 10, out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (NVIDIA, no network): build the CUDA extension, run the CUDA and
-# Triton correctness tests, the kernel benchmark and the decode benchmark on a randomly
-# initialised Llama-3-8B-shaped model in bf16 (batch 1 and 16). Everything lands in $OUT
-# (or ./gpu-results). Budget: 8 minutes. Uses the machine's python3 (torch with CUDA).
+# Triton correctness tests (the one-field op and the field-table op), the kernel benchmark and
+# the decode benchmark on a randomly initialised Llama-3-8B-shaped model in bf16 (batch 1 and
+# 16). Everything lands in $OUT (or ./gpu-results). Budget: about 8 minutes, up to 3 more for
+# the table tests. Uses the machine's python3 (torch with CUDA).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu-results}"
@@ -24,6 +25,9 @@ $PY -c "import svf_kernels, svf_kernels._C as C; print('has_cuda', C.has_cuda())
 
 step "correctness: CUDA and Triton backends against the float64 reference"
 timeout 180 $PY -m pytest -q -x tests/test_kernel_backends.py -p no:cacheprovider 2>&1 | tail -15 | tee -a "$LOG"
+
+step "correctness: the field-table op (svf::field_table_update_) on the CUDA and Triton backends"
+timeout 180 $PY -m pytest -q tests/test_field_table_kernels.py -p no:cacheprovider 2>&1 | tail -15 | tee -a "$LOG"
 
 step "kernel benchmark (bf16 on the GPU)"
 SVF_BENCH_DEVICE=cuda SVF_BENCH_DTYPE=bfloat16 timeout 150 $PY -m pytest -q benchmarks/bench_kernels.py \

@@ -6,9 +6,14 @@
 #include <c10/util/Optional.h>
 
 // hidden: [N, d] CUDA tensor (fp32 / bf16 / fp16, last dimension contiguous), updated in place.
-// A: [C, m, d]; c, w2: [C, m]; b2: [C]; alpha: [N]; rows: optional [N] bool mask.
-// Returns scores [N, C] float32 (before the update). Runs on the current CUDA stream with no
-// host synchronisation.
+// Without field_ids (svf::field_update_): A: [C, m, d]; c, w2: [C, m]; b2: [C].
+// With field_ids (svf::field_table_update_): a table of F fields, A: [F, C, m, d];
+// c, w2: [F, C, m]; b2: [F, C]; field_ids: [N] int64 or int32 on the device. Row r is moved by
+// field field_ids[r]; an id outside [0, F) leaves the row bit-identical with NaN scores (the
+// ids are read only on the device).
+// alpha: [N]; rows: optional [N] bool mask. Returns scores [N, C] float32 (before the update).
+// Runs on the current CUDA stream with no host synchronisation.
 at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                              at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
-                             double eps, c10::optional<at::Tensor> rows);
+                             double eps, c10::optional<at::Tensor> rows,
+                             c10::optional<at::Tensor> field_ids);

@@ -6,6 +6,14 @@
 //   G = A_flat^T coef,  coef[i*m + u] = w_i * act'(z_iu) * w2_iu      (A_flat: [C*m, d])
 // so each row needs one [C*m] -> [d] product and one d-vector.
 //
+// Field table (batched serving): the parameters are F fields stacked (A [F, C, m, d], ...) and
+// row n uses field ids[n]; every kernel that reads parameters looks the row's field up once
+// and moves its parameter pointers there (with_field). Without ids every row uses field 0: the
+// one-field op runs the kTable = false instantiations, which pass the kernel's parameters
+// through untouched (the code as before tables). A row whose id lies outside [0, F) does
+// no compute: k_split_z marks it with a NaN sum of squares (which the later kernels already
+// treat as "leave the row alone"), k_split_g / k_fused write NaN scores.
+//
 // Two schedules, both with no host synchronisation (CUDA-graph capturable):
 //  * split (decoding, few rows): five short kernels over grid (rows, tiles of d or of units)
 //      k_split_z       sum(h^2) and z = A h / rms + c           (blocks over units)
@@ -65,6 +73,9 @@ struct Params {
   const float* b2;
   const float* alpha;
   const bool* rows;
+  const void* ids;  // [n] field ids (int64, or int32 when ids_i32), or nullptr: field 0
+  bool ids_i32;
+  int F;  // fields in the table (1 without ids)
   int C, m;
   float tau, eps;
   bool normalize;
@@ -78,6 +89,30 @@ struct Params {
   float* part2;
   float* flag;
 };
+
+// The field of row n of a table (p.ids not null); -1 (no steering) for an id outside [0, F).
+__device__ __forceinline__ int64_t row_field(const Params& p, int64_t n) {
+  const int64_t f = p.ids_i32 ? static_cast<int64_t>(static_cast<const int32_t*>(p.ids)[n])
+                              : static_cast<const int64_t*>(p.ids)[n];
+  return (f >= 0 && f < p.F) ? f : -1;
+}
+
+// p with its parameter pointers moved to field f (0 <= f < F) of the table.
+__device__ __forceinline__ Params with_field(Params p, int64_t f) {
+  const int64_t Cm = static_cast<int64_t>(p.C) * p.m;
+  p.A += f * Cm * p.d;
+  p.c += f * Cm;
+  p.w2 += f * Cm;
+  p.b2 += f * p.C;
+  return p;
+}
+
+__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
+
+// Scores of a row with no field: NaN.
+__device__ __forceinline__ void nan_scores(const Params& p, int64_t n) {
+  for (int i = threadIdx.x; i < p.C; i += kThreads) p.scores[n * p.C + i] = quiet_nan();
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -195,9 +230,8 @@ __device__ __forceinline__ float updated(const Params& p, float h, float v, floa
 // ---------------------------------------------------------------- split schedule (decoding)
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) k_split_z(Params p, int units_per_block) {
+__device__ __forceinline__ void split_z_row(const Params& p, int64_t n, int units_per_block) {
   __shared__ float scratch[kWarps + 1];
-  const int64_t n = blockIdx.x;
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
   const float ss = row_sumsq<T>(p, h, scratch);
   if (blockIdx.y == 0 && threadIdx.x == 0) p.sumsq[n] = ss;
@@ -207,14 +241,29 @@ __global__ void __launch_bounds__(kThreads) k_split_z(Params p, int units_per_bl
   row_z<T>(p, h, rms_of(p, ss), u0, u1, p.z + n * Cm);
 }
 
+template <typename T, bool kTable>
+__global__ void __launch_bounds__(kThreads) k_split_z(Params p, int units_per_block) {
+  const int64_t n = blockIdx.x;
+  if constexpr (kTable) {
+    const int64_t f = row_field(p, n);
+    if (f < 0) {  // no field (uniform over the block): no compute
+      // a NaN sum of squares makes every later kernel leave the row alone
+      if (blockIdx.y == 0 && threadIdx.x == 0) p.sumsq[n] = quiet_nan();
+      return;
+    }
+    split_z_row<T>(with_field(p, f), n, units_per_block);
+  } else {
+    split_z_row<T>(p, n, units_per_block);
+  }
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) k_split_g(Params p) {
+__device__ __forceinline__ void split_g_row(const Params& p, int64_t n) {
   extern __shared__ float smem[];
   __shared__ float scratch[kWarps + 1];
   const int Cm = p.C * p.m;
   float* coef = smem;
   float* sc = smem + Cm;
-  const int64_t n = blockIdx.x;
   const float ss = p.sumsq[n];
   scores_and_coef(p, p.z + n * Cm, coef, sc, scratch,
                   blockIdx.y == 0 ? p.scores + n * p.C : nullptr);
@@ -230,6 +279,21 @@ __global__ void __launch_bounds__(kThreads) k_split_g(Params p) {
   }
   part = block_sum(part, scratch);
   if (threadIdx.x == 0) p.part1[n * p.tiles + blockIdx.y] = part;
+}
+
+template <typename T, bool kTable>
+__global__ void __launch_bounds__(kThreads) k_split_g(Params p) {
+  const int64_t n = blockIdx.x;
+  if constexpr (kTable) {
+    const int64_t f = row_field(p, n);
+    if (f < 0) {  // no field (uniform over the block): no compute
+      if (blockIdx.y == 0) nan_scores(p, n);
+      return;
+    }
+    split_g_row<T>(with_field(p, f), n);
+  } else {
+    split_g_row<T>(p, n);
+  }
 }
 
 template <typename T>
@@ -289,13 +353,12 @@ __global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
 // ---------------------------------------------------------------- fused schedule (prefill)
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) k_fused(Params p) {
+__device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
   extern __shared__ float smem[];
   __shared__ float scratch[kWarps + 1];
   const int Cm = p.C * p.m;
   float* coef = smem;
   float* sc = smem + Cm;
-  const int64_t n = blockIdx.x;
   T* h = static_cast<T*>(p.hidden) + n * p.stride;
   float* z = p.z + n * Cm;
   float* gv = p.gv + n * p.d;
@@ -333,11 +396,26 @@ __global__ void __launch_bounds__(kThreads) k_fused(Params p) {
   }
 }
 
-template <typename T>
+template <typename T, bool kTable>
+__global__ void __launch_bounds__(kThreads) k_fused(Params p) {
+  const int64_t n = blockIdx.x;
+  if constexpr (kTable) {
+    const int64_t f = row_field(p, n);
+    if (f < 0) {  // no field (uniform over the block): no compute
+      nan_scores(p, n);
+      return;
+    }
+    fused_row<T>(with_field(p, f), n);
+  } else {
+    fused_row<T>(p, n);
+  }
+}
+
+template <typename T, bool kTable>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream, bool fused) {
   const size_t smem = (static_cast<size_t>(p.C) * p.m + p.C) * sizeof(float);
   if (fused) {
-    k_fused<T><<<dim3(static_cast<unsigned>(p.n)), kThreads, smem, stream>>>(p);
+    k_fused<T, kTable><<<dim3(static_cast<unsigned>(p.n)), kThreads, smem, stream>>>(p);
     return cudaGetLastError();
   }
   const int Cm = p.C * p.m;
@@ -345,8 +423,8 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream, bool fused) {
   const int upb = p.n >= 16 ? 4 * kWarps : kWarps;
   const dim3 grid_z(static_cast<unsigned>(p.n), static_cast<unsigned>((Cm + upb - 1) / upb));
   const dim3 grid_d(static_cast<unsigned>(p.n), static_cast<unsigned>(p.tiles));
-  k_split_z<T><<<grid_z, kThreads, 0, stream>>>(p, upb);
-  k_split_g<T><<<grid_d, kThreads, smem, stream>>>(p);
+  k_split_z<T, kTable><<<grid_z, kThreads, 0, stream>>>(p, upb);
+  k_split_g<T, kTable><<<grid_d, kThreads, smem, stream>>>(p);
   k_split_v<T><<<grid_d, kThreads, 0, stream>>>(p);
   k_split_check<T><<<grid_d, kThreads, 0, stream>>>(p);
   k_split_write<T><<<grid_d, kThreads, 0, stream>>>(p);
@@ -360,13 +438,14 @@ extern "C" int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C
   return n + n * static_cast<int64_t>(C) * m + n * d + 3 * n * tiles;
 }
 
-extern "C" cudaError_t svf_field_update_launch_ex(
+extern "C" cudaError_t svf_field_table_update_launch(
     void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
-    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows, int C,
-    int m, float tau, bool normalize, float eps, float* scores, float* workspace,
-    cudaStream_t stream, int path) {
+    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows,
+    const void* field_ids, int ids_int32, int F, int C, int m, float tau, bool normalize,
+    float eps, float* scores, float* workspace, cudaStream_t stream, int path) {
   if (n == 0) return cudaSuccess;
-  if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr) {
+  if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr ||
+      F <= 0 || (field_ids == nullptr && F != 1)) {
     return cudaErrorInvalidValue;
   }
   const int64_t tiles = (d + kTile - 1) / kTile;
@@ -383,6 +462,9 @@ extern "C" cudaError_t svf_field_update_launch_ex(
   p.b2 = b2;
   p.alpha = alpha;
   p.rows = rows;
+  p.ids = field_ids;
+  p.ids_i32 = ids_int32 != 0;
+  p.F = F;
   p.C = C;
   p.m = m;
   p.tau = tau;
@@ -397,16 +479,30 @@ extern "C" cudaError_t svf_field_update_launch_ex(
   p.part2 = p.part1 + n * tiles;
   p.flag = p.part2 + n * tiles;
   const bool fused = path == 0 || (path < 0 && n >= kFusedMinRows);
+  const bool table = field_ids != nullptr;
   switch (dtype) {
     case SVF_DTYPE_F32:
-      return launch_typed<float>(p, stream, fused);
+      return table ? launch_typed<float, true>(p, stream, fused)
+                   : launch_typed<float, false>(p, stream, fused);
     case SVF_DTYPE_BF16:
-      return launch_typed<__nv_bfloat16>(p, stream, fused);
+      return table ? launch_typed<__nv_bfloat16, true>(p, stream, fused)
+                   : launch_typed<__nv_bfloat16, false>(p, stream, fused);
     case SVF_DTYPE_F16:
-      return launch_typed<__half>(p, stream, fused);
+      return table ? launch_typed<__half, true>(p, stream, fused)
+                   : launch_typed<__half, false>(p, stream, fused);
     default:
       return cudaErrorInvalidValue;
   }
+}
+
+extern "C" cudaError_t svf_field_update_launch_ex(
+    void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
+    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows, int C,
+    int m, float tau, bool normalize, float eps, float* scores, float* workspace,
+    cudaStream_t stream, int path) {
+  return svf_field_table_update_launch(hidden, dtype, n, d, row_stride, A, c, w2, b2, alpha, rows,
+                                       nullptr, 0, 1, C, m, tau, normalize, eps, scores,
+                                       workspace, stream, path);
 }
 
 extern "C" cudaError_t svf_field_update_launch(void* hidden, int dtype, int64_t n, int64_t d,

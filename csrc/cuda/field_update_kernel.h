@@ -8,6 +8,11 @@
 //   h += alpha * dir   (fp32 arithmetic; a row is left bit-identical when rows[n] is false,
 //                       alpha[n] == 0, or its input or its updated value is not finite)
 // scores [N, C] (fp32, before the update) are written for every row.
+//
+// Field table (svf::field_table_update_, batched serving): F fields stacked, A [F, C, m, d],
+// c, w2 [F, C, m], b2 [F, C]; row n is moved by field field_ids[n] exactly as the one-field
+// update would move it. An id outside [0, F) means no steering: the row is left bit-identical,
+// its scores are NaN, and nothing is computed for it.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +48,18 @@ cudaError_t svf_field_update_launch_ex(void* hidden, int dtype, int64_t n, int64
                                        const bool* rows, int C, int m, float tau, bool normalize,
                                        float eps, float* scores, float* workspace,
                                        cudaStream_t stream, int path);
+
+// The field table: A [F, C, m, d]; c, w2 [F, C, m]; b2 [F, C] (fp32, contiguous); field_ids:
+// [n] on the device, int64 (ids_int32 == 0) or int32 (ids_int32 != 0), or nullptr (then F
+// must be 1: field 0 for every row, the one-field update). The id values are read only on the
+// device (no host synchronisation). Workspace as above (it does not depend on F).
+cudaError_t svf_field_table_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
+                                          int64_t row_stride, const float* A, const float* c,
+                                          const float* w2, const float* b2, const float* alpha,
+                                          const bool* rows, const void* field_ids, int ids_int32,
+                                          int F, int C, int m, float tau, bool normalize,
+                                          float eps, float* scores, float* workspace,
+                                          cudaStream_t stream, int path);
 
 #ifdef __cplusplus
 }

@@ -12,7 +12,14 @@ combined before the RMS-Jacobian projection, which is linear in ``g``)::
     pass 6  write new when the row may change
 
 fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``alpha == 0``, or a
-non-finite input or result are left bit-identical; scores are written for every row. Triton has
+non-finite input or result are left bit-identical; scores are written for every row.
+
+Field table (``svf::field_table_update_``): the parameters are F fields stacked (``A [F, C, m,
+d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and ``field_ids [N]`` (int64 or int32) picks each
+row's field: the program loads its row's id on the device and moves its parameter pointers to
+that field. An id outside ``[0, F)`` writes NaN scores and returns before any other work (the
+row is left bit-identical). Without ids (``HAS_IDS`` false, a compile-time constant) the kernel
+is the one-field kernel unchanged. Triton has
 no CPU backend: on CPU tensors this runs only under ``TRITON_INTERPRET=1`` (set before triton is
 imported), hundreds of times slower, which is how the tests exercise it.
 """
@@ -69,9 +76,9 @@ if triton is not None:
 
     @triton.jit
     def _field_update_kernel(
-        h_ptr, stride_h, A_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, rows_ptr, scores_ptr,
-        z_ptr, g_ptr, d, m, C, tau, eps,
-        HAS_ROWS: tl.constexpr, NORMALIZE: tl.constexpr,
+        h_ptr, stride_h, A_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, rows_ptr, ids_ptr, scores_ptr,
+        z_ptr, g_ptr, d, m, C, F, tau, eps,
+        HAS_ROWS: tl.constexpr, HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
@@ -82,6 +89,17 @@ if triton is not None:
         offs_d = tl.arange(0, BLOCK_D)
         offs_u = tl.arange(0, BLOCK_U)
         offs_c = tl.arange(0, BLOCK_C)
+
+        if HAS_IDS:  # field table: this row's field, or no steering at all
+            fid = tl.load(ids_ptr + row).to(tl.int64)
+            if (fid < 0) | (fid >= F):
+                nan = tl.full([BLOCK_C], float("nan"), tl.float32)
+                tl.store(scores_ptr + row * C + offs_c, nan, mask=offs_c < C)
+                return
+            A_ptr += fid * Cm * d
+            c_ptr += fid * Cm
+            w2_ptr += fid * Cm
+            b2_ptr += fid * C
 
         # pass 1: rms
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -215,9 +233,14 @@ def _launch(
     normalize: bool,
     eps: float,
     rows: torch.Tensor | None,
+    field_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One launch over all rows. CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1``
-    was set before triton's import."""
+    was set before triton's import.
+
+    With ``field_ids`` ([N] int64 or int32) the parameters are a table: ``A [F, C, m, d]``,
+    ``c, w2 [F, C, m]``, ``b2 [F, C]``. The id values are read only by the kernel (no host
+    synchronisation: usable under CUDA graphs and torch.compile)."""
     if hidden.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             f"the triton backend needs CUDA tensors (got {hidden.device.type}); "
@@ -226,7 +249,13 @@ def _launch(
     if hidden.dim() != 2 or (hidden.shape[1] > 1 and hidden.stride(1) != 1):
         raise ValueError("hidden must be [N, d] with contiguous rows")
     n, d = hidden.shape
-    C, m = int(A.shape[0]), int(A.shape[1])
+    table = field_ids is not None
+    if table:
+        if A.dim() != 4 or field_ids.shape != (n,):
+            raise ValueError("a field table needs A [F, C, m, d] and field_ids [N]")
+        F, C, m = int(A.shape[0]), int(A.shape[1]), int(A.shape[2])
+    else:
+        F, C, m = 1, int(A.shape[0]), int(A.shape[1])
     dev = hidden.device
     f32 = torch.float32
     A32 = A.to(device=dev, dtype=f32).contiguous()
@@ -240,13 +269,20 @@ def _launch(
     z_ws = torch.empty((n * C * m,), dtype=f32, device=dev)
     g_ws = torch.empty((n * d,), dtype=f32, device=dev)
     rows_u8 = rows.to(torch.uint8).contiguous() if rows is not None else alpha32
+    if table:
+        ids = field_ids.to(device=dev)
+        if ids.dtype not in (torch.int64, torch.int32):
+            ids = ids.long()
+        ids = ids.contiguous()
+    else:
+        ids = alpha32  # not read (HAS_IDS is False)
     block_d = min(128, max(16, triton.next_power_of_2(d)))
     block_u = min(32, max(16, triton.next_power_of_2(max(m, C * m))))
     block_c = max(2, triton.next_power_of_2(C))
     _field_update_kernel[(n,)](
-        hidden, hidden.stride(0), A32, c32, w232, b232, alpha32, rows_u8, scores,
-        z_ws, g_ws, d, m, C, float(tau), float(eps),
-        HAS_ROWS=rows is not None, NORMALIZE=bool(normalize),
+        hidden, hidden.stride(0), A32, c32, w232, b232, alpha32, rows_u8, ids, scores,
+        z_ws, g_ws, d, m, C, F, float(tau), float(eps),
+        HAS_ROWS=rows is not None, HAS_IDS=table, NORMALIZE=bool(normalize),
         BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
     )
     return scores

@@ -1,11 +1,13 @@
-// Registers the compiled kernels for the CPU (and CUDA) dispatch keys of svf::field_update_.
+// Registers the compiled kernels for the CPU (and CUDA) dispatch keys of svf::field_update_ and
+// of its field-table variant svf::field_table_update_.
 //
 // The op and its schema are defined in Python (svf_kernels/op.py), where a CompositeExplicitAutograd
 // kernel picks a backend by device and SVF_BACKEND. Registering the kernels here as well lets a
 // call on CPU (CUDA) tensors go straight from the dispatcher to C++, without the Python hop that
 // costs ~100 us per call when decoding has evicted the interpreter from cache. Whatever the
 // compiled kernel does not serve (SVF_BACKEND naming another backend, float64 reference checks,
-// another activation) goes to svf::_field_update_python, the same Python dispatch as before.
+// another activation) goes to svf::_field_update_python, the same Python dispatch as before
+// (svf::_field_table_update_python for the table op).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -52,7 +54,32 @@ at::Tensor field_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at
   if (!compiled_serves("cpu", hidden, activation)) {
     return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows);
   }
-  return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows);
+  return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt);
+}
+
+at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
+                                 const at::Tensor& w2, const at::Tensor& b2,
+                                 const at::Tensor& field_ids, const at::Tensor& alpha, double tau,
+                                 bool normalize, c10::string_view activation, double eps) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_table_update_python", "");
+  std::vector<c10::IValue> stack{hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
+                                 std::string(activation), eps};
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+at::Tensor field_table_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
+                                     const at::Tensor& w2, const at::Tensor& b2,
+                                     const at::Tensor& field_ids, const at::Tensor& alpha,
+                                     double tau, bool normalize, c10::string_view activation,
+                                     double eps) {
+  if (!compiled_serves("cpu", hidden, activation)) {
+    return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
+                                 activation, eps);
+  }
+  return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
+                          field_ids);
 }
 
 #ifdef SVF_WITH_CUDA
@@ -63,7 +90,20 @@ at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const a
   if (!compiled_serves("cuda", hidden, activation)) {
     return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows);
   }
-  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows);
+  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt);
+}
+
+at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
+                                      const at::Tensor& c, const at::Tensor& w2,
+                                      const at::Tensor& b2, const at::Tensor& field_ids,
+                                      const at::Tensor& alpha, double tau, bool normalize,
+                                      c10::string_view activation, double eps) {
+  if (!compiled_serves("cuda", hidden, activation)) {
+    return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
+                                 activation, eps);
+  }
+  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
+                           field_ids);
 }
 #endif
 
@@ -71,10 +111,12 @@ at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const a
 
 TORCH_LIBRARY_IMPL(svf, CPU, m) {
   m.impl("field_update_", &field_update_cpu_op);
+  m.impl("field_table_update_", &field_table_update_cpu_op);
 }
 
 #ifdef SVF_WITH_CUDA
 TORCH_LIBRARY_IMPL(svf, CUDA, m) {
   m.impl("field_update_", &field_update_cuda_op);
+  m.impl("field_table_update_", &field_table_update_cuda_op);
 }
 #endif

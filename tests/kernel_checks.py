@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from svf_kernels.reference import field_update_reference
+from svf_kernels.reference import field_table_update_reference, field_update_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (atol, rtol) of the updated hidden state against float64 truth, per storage dtype.
@@ -43,6 +43,24 @@ def truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, row
         alpha = torch.full((hidden.shape[0],), float(alpha))
     s64 = field_update_reference(h64, A64, c64, w64, b64, alpha.double().cpu(), tau, normalize,
                                  "gelu_tanh", eps, rows)
+    return h64, s64
+
+
+def make_table(F: int, C: int, d: int, m: int, dtype: torch.dtype, gen: torch.Generator,
+               device="cpu"):
+    """A field table: F independent random fields stacked (A [F, C, m, d], ...)."""
+    fields = [make_field(C, d, m, dtype, gen, device) for _ in range(F)]
+    return tuple(torch.stack(parts) for parts in zip(*fields))
+
+
+def truth_table(hidden, A, c, w2, b2, field_ids, alpha, *, tau=1.0, normalize=True, eps=1e-6):
+    """float64 table reference on float64 copies; returns (new hidden, scores)."""
+    h64, A64, c64, w64, b64 = to_f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
+    h64 = h64.clone()
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.full((hidden.shape[0],), float(alpha))
+    s64 = field_table_update_reference(h64, A64, c64, w64, b64, field_ids.cpu(),
+                                       alpha.double().cpu(), tau, normalize, "gelu_tanh", eps)
     return h64, s64
 
 

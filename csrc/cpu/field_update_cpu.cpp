@@ -11,6 +11,11 @@
 // A row is left bit-identical when rows[r] is False, alpha[r] == 0, or the input or the new row
 // is not finite; its scores are still computed.
 //
+// Field table (field_ids given): A is [F, C, m, d] and row r uses field field_ids[r], i.e. the
+// same body with the parameter pointers offset by that field (no ids: field 0 for every row, the
+// one-field op). A row whose id lies outside [0, F) is not touched at all: no arithmetic, scores
+// NaN, the row bit-identical.
+//
 // Parallelism: rows across threads (at::parallel_for); when there are fewer rows than threads
 // and a row is large, the two mat-vecs of each row are split across threads instead (units for
 // z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
@@ -37,14 +42,34 @@ constexpr float kGeluC = 0.044715f;
 // Work (multiply-adds) below which a chunk of rows is not worth a thread hand-off.
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
+// The parameters of one field: A [C*m, d], c, w2 [C*m], b2 [C] (fp32, contiguous).
+struct Field {
+  const float* A;
+  const float* c;
+  const float* w2;
+  const float* b2;
+};
+
 struct Problem {
-  const float* A;   // [C*m, d]
-  const float* c;   // [C*m]
-  const float* w2;  // [C*m]
-  const float* b2;  // [C]
+  Field f0;  // field 0 (the only one without field_ids); field k is f0 offset by k fields
   int64_t C, m, d;
   float tau, eps;
   bool normalize;
+  // Field table: F fields and the per-row ids (one of the two pointers, or neither: all field 0).
+  int64_t F;
+  const int64_t* ids64;
+  const int32_t* ids32;
+
+  // Row r's field id, or -1 when it has none (an id outside [0, F)).
+  int64_t field_of(int64_t r) const {
+    if (ids64 == nullptr && ids32 == nullptr) return 0;
+    const int64_t f = ids64 != nullptr ? ids64[r] : static_cast<int64_t>(ids32[r]);
+    return (f >= 0 && f < F) ? f : -1;
+  }
+  Field field(int64_t f) const {
+    const int64_t cm = C * m;
+    return Field{f0.A + f * cm * d, f0.c + f * cm, f0.w2 + f * cm, f0.b2 + f * C};
+  }
 };
 
 // Per-thread work vectors, carved from one thread-local buffer that only ever grows: no heap
@@ -138,8 +163,8 @@ SVF_MATVEC_CLONES void matvec_t(const float* __restrict__ A, const float* __rest
 
 // One row. `inner_parallel` splits the two mat-vecs across threads (few large rows).
 template <typename T>
-void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float* scores,
-                Scratch& w, bool inner_parallel) {
+void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bool active,
+                float* scores, Scratch& w, bool inner_parallel) {
   const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
   float* __restrict__ x = w.x;
   float* __restrict__ hn = w.hn;
@@ -160,9 +185,9 @@ void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float
   for (int64_t k = 0; k < d; ++k) hn[k] = x[k] / rms;
 
   if (inner_parallel) {
-    at::parallel_for(0, nu, 8, [&](int64_t u0, int64_t u1) { matvec(p.A, hn, p.c, z, u0, u1, d); });
+    at::parallel_for(0, nu, 8, [&](int64_t u0, int64_t u1) { matvec(f.A, hn, f.c, z, u0, u1, d); });
   } else {
-    matvec(p.A, hn, p.c, z, 0, nu, d);
+    matvec(f.A, hn, f.c, z, 0, nu, d);
   }
 
   // Scores and act'(z) * w2, per concept.
@@ -171,12 +196,12 @@ void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float
     for (int64_t j = i * m; j < (i + 1) * m; ++j) {
       const float zz = z[j];
       const float t = std::tanh(kGeluK * (zz + kGeluC * zz * zz * zz));
-      s += p.w2[j] * (0.5f * zz * (1.f + t));
+      s += f.w2[j] * (0.5f * zz * (1.f + t));
       const float dact =
           0.5f * (1.f + t) + 0.5f * zz * (1.f - t * t) * kGeluK * (1.f + 3.f * kGeluC * zz * zz);
-      coef[j] = dact * p.w2[j];
+      coef[j] = dact * f.w2[j];
     }
-    w.s[i] = s + p.b2[i];
+    w.s[i] = s + f.b2[i];
     scores[i] = w.s[i];
   }
   if (!active || a == 0.f || !(fin == 0.f)) return;
@@ -195,9 +220,9 @@ void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float
   }
 
   if (inner_parallel) {
-    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(p.A, coef, g, nu, d, k0, k1); });
+    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(f.A, coef, g, nu, d, k0, k1); });
   } else {
-    matvec_t(p.A, coef, g, nu, d, 0, d);
+    matvec_t(f.A, coef, g, nu, d, 0, d);
   }
 
   // Project through the RMS-norm Jacobian.
@@ -228,6 +253,20 @@ void update_row(const Problem& p, T* __restrict__ h, float a, bool active, float
   for (int64_t k = 0; k < d; ++k) h[k] = static_cast<T>(x[k]);
 }
 
+// Row r of the problem: its field's update, or (no field) NaN scores and nothing else.
+template <typename T>
+inline void one_row(const Problem& p, T* base, int64_t stride, int64_t r, const float* alpha,
+                    const bool* rows, float* scores, Scratch& w, bool inner_parallel) {
+  const int64_t f = p.field_of(r);
+  float* s = scores + r * p.C;
+  if (f < 0) {
+    for (int64_t i = 0; i < p.C; ++i) s[i] = NAN;
+    return;
+  }
+  update_row<T>(p, p.field(f), base + r * stride, alpha[r], rows == nullptr || rows[r], s, w,
+                inner_parallel);
+}
+
 template <typename T>
 void run(const Problem& p, at::Tensor& hidden, const float* alpha, const bool* rows,
          float* scores) {
@@ -240,19 +279,13 @@ void run(const Problem& p, at::Tensor& hidden, const float* alpha, const bool* r
                      !at::in_parallel_region();
   if (inner) {
     Scratch w(p);
-    for (int64_t r = 0; r < n; ++r) {
-      update_row<T>(p, base + r * stride, alpha[r], rows == nullptr || rows[r], scores + r * p.C,
-                    w, true);
-    }
+    for (int64_t r = 0; r < n; ++r) one_row<T>(p, base, stride, r, alpha, rows, scores, w, true);
     return;
   }
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork / row_work);
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
     Scratch w(p);
-    for (int64_t r = r0; r < r1; ++r) {
-      update_row<T>(p, base + r * stride, alpha[r], rows == nullptr || rows[r], scores + r * p.C,
-                    w, false);
-    }
+    for (int64_t r = r0; r < r1; ++r) one_row<T>(p, base, stride, r, alpha, rows, scores, w, false);
   });
 }
 
@@ -263,7 +296,8 @@ using svf::as_f32;
 
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
-                            double eps, c10::optional<at::Tensor> rows) {
+                            double eps, c10::optional<at::Tensor> rows,
+                            c10::optional<at::Tensor> field_ids) {
   TORCH_CHECK(hidden.device().is_cpu(), "field_update_cpu: hidden must be a CPU tensor");
   TORCH_CHECK(hidden.dim() == 2, "field_update_cpu: hidden must be [N, d], got ", hidden.sizes());
   const auto st = hidden.scalar_type();
@@ -273,34 +307,63 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
   const int64_t n = hidden.size(0), d = hidden.size(1);
   TORCH_CHECK(hidden.stride(1) == 1 || d <= 1,
               "field_update_cpu: hidden rows must be contiguous in the last dimension");
-  TORCH_CHECK(A.dim() == 3 && A.size(2) == d, "field_update_cpu: A must be [C, m, ", d, "], got ",
+  const bool table = field_ids.has_value() && field_ids->defined();
+  // The table's leading dimension F; without field_ids the one field is "field 0 of 1".
+  const int64_t lead = table ? 1 : 0;
+  if (table) {
+    TORCH_CHECK(A.dim() == 4 && A.size(3) == d, "field_update_cpu: with field_ids, A must be [F, C, m, ",
+                d, "], got ", A.sizes());
+  } else {
+    TORCH_CHECK(A.dim() == 3 && A.size(2) == d, "field_update_cpu: A must be [C, m, ", d, "], got ",
+                A.sizes());
+  }
+  const int64_t F = table ? A.size(0) : 1, C = A.size(lead), m = A.size(lead + 1);
+  TORCH_CHECK(F >= 1 && C >= 1 && m >= 1, "field_update_cpu: A must have F, C, m >= 1, got ",
               A.sizes());
-  const int64_t C = A.size(0), m = A.size(1);
-  TORCH_CHECK(C >= 1 && m >= 1, "field_update_cpu: A must have C >= 1 and m >= 1");
-  TORCH_CHECK(c.numel() == C * m && w2.numel() == C * m && b2.numel() == C,
-              "field_update_cpu: c, w2 must be [C, m] and b2 [C]");
+  TORCH_CHECK(c.numel() == F * C * m && w2.numel() == F * C * m && b2.numel() == F * C,
+              table ? "field_update_cpu: c, w2 must be [F, C, m] and b2 [F, C]"
+                    : "field_update_cpu: c, w2 must be [C, m] and b2 [C]");
   TORCH_CHECK(alpha.numel() == n, "field_update_cpu: alpha must be [N]");
   for (const at::Tensor* t : {&A, &c, &w2, &b2, &alpha}) {
     TORCH_CHECK(t->device().is_cpu(), "field_update_cpu: all tensors must be on the CPU");
   }
   TORCH_CHECK(tau > 0, "field_update_cpu: tau must be > 0");
 
-  const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
-  const at::Tensor alpha32 = as_f32(alpha);
   at::Tensor rows_b;
   const bool* rows_ptr = nullptr;
   if (rows.has_value() && rows->defined()) {
+    TORCH_CHECK(!table, "field_update_cpu: rows and field_ids are exclusive (use id -1 instead)");
     TORCH_CHECK(rows->scalar_type() == at::kBool && rows->numel() == n && rows->device().is_cpu(),
                 "field_update_cpu: rows must be a [N] bool mask on the CPU");
     rows_b = rows->contiguous();
     rows_ptr = rows_b.data_ptr<bool>();
   }
+  at::Tensor ids_c;
+  const int64_t* ids64 = nullptr;
+  const int32_t* ids32 = nullptr;
+  if (table) {
+    const auto it = field_ids->scalar_type();
+    TORCH_CHECK((it == at::kLong || it == at::kInt) && field_ids->numel() == n &&
+                    field_ids->device().is_cpu(),
+                "field_update_cpu: field_ids must be a [N] int64 or int32 tensor on the CPU");
+    ids_c = field_ids->contiguous();
+    if (it == at::kLong) {
+      ids64 = ids_c.data_ptr<int64_t>();
+    } else {
+      ids32 = ids_c.data_ptr<int32_t>();
+    }
+  }
+  // Parameters not already contiguous fp32 are converted here, the whole table at every call
+  // (F * C * m * d elements): callers that care pass fp32 tables, as the library does.
+  const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
+  const at::Tensor alpha32 = as_f32(alpha);
   at::Tensor scores = at::empty({n, C}, hidden.options().dtype(at::kFloat));
   if (n == 0) return scores;
 
-  const Problem p{A32.data_ptr<float>(), c32.data_ptr<float>(), w232.data_ptr<float>(),
-                  b232.data_ptr<float>(), C, m, d, static_cast<float>(tau),
-                  static_cast<float>(eps), normalize};
+  const Problem p{Field{A32.data_ptr<float>(), c32.data_ptr<float>(), w232.data_ptr<float>(),
+                        b232.data_ptr<float>()},
+                  C, m, d, static_cast<float>(tau), static_cast<float>(eps), normalize,
+                  F, ids64, ids32};
   const float* alpha_ptr = alpha32.data_ptr<float>();
   float* scores_ptr = scores.data_ptr<float>();
   switch (st) {

@@ -116,14 +116,15 @@ class FusedSteeringField(nn.Module):
     def steer_(self, hidden: torch.Tensor) -> None:
         """Apply the field to ``hidden`` ``[B, T, d]`` in place at the planned positions."""
         B, T, d = hidden.shape
-        if self.last_only:  # traceable: no plan, no host logic
-            self._check_batch(B)
-            object.__setattr__(self, "last_scores", self._apply(hidden.select(1, -1), None))
-            return
-        plan = self.planner() if self.planner is not None else None
-        if plan is not None and plan.last_only:  # the decoding hot path: no gather/scatter
-            self._check_batch(B)
-            object.__setattr__(self, "last_scores", self._apply(hidden.select(1, -1), None))
+        # last_only: traceable, no plan and no host logic at all
+        plan = None if self.last_only or self.planner is None else self.planner()
+        if self.last_only or (plan is not None and plan.last_only):  # decoding: no gather/scatter
+            if self.field_ids is None and not isinstance(self.alpha, torch.Tensor):  # the hot path
+                scores = self._modules["field"].apply_(hidden.select(1, -1), self.alpha)
+            else:
+                self._check_batch(B)
+                scores = self._apply(hidden.select(1, -1), None)
+            object.__setattr__(self, "last_scores", scores)
             return
         flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
         work = flat if flat is not None else hidden.reshape(B * T, d)

@@ -1,0 +1,159 @@
+"""Per-request steering throughput: one mixed batch vs the rows one by one vs the batch unsteered.
+
+Eight chat prompts, left-padded into one batch; three SVF fields of the default sizes (random
+weights: speed does not depend on them; layer sets 12-21 / 14-19 / a two-concept softmin
+entry) requested as ``[a, -, b, ab, a, b, -, ab]`` with eight different strengths; greedy
+decoding of a fixed number of new tokens (EOS suppressed, so every mode makes as many). Modes:
+
+* ``batch unsteered``: ``model.generate`` on the batch, no steering;
+* ``batch mixed``: the same batch under :func:`svf.steer_requests` (one field-table launch
+  per steered layer per step; ``set_requests`` inside the timed region);
+* ``one by one``: each row alone, unpadded, under ``svf.steer`` with its own field (attach
+  and detach inside the timed region: what a server without batching would do).
+
+Each round runs the three modes in a rotated order; reported are the median time per mode,
+throughput (new tokens per second) and the medians of the per-round time ratios. Before
+timing, the mixed batch's tokens are compared with each row's solo tokens.
+
+    python benchmarks/bench_batch.py                 # default model, CPU
+    python benchmarks/bench_batch.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, random_scorer
+
+import svf
+from svf.data import TEST_PROMPTS
+from svf.field import SteeringField
+from svf.generation import format_prompts
+from svf.hf import hidden_size, num_layers
+from svf.models import load_model
+
+REQUESTS = ["a", None, "b", "ab", "a", "b", None, "ab"]
+STRENGTHS = [0.10, 0.0, 0.15, 0.12, -0.10, 0.08, 0.0, 0.20]
+MODES = ("batch unsteered", "batch mixed", "one by one")
+
+
+def make_fields(L: int, d: int, device: str) -> dict[str, object]:
+    """Three entries of random default-size scorers (r = m = 64) on layers 12-21 / 14-19."""
+
+    def field(seed: int, steer: tuple[int, ...]) -> SteeringField:
+        scorer = random_scorer(d, tuple(range(12, 22)), seed=seed).to(device)
+        return SteeringField(scorer, f"bench{seed}", "bench", L, steer, torch.full((10,), 100.0),
+                             torch.randn(10, d))
+
+    a, b, c = field(1, (14, 16, 18)), field(2, (15, 17)), field(3, (14, 16, 18))
+    return {"a": a, "b": b, "ab": [a, c]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    fields = make_fields(num_layers(model), hidden_size(model), args.device)
+    texts = format_prompts(tok, TEST_PROMPTS[: len(REQUESTS)])
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(args.device)
+    solo = [tok(t, return_tensors="pt", add_special_tokens=False).to(args.device) for t in texts]
+    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+           "pad_token_id": tok.pad_token_id}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    batch = svf.steer_requests(model, fields)
+
+    def unsteered():
+        return model.generate(**enc, **gen)
+
+    def mixed():
+        with batch:
+            return batch.generate(**enc, fields=REQUESTS, strengths=STRENGTHS, **gen)
+
+    def one_by_one():
+        outs = []
+        for x, name, s in zip(solo, REQUESTS, STRENGTHS):
+            if name is None:
+                outs.append(model.generate(**x, **gen))
+            else:
+                with svf.steer(model, fields[name], strength=s):
+                    outs.append(model.generate(**x, **gen))
+        return outs
+
+    runs = {"batch unsteered": unsteered, "batch mixed": mixed, "one by one": one_by_one}
+    with torch.no_grad():
+        n_in = enc["input_ids"].shape[1]
+        mixed_new = mixed()[:, n_in:]
+        alone_new = [o[0, x["input_ids"].shape[1]:] for o, x in zip(one_by_one(), solo)]
+        base_new = unsteered()[:, n_in:]
+        same = [bool(torch.equal(mixed_new[r], alone_new[r])) for r in range(len(REQUESTS))]
+        moved = [bool(not torch.equal(mixed_new[r], base_new[r])) for r in range(len(REQUESTS))]
+        times: dict[str, list[float]] = {m: [] for m in MODES}
+        for r in tqdm(range(args.rounds), desc="rounds"):
+            order = MODES[r % 3:] + MODES[: r % 3]
+            for mode in order:
+                sync()
+                t = time.perf_counter()
+                runs[mode]()
+                sync()
+                times[mode].append(time.perf_counter() - t)
+    tokens = len(REQUESTS) * args.new_tokens
+    ratio = {m: statistics.median(a / b for a, b in zip(times[m], times["batch mixed"])) for m in MODES}
+    rows = [{"model": args.model, "device": args.device, "dtype": args.dtype, "mode": m,
+             "seconds_median": statistics.median(times[m]),
+             "tokens_per_s": tokens / statistics.median(times[m]),
+             "time_vs_batch_mixed": ratio[m], "rounds": args.rounds} for m in MODES]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"batch_{args.model}_{args.device}".replace("/", "_")
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _plot(rows, args.out / f"{stem}.png")
+    info = machine()
+    print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
+          f"commit {info['commit']}), batch {len(REQUESTS)}, {args.new_tokens} new tokens per row, "
+          f"{args.rounds} rounds")
+    print(f"mixed batch == each row alone: {sum(same)}/{len(same)} rows {same}")
+    print(f"steered rows whose tokens differ from unsteered: "
+          f"{sum(m for m, n in zip(moved, REQUESTS) if n)}/{sum(n is not None for n in REQUESTS)}; "
+          f"unsteered rows equal to the unsteered batch: "
+          f"{all(not m for m, n in zip(moved, REQUESTS) if n is None)}")
+    print("| mode | s per batch (median) | new tokens/s | time / batch mixed (median of rounds) |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['mode']} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.1f} | {r['time_vs_batch_mixed']:.3f} |")
+    return 0
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh([r["mode"] for r in rows], [r["tokens_per_s"] for r in rows])
+    ax.set_xlabel("new tokens per second (8 rows)")
+    ax.set_title(f"{rows[0]['model']} on {rows[0]['device']}: per-request steering")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

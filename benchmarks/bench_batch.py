@@ -13,7 +13,10 @@ decoding of a fixed number of new tokens (EOS suppressed, so every mode makes as
 
 Each round runs the three modes in a rotated order; reported are the median time per mode,
 throughput (new tokens per second) and the medians of the per-round time ratios. Before
-timing, the mixed batch's tokens are compared with each row's solo tokens.
+timing, the mixed batch's tokens are compared with each row's solo tokens. Whole generations
+vary by +-10% on a shared machine, so the steering's own cost is also measured per decode
+step of the batch (paired rounds on one KV cache, as in ``bench_decode.py``): mixed fields
+vs unsteered.
 
     python benchmarks/bench_batch.py                 # default model, CPU
     python benchmarks/bench_batch.py --device cuda --dtype bfloat16
@@ -58,13 +61,46 @@ def make_fields(L: int, d: int, device: str) -> dict[str, object]:
     return {"a": a, "b": b, "ab": [a, c]}
 
 
+def paired_step_ratio(model, enc, batch, rounds: int, sync) -> dict[str, float]:
+    """One decode step of the batch, unsteered and with mixed fields, in paired rounds on the
+    same KV cache (cropped back after each step; one untimed step per mode first)."""
+    out = model(**enc, use_cache=True)
+    cache = out.past_key_values
+    start = cache.get_seq_length()
+    nxt = out.logits[:, -1:].argmax(-1)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(nxt)], 1)
+    batch.set_requests(REQUESTS, STRENGTHS)
+    times: dict[str, list[float]] = {"unsteered": [], "mixed": []}
+    for r in tqdm(range(rounds + 1), desc="decode steps"):
+        for mode in ("unsteered", "mixed") if r % 2 else ("mixed", "unsteered"):
+            if mode == "mixed":
+                batch.attach()
+            try:
+                for timed in (False, True):
+                    sync()
+                    t = time.perf_counter()
+                    model(nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+                    sync()
+                    dt = time.perf_counter() - t
+                    cache.crop(start - cache.get_seq_length())
+            finally:
+                batch.detach()
+            if r and timed:
+                times[mode].append(dt)
+    ratios = [a / b for a, b in zip(times["mixed"], times["unsteered"])]
+    q = statistics.quantiles(ratios, n=4)
+    return {"unsteered_ms": statistics.median(times["unsteered"]), "mixed_ms": statistics.median(times["mixed"]),
+            "ratio": statistics.median(ratios), "q25": q[0], "q75": q[2]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=7, help="rounds of whole generations")
+    p.add_argument("--step-rounds", type=int, default=40, help="paired rounds of single decode steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
@@ -111,19 +147,24 @@ def main(argv=None) -> int:
                 runs[mode]()
                 sync()
                 times[mode].append(time.perf_counter() - t)
+        step = paired_step_ratio(model, enc, batch, args.step_rounds, sync)
     tokens = len(REQUESTS) * args.new_tokens
     ratio = {m: statistics.median(a / b for a, b in zip(times[m], times["batch mixed"])) for m in MODES}
     rows = [{"model": args.model, "device": args.device, "dtype": args.dtype, "mode": m,
              "seconds_median": statistics.median(times[m]),
              "tokens_per_s": tokens / statistics.median(times[m]),
-             "time_vs_batch_mixed": ratio[m], "rounds": args.rounds} for m in MODES]
+             "time_ratio": ratio[m], "rounds": args.rounds} for m in MODES]
+    rows.append({"model": args.model, "device": args.device, "dtype": args.dtype,
+                 "mode": "decode step: mixed / unsteered", "seconds_median": step["mixed_ms"],
+                 "tokens_per_s": len(REQUESTS) / step["mixed_ms"], "time_ratio": step["ratio"],
+                 "rounds": args.step_rounds})
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"batch_{args.model}_{args.device}".replace("/", "_")
     with open(args.out / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    _plot(rows, args.out / f"{stem}.png")
+    _plot(rows[:3], args.out / f"{stem}.png")
     info = machine()
     print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
           f"commit {info['commit']}), batch {len(REQUESTS)}, {args.new_tokens} new tokens per row, "
@@ -133,10 +174,13 @@ def main(argv=None) -> int:
           f"{sum(m for m, n in zip(moved, REQUESTS) if n)}/{sum(n is not None for n in REQUESTS)}; "
           f"unsteered rows equal to the unsteered batch: "
           f"{all(not m for m, n in zip(moved, REQUESTS) if n is None)}")
+    print(f"one decode step of the batch (KV cache of the prompts), {args.step_rounds} paired rounds: "
+          f"unsteered {1e3 * step['unsteered_ms']:.1f} ms, mixed fields {1e3 * step['mixed_ms']:.1f} ms, "
+          f"median per-round ratio {step['ratio']:.3f} (quartiles {step['q25']:.3f}-{step['q75']:.3f})")
     print("| mode | s per batch (median) | new tokens/s | time / batch mixed (median of rounds) |")
     print("| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['mode']} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.1f} | {r['time_vs_batch_mixed']:.3f} |")
+    for r in rows[:3]:
+        print(f"| {r['mode']} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.1f} | {r['time_ratio']:.3f} |")
     return 0
 
 

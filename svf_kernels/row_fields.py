@@ -28,6 +28,15 @@ class RowField(nn.Module):
         raise NotImplementedError
 
 
+def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, eps: float) -> None:
+    """Folded scorer parameters as fp32 contiguous buffers, plus the op's scalar settings."""
+    if tau <= 0:
+        raise SVFArgumentError(f"tau must be > 0, got {tau}")
+    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
+        module.register_buffer(name, value.detach().float().contiguous())
+    module.tau, module.normalize, module.eps = float(tau), bool(normalize), float(eps)
+
+
 class PackedField(RowField):
     """SVF at one layer: folded parameters of C concepts (``A [C, m, d]``, ``c``, ``w2``, ``b2``)."""
 
@@ -45,13 +54,7 @@ class PackedField(RowField):
         super().__init__()
         if A.dim() == 2:  # one concept given unstacked
             A, c, w2, b2 = A[None], c[None], w2[None], b2.reshape(1)
-        if tau <= 0:
-            raise SVFArgumentError(f"tau must be > 0, got {tau}")
-        self.register_buffer("A", A.detach().float().contiguous())
-        self.register_buffer("c", c.detach().float().contiguous())
-        self.register_buffer("w2", w2.detach().float().contiguous())
-        self.register_buffer("b2", b2.detach().float().reshape(-1).contiguous())
-        self.tau, self.normalize, self.eps = float(tau), bool(normalize), float(eps)
+        _store_folded(self, A, c, w2, b2.reshape(-1), tau, normalize, eps)
         d = self.A.shape[-1]
         # Parameters are checked once here; per call only the rows need checking.
         check_field_args(torch.zeros(1, d), self.A, self.c, self.w2, self.b2, torch.zeros(1),
@@ -144,13 +147,7 @@ class FieldTable(RowField):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if tau <= 0:
-            raise SVFArgumentError(f"tau must be > 0, got {tau}")
-        self.register_buffer("A", A.detach().float().contiguous())
-        self.register_buffer("c", c.detach().float().contiguous())
-        self.register_buffer("w2", w2.detach().float().contiguous())
-        self.register_buffer("b2", b2.detach().float().contiguous())
-        self.tau, self.normalize, self.eps = float(tau), bool(normalize), float(eps)
+        _store_folded(self, A, c, w2, b2, tau, normalize, eps)
         check_table_args(torch.zeros(1, self.A.shape[-1]), self.A, self.c, self.w2, self.b2,
                          torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, "gelu_tanh", self.eps)
 

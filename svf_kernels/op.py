@@ -11,6 +11,8 @@ whatever they do not serve.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .dispatch import select_backend
@@ -124,10 +126,8 @@ def check_field_args(
             raise SVFArgumentError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     if alpha.shape != (n,):
         raise SVFArgumentError(f"alpha must be a float or a [{n}] tensor, got {tuple(alpha.shape)}")
-    if not tau > 0:
-        raise SVFArgumentError(f"tau must be > 0, got {tau}")
-    if not eps > 0:
-        raise SVFArgumentError(f"eps must be > 0, got {eps}")
+    _check_positive("tau", tau)
+    _check_positive("eps", eps)
     if activation not in ACTIVATIONS:
         raise SVFArgumentError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if rows is not None:
@@ -137,6 +137,26 @@ def check_field_args(
             raise SVFArgumentError(f"rows must have shape ({n},), got {tuple(rows.shape)}")
         if rows.device != device:
             raise SVFArgumentError(f"rows is on {rows.device} but hidden is on {device}")
+
+
+def _check_positive(name: str, value: object) -> None:
+    """``value`` is a finite real number > 0 (tau, eps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SVFArgumentError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise SVFArgumentError(f"{name} must be finite and > 0, got {value}")
+
+
+def _alpha_tensor(alpha: object, hidden: torch.Tensor) -> torch.Tensor:
+    """A float strength as the op's ``[N]`` tensor (checked: a finite number); tensors pass."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise SVFArgumentError(f"alpha must be a finite number or an [N] tensor, got {alpha!r}")
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1:
+        return torch.full((0,), float(alpha))  # hidden's own check names the problem
+    dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    return torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
 
 
 _HIDDEN_DTYPES = (*STORAGE_DTYPES, torch.float64)  # float64: reference checks only
@@ -161,9 +181,7 @@ def field_update_(
 
     See :mod:`svf_kernels.reference` for the exact arithmetic.
     """
-    if not isinstance(alpha, torch.Tensor):
-        dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        alpha = torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
+    alpha = _alpha_tensor(alpha, hidden)
     check_field_args(hidden, A, c, w2, b2, alpha, tau, activation, eps, rows)
     return field_update_op(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), activation, float(eps), rows)
 
@@ -233,9 +251,7 @@ def field_table_update_(
     False in a compiled or CUDA-graph region, where the kernels treat them as -1).
     See :func:`svf_kernels.reference.field_table_update_reference`.
     """
-    if not isinstance(alpha, torch.Tensor):
-        dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        alpha = torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
+    alpha = _alpha_tensor(alpha, hidden)
     check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, activation, eps)
     if check_ids and field_ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(field_ids.min()), int(field_ids.max())

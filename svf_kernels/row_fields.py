@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import SVFArgumentError
 from .op import (
+    _check_positive,
     check_field_args,
     check_table_args,
     field_table_update_op,
@@ -30,8 +31,8 @@ class RowField(nn.Module):
 
 def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, eps: float) -> None:
     """Folded scorer parameters as fp32 contiguous buffers, plus the op's scalar settings."""
-    if tau <= 0:
-        raise SVFArgumentError(f"tau must be > 0, got {tau}")
+    _check_positive("tau", tau)
+    _check_positive("eps", eps)
     for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
         module.register_buffer(name, value.detach().float().contiguous())
     module.tau, module.normalize, module.eps = float(tau), bool(normalize), float(eps)

@@ -142,7 +142,7 @@ def test_non_contiguous_row_view_updates_in_place():
         (lambda a: a.update(b2=torch.randn(3)), "b2 must have shape"),
         (lambda a: a.update(alpha=torch.ones(5)), "alpha must be"),
         (lambda a: a.update(hidden=torch.randn(4, 33).to(torch.int32)), "hidden dtype"),
-        (lambda a: a.update(tau=0.0), "tau must be > 0"),
+        (lambda a: a.update(tau=0.0), "tau must be finite and > 0"),
         (lambda a: a.update(activation="relu"), "activation must be one of"),
         (lambda a: a.update(rows=torch.ones(4)), "rows must be a bool mask"),
     ],

@@ -20,7 +20,7 @@ from torch import nn
 from svf_kernels import FieldTable, SVFArgumentError
 
 from .field import SteeringField
-from .hf import check_layers
+from .hf import check_layers, check_model, layer_list
 from .steering import Steering
 
 FieldEntry = SteeringField | Sequence[SteeringField]
@@ -60,6 +60,9 @@ class BatchSteering:
     def __init__(self, model: nn.Module, fields: Mapping[str, FieldEntry], *,
                  layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
                  positions: str = "default", refresh: int = 1) -> None:
+        check_model(model)
+        if not isinstance(normalize, bool):
+            raise SVFArgumentError(f"normalize must be True or False, got {normalize!r}")
         if not isinstance(fields, Mapping) or not fields:
             raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
         for name in fields:
@@ -72,6 +75,7 @@ class BatchSteering:
             if any(f.hidden_size != d for f in concepts):
                 raise SVFArgumentError(f"field {name!r} has hidden size other than {d}")
         # The layers each entry steers: ``layers`` for all, else its first concept's own.
+        layers = layer_list(layers) if layers is not None else None
         own = {n: tuple(layers) if layers is not None else tuple(e[0].steer_layers)
                for n, e in zip(self.names, entries)}
         for name, concepts in zip(self.names, entries):

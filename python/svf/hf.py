@@ -40,7 +40,9 @@ def decoder_layers_path(model: nn.Module) -> tuple[nn.Module, str]:
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             owner_path, _, name = path.rpartition(".")
             return (_get(model, owner_path) if owner_path else model), name
-    raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
+    raise SVFArgumentError(
+        f"model must be a Hugging Face decoder model: cannot find the decoder layers of {type(model).__name__}"
+    )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -60,3 +62,23 @@ def check_layers(model: nn.Module, layers: list[int] | tuple[int, ...], what: st
     bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n]
     if bad:
         raise SVFArgumentError(f"{what} {bad} out of range: the model has {n} decoder layers (0..{n - 1})")
+
+
+def check_model(model: object) -> None:
+    """``model`` is an ``nn.Module`` with a config and a list of decoder layers."""
+    if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
+        raise SVFArgumentError(
+            f"model must be a Hugging Face decoder model (an nn.Module with a config), got {type(model).__name__}"
+        )
+    decoder_layers_path(model)
+
+
+def layer_list(layers: object, what: str = "layers") -> list[int]:
+    """``layers`` as a list of ints (a sequence of ints, not a string or a single int)."""
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise SVFArgumentError(f"{what} must be a sequence of layer indices, got {layers!r}")
+    out = list(layers)
+    bad = [i for i in out if not isinstance(i, int) or isinstance(i, bool)]
+    if bad:
+        raise SVFArgumentError(f"{what} must be integers, got {bad}")
+    return out

@@ -9,6 +9,7 @@ removes the hook, so the model is exactly what it was.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from svf_kernels import FusedSteeringField, PackedField, RowField, SVFArgumentError
 
 from .field import SteeringField
-from .hf import check_layers, decoder_layers, decoder_layers_path
+from .hf import check_layers, check_model, decoder_layers, decoder_layers_path, layer_list
 from .positions import PositionTracker
 
 METHODS = ("svf", "caa")
@@ -38,6 +39,7 @@ class Steering:
         record_scores: bool = False,
         field_ids: dict[int, torch.Tensor] | None = None,
     ) -> None:
+        check_model(model)
         if not layer_fields:
             raise SVFArgumentError("layer_fields is empty: give at least one layer to steer")
         check_layers(model, sorted(layer_fields), "steering layers")
@@ -150,6 +152,8 @@ class Steering:
 
 
 def _as_list(fields: SteeringField | Sequence[SteeringField]) -> list[SteeringField]:
+    if not isinstance(fields, (SteeringField, Sequence)) or isinstance(fields, str):
+        raise SVFArgumentError(f"fields must be a SteeringField or a non-empty sequence of them, got {fields!r}")
     items = [fields] if isinstance(fields, SteeringField) else list(fields)
     if not items or not all(isinstance(f, SteeringField) for f in items):
         raise SVFArgumentError("fields must be a SteeringField or a non-empty sequence of them")
@@ -179,18 +183,23 @@ def steer(
     ``method="caa"`` steers the same layers with the fields' CAA vectors instead (summed
     over fields), so the two methods differ only in the field.
     """
+    check_model(model)
     items = _as_list(fields)
+    for name, flag in (("normalize", normalize), ("record_scores", record_scores)):
+        if not isinstance(flag, bool):
+            raise SVFArgumentError(f"{name} must be True or False, got {flag!r}")
     if method not in METHODS:
         raise SVFArgumentError(f"method must be one of {METHODS}, got {method!r}")
     if strength is not None and alpha is not None:
         raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
     for name, value in (("strength", strength), ("alpha", alpha)):
-        if value is not None and not (isinstance(value, (int, float)) and torch.isfinite(torch.tensor(float(value)))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
             raise SVFArgumentError(f"{name} must be a finite number, got {value!r}")
     d = items[0].hidden_size
     if any(f.hidden_size != d for f in items):
         raise SVFArgumentError("all fields must have the same hidden size")
-    layers = list(layers) if layers is not None else list(items[0].steer_layers)
+    layers = layer_list(layers) if layers is not None else list(items[0].steer_layers)
     if not layers:
         raise SVFArgumentError("layers is empty: give at least one layer to steer")
     if len(set(layers)) != len(layers):

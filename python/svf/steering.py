@@ -5,6 +5,12 @@ manager or call ``attach()`` / ``detach()``. Attaching replaces the chosen decod
 by :class:`svf_kernels.FusedSteeringField` wrappers and adds one pre-forward hook that
 computes the positions to steer; detaching puts the original layer objects back and
 removes the hook, so the model is exactly what it was.
+
+If ``generate`` raises while steering (an error, a ``KeyboardInterrupt``), the context
+manager detaches as the exception leaves the block. After ``attach()`` the steering stays
+attached -- and keeps steering correctly: the next forward pass starts a new plan -- until
+``detach()``, so call that in a ``finally`` block. ``detach()`` is a no-op when not
+attached, so calling it twice is harmless.
 """
 
 from __future__ import annotations
@@ -65,7 +71,15 @@ class Steering:
         return self._attached
 
     def attach(self) -> Steering:
-        """Wrap the steering layers; raises if this or another steering is already attached."""
+        """Wrap the steering layers.
+
+        Raises :class:`SVFArgumentError`, changing nothing, if this steering is already
+        attached or if another attached steering already steers one of its layers (steer
+        with several fields in one call instead). Steerings of disjoint layers may be
+        attached together: each steers its own layers as it would alone, and they detach in
+        any order. An exception (or ``KeyboardInterrupt``) part way through puts back the
+        layers already wrapped, so the model is never left half-steered.
+        """
         if self.attached:
             raise SVFArgumentError("this steering is already attached")
         layers = decoder_layers(self.model)
@@ -79,30 +93,37 @@ class Steering:
         self.tracker.reset()
         self.trace = []
         last_only = self.tracker.positions == "last"
-        for i, field in self.layer_fields.items():
-            self._originals[i] = layers[i]
-            wrapper = FusedSteeringField(layers[i], field, self.alphas[i], self._current_plan,
-                                         field_ids=self.field_ids.get(i), last_only=last_only)
-            self._wrappers[i] = wrapper
-            layers[i] = wrapper
-        if not last_only:  # positions="last" needs no host logic before the forward pass
-            self._hook = owner.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        try:
+            for i, field in self.layer_fields.items():
+                self._originals[i] = layers[i]
+                wrapper = FusedSteeringField(layers[i], field, self.alphas[i], self._current_plan,
+                                             field_ids=self.field_ids.get(i), last_only=last_only)
+                self._wrappers[i] = wrapper
+                layers[i] = wrapper
+            if not last_only:  # positions="last" needs no host logic before the forward pass
+                self._hook = owner.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+            if self.record_scores:
+                next(iter(self._wrappers.values())).register_forward_hook(self._record)
+        except BaseException:  # incl. KeyboardInterrupt: undo the layers wrapped so far
+            self._restore()
+            raise
         self._attached = True
-        if self.record_scores:
-            next(iter(self._wrappers.values())).register_forward_hook(self._record)
         return self
 
     def detach(self) -> None:
         """Restore the original layers and remove the hook (a no-op when not attached)."""
         if not self._attached:
             return
+        self._restore()
+        self._attached = False  # last: a detach interrupted part way can simply be called again
+
+    def _restore(self) -> None:
         layers = decoder_layers(self.model)
         for i, original in self._originals.items():
             layers[i] = original
         if self._hook is not None:
             self._hook.remove()
         self._hook = None
-        self._attached = False
         self._originals.clear()
         self._wrappers.clear()
 

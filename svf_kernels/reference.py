@@ -10,18 +10,27 @@ compiled kernel is tested against. For one row ``h`` of the residual stream and 
     g_i   = A_i.T @ (act'(z_i) * w2_i)                # d s_i / d hn
     v_i   = (g_i - hn * dot(hn, g_i) / d) / rms       # d s_i / d h, through the RMS norm
     v     = sum_i softmax(-s / tau)_i * v_i           # soft minimum over concepts (C = 1: v_1)
-    dir   = v / max(||v||, tiny) if normalize else v
+    dir   = v / max(||v||, tiny) if normalize else v  # ||v|| < 2^-50: measured on v * 2^100
     h    += alpha * dir                               # in place
 
 Arithmetic runs in float32 whatever the storage dtype (float64 inputs stay float64, so the
 reference can be checked against autograd to ~1e-12). A row is left bit-identical when its
-``rows`` mask entry is False, its ``alpha`` is 0, or its input or update is not finite.
+``rows`` mask entry is False, its ``alpha`` is 0, or its input or update is not finite (the
+update is checked as stored: an fp16/bf16 overflow to Inf counts as non-finite). Scores are
+returned for every row, except that a row skipped *because of non-finite values* -- a
+non-finite input, or a kept, ``alpha != 0`` row whose update would not be finite -- scores NaN
+in all C concepts, so callers can tell which rows were not moved for that reason. Rows skipped
+by the mask or ``alpha == 0`` keep their real scores. ``v = 0`` (zero gradient) gives
+``dir = 0`` and tiny norms are normalised through ``max(||v||, tiny)``: neither produces
+NaN/Inf (such a row is "moved" by ``alpha * 0``: value-identical, ``-0.0`` may become ``+0.0``);
+a norm below 2^-50 is measured on ``v * 2^100`` (``sum(v*v)`` would underflow), so a tiny
+gradient still gives a unit direction.
 
 The *field table* variant (DESIGN.md §3, last paragraph; batched serving) holds F fields
 stacked (``A: [F, C, m, d]``, ``c, w2: [F, C, m]``, ``b2: [F, C]``) and a per-row
 ``field_ids: [N]``: row ``r`` is moved by field ``field_ids[r]`` exactly as the one-field op
 would move it; ``-1`` (or any id outside ``[0, F)``) means no steering: the row is left
-bit-identical and its scores are NaN.
+bit-identical and its scores are NaN; steered rows follow the one-field rules above.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ ACTIVATIONS = ("gelu_tanh",)
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
+# ||v|| below _TINY_NORM is re-measured on v * _NORM_UP (powers of two: exact scaling)
+_TINY_NORM, _NORM_UP, _NORM_DOWN = 2.0**-50, 2.0**100, 2.0**-100
 
 
 def gelu_tanh(z: torch.Tensor) -> torch.Tensor:
@@ -80,18 +91,33 @@ def field_direction(
 
 def _move_(
     hidden: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, normalize: bool, keep: torch.Tensor | None
-) -> None:
-    """``hidden += alpha * dir(v)`` in place, on the rows that stay finite, are kept and have alpha != 0."""
+) -> torch.Tensor:
+    """``hidden += alpha * dir(v)`` in place, on the rows that stay finite, are kept and have alpha != 0.
+
+    Returns the ``[N]`` bool mask of the rows skipped for non-finite values (a non-finite input,
+    or a kept, alpha != 0 row whose update, as stored in ``hidden``'s dtype, is not finite):
+    the rows whose scores the contract makes NaN.
+    """
     dt = v.dtype
     if normalize:
         tiny = torch.finfo(dt).tiny
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        nrm = v.norm(dim=-1, keepdim=True)
+        # below 2^-50, sum(v*v) may have underflowed: measure on v * 2^100 (exact), scale back
+        scaled = (v * _NORM_UP).norm(dim=-1, keepdim=True) * _NORM_DOWN
+        v = v / torch.where(nrm < _TINY_NORM, scaled, nrm).clamp_min(tiny)
     a = alpha.to(dt).reshape(-1, 1)
-    new = hidden.to(dt) + a * v
-    ok = (a != 0).squeeze(1) & torch.isfinite(new).all(-1) & torch.isfinite(hidden).all(-1)
+    new = (hidden.to(dt) + a * v).to(hidden.dtype)  # as it would be stored (fp16 may overflow)
+    finite_in = torch.isfinite(hidden).all(-1)
+    move = (a != 0).squeeze(1) & finite_in
     if keep is not None:
-        ok = ok & keep
-    hidden.copy_(torch.where(ok.unsqueeze(1), new.to(hidden.dtype), hidden))
+        move = move & keep
+    finite_new = torch.isfinite(new).all(-1)
+    hidden.copy_(torch.where((move & finite_new).unsqueeze(1), new, hidden))
+    return ~finite_in | (move & ~finite_new)
+
+
+def _nan_where(scores: torch.Tensor, skipped: torch.Tensor) -> torch.Tensor:
+    return torch.where(skipped.unsqueeze(1), torch.full_like(scores, float("nan")), scores)
 
 
 def field_update_reference(
@@ -114,8 +140,8 @@ def field_update_reference(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     scores, v = field_direction(hidden, A, c, w2, b2, tau=tau, eps=eps)
-    _move_(hidden, v, alpha, normalize, rows)
-    return scores.float()
+    skipped = _move_(hidden, v, alpha, normalize, rows)
+    return _nan_where(scores.float(), skipped)
 
 
 def field_table_update_reference(
@@ -149,5 +175,5 @@ def field_table_update_reference(
         mine = (ids == f).unsqueeze(1)
         scores = torch.where(mine, s_f.float(), scores)
         v = torch.where(mine, v_f, v)
-    _move_(hidden, v, alpha, normalize, (ids >= 0) & (ids < A.shape[0]))
-    return scores
+    skipped = _move_(hidden, v, alpha, normalize, (ids >= 0) & (ids < A.shape[0]))
+    return _nan_where(scores, skipped)

@@ -81,3 +81,15 @@ def check_close(name, out, ref_out, truth, atol, rtol, floor):
     assert bool((err <= bound).all()), f"{name}: max err {err.max().item():.3g} over tolerance"
     e_k, e_r = max_err(out, truth), max_err(ref_out, truth)
     assert e_k <= 2 * e_r + floor, f"{name}: kernel err {e_k:.3g} > 2 x reference err {e_r:.3g}"
+
+
+def overflow_alpha_and_scale(dtype: torch.dtype, normalize: bool) -> tuple[float, float]:
+    """(alpha, row scale) that make a finite ~N(0, 1) row's update overflow its storage dtype.
+
+    fp16: alpha 1e7 (finite in fp32, not in fp16: the check is on the stored value). fp32/bf16:
+    with normalize a unit direction cannot overflow with a finite alpha, so alpha is +Inf;
+    without, alpha 3e38 on a row scaled by 1e-3 (v ~ 1/rms is in the hundreds).
+    """
+    if dtype == torch.float16:
+        return 1e7, 1.0
+    return (float("inf"), 1.0) if normalize else (3e38, 1e-3)

@@ -24,6 +24,7 @@ from kernel_checks import (
     bits,
     check_close,
     make_table,
+    overflow_alpha_and_scale,
     truth_table,
 )
 
@@ -173,10 +174,63 @@ def test_zero_alpha_non_finite_and_unsteered_rows_bit_identical(kernel, dtype):
     assert (hidden[~frozen] != before[~frozen]).any(-1).all()
     unsteered = (ids < 0) | (ids >= F)
     assert torch.isnan(s[unsteered]).all()
-    assert torch.isfinite(s[[0, 3, 4, 5, 8, 9, 10]]).all()
+    # rows 1, 2 (non-finite input) and 3 (update not finite) were skipped for non-finite values
+    assert torch.isnan(s[[1, 2, 3]]).all()
+    assert torch.isfinite(s[[0, 4, 5, 8, 9, 10]]).all()
     # the zero-strength row still scores what the one-field op scores
     one_s = field_update_(before[:1].clone(), A[0], c[0], w2[0], b2[0], 0.0)
     torch.testing.assert_close(s[:1], one_s, atol=SCORE_ATOL, rtol=SCORE_RTOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_non_finite_contract_in_one_table_call(kernel, dtype, normalize):
+    """NaN / +Inf / -Inf rows, an overflowing update, alpha 0, a zero-gradient field (A = 0),
+    a tiny-gradient field (A * 1e-30) and unsteered rows in one call: NaN scores exactly on the
+    rows skipped for non-finite values and the unsteered ones; every other row bit-identical to
+    a call where the bad rows were clean; nothing non-finite written."""
+    _, dev = kernel
+    gen = torch.Generator().manual_seed(90 + DTYPES.index(dtype))
+    F, C = 3, 2
+    A, c, w2, b2 = make_table(F, C, D, M, torch.float32, gen, dev)
+    A = A.clone()
+    A[1] = 0.0  # zero gradient: v = 0
+    A[2] *= 1e-30  # tiny gradient norm: sum(v*v) underflows fp32
+    ids = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, -1, 0, 1, 7], device=dev)
+    N = ids.shape[0]
+    clean = torch.randn(N, D, generator=gen).to(dev, dtype)
+    big_alpha, scale = overflow_alpha_and_scale(dtype, normalize)
+    dirty = clean.clone()
+    dirty[1, 17] = float("nan")
+    dirty[2, 5] = float("inf")
+    dirty[3, 0] = float("-inf")
+    dirty[4] = (clean[4].float() * scale).to(dtype)
+    dirty[8, 3] = float("nan")  # unsteered and not finite
+    dirty[10, 1] = float("nan")  # zero-gradient field, not finite
+    alpha_clean = torch.full((N,), 0.5, device=dev)
+    alpha_clean[5] = 0.0
+    alpha = alpha_clean.clone()
+    alpha[4] = big_alpha
+    before = dirty.clone()
+    out_clean = clean.clone()
+    s_clean = field_table_update_(out_clean, A, c, w2, b2, ids, alpha_clean, normalize=normalize,
+                                  check_ids=False)
+    s = field_table_update_(dirty, A, c, w2, b2, ids, alpha, normalize=normalize, check_ids=False)
+    nan_rows = torch.zeros(N, dtype=torch.bool, device=dev)
+    nan_rows[[1, 2, 3, 4, 8, 10, 11]] = True
+    assert torch.equal(s.isnan().all(1), nan_rows), s.isnan().all(1)
+    assert torch.equal(s.isnan().any(1), nan_rows)
+    assert torch.equal(bits(dirty[nan_rows]), bits(before[nan_rows]))
+    good = ~nan_rows
+    assert torch.equal(bits(dirty[good]), bits(out_clean[good]))
+    assert torch.equal(s[good], s_clean[good])
+    assert torch.isfinite(dirty[torch.isfinite(before).all(1)]).all()
+    assert torch.equal(bits(dirty[5]), bits(before[5]))  # alpha 0
+    assert torch.equal(dirty[6], before[6])  # zero gradient: unchanged in value
+    assert (dirty[[0, 9]] != before[[0, 9]]).any(-1).all()
+    if normalize and dtype == torch.float32:  # tiny ||v||: still a unit step
+        step = (dirty[7].double() - before[7].double()).norm()
+        assert abs(step.item() - 0.5) < 1e-3, step
 
 
 def test_int32_ids_same_as_int64(kernel):

@@ -22,6 +22,7 @@ from kernel_checks import (
     bits,
     check_close,
     make_field,
+    overflow_alpha_and_scale,
     truth,
 )
 
@@ -154,3 +155,92 @@ def test_non_finite_rows_left_unchanged(kernel, dtype, N):
     assert torch.equal(out_clean[3], clean[3])
     assert torch.equal(dirty[~bad], out_clean[~bad])  # other rows unaffected
     assert torch.isfinite(s[~bad]).all()
+    assert torch.isnan(s[bad]).all()  # skipped for non-finite values: the scores say so
+
+
+# The torch reference too: the non-finite contract is part of what it defines.
+CONTRACT_KERNELS = [("torch", "cpu")] + KERNELS
+
+
+@pytest.fixture(params=CONTRACT_KERNELS, ids=[f"{b}-{d}" for b, d in CONTRACT_KERNELS])
+def any_kernel(request, monkeypatch):
+    backend, device = request.param
+    if backend == "cpu":
+        assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
+    monkeypatch.setenv("SVF_BACKEND", backend)
+    return backend, torch.device(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_non_finite_contract_scores_nan_exactly_on_rows_skipped_for_non_finite_values(
+    any_kernel, dtype, normalize
+):
+    """NaN / +Inf / -Inf inputs and a finite row whose update overflows, mixed with normal,
+    masked and alpha-0 rows: the bad rows are bit-identical with NaN scores; the others are
+    bit-identical to a call where the bad rows were clean; nothing non-finite is written."""
+    _, dev = any_kernel
+    gen = torch.Generator().manual_seed(77 + DTYPES.index(dtype))
+    N = 10
+    A, c, w2, b2 = make_field(2, D, M, torch.float32, gen, dev)
+    clean = torch.randn(N, D, generator=gen).to(dev, dtype)
+    big_alpha, scale = overflow_alpha_and_scale(dtype, normalize)
+    dirty = clean.clone()
+    dirty[1, 17] = float("nan")
+    dirty[3, 5] = float("inf")
+    dirty[4, 0] = float("-inf")
+    dirty[5] = (clean[5].float() * scale).to(dtype)
+    alpha_clean = torch.full((N,), 0.5, device=dev)
+    alpha_clean[8] = 0.0
+    alpha = alpha_clean.clone()
+    alpha[5] = big_alpha  # finite input, update not finite as stored
+    alpha[7] = float("inf")  # masked out: skipped by the mask, real scores
+    rows = torch.ones(N, dtype=torch.bool, device=dev)
+    rows[7] = False
+    before = dirty.clone()
+    out_clean = clean.clone()
+    s_clean = field_update_(out_clean, A, c, w2, b2, alpha_clean, rows=rows, normalize=normalize)
+    s = field_update_(dirty, A, c, w2, b2, alpha, rows=rows, normalize=normalize)
+    nan_rows = torch.zeros(N, dtype=torch.bool, device=dev)
+    nan_rows[[1, 3, 4, 5]] = True
+    assert torch.equal(s.isnan().all(1), nan_rows), s.isnan().all(1)
+    assert torch.equal(s.isnan().any(1), nan_rows)
+    assert torch.isfinite(s[~nan_rows]).all()
+    assert torch.equal(bits(dirty[nan_rows]), bits(before[nan_rows]))  # NaN payloads too
+    assert torch.equal(bits(dirty[[7, 8]]), bits(before[[7, 8]]))  # masked, alpha 0
+    good = ~nan_rows
+    assert torch.equal(bits(dirty[good]), bits(out_clean[good]))  # other rows unaffected
+    assert torch.equal(s[good], s_clean[good])
+    assert torch.isfinite(dirty[torch.isfinite(before).all(1)]).all()
+    moved = torch.tensor([0, 2, 6, 9], device=dev)
+    assert (dirty[moved] != before[moved]).any(-1).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_zero_and_tiny_gradients_write_no_nan(any_kernel, dtype, normalize):
+    """A = 0 (v = 0: direction 0) and A scaled by 1e-15 / 1e-30 (tiny ||v||; at 1e-30
+    sum(v*v) underflows fp32 and the norm is measured on v * 2^100), with a NaN row mixed in:
+    nothing non-finite written, finite scores on the finite rows, a unit step when
+    normalising, NaN scores on the NaN row only."""
+    _, dev = any_kernel
+    gen = torch.Generator().manual_seed(88 + DTYPES.index(dtype))
+    A, c, w2, b2 = make_field(2, D, M, torch.float32, gen, dev)
+    hidden0 = torch.randn(5, D, generator=gen).to(dev, dtype)
+    hidden0[0, 0] = -0.0
+    hidden0[2, 9] = float("nan")
+    fin = torch.tensor([True, True, False, True, True], device=dev)
+    for scale in (0.0, 1e-15, 1e-30):
+        hidden = hidden0.clone()
+        s = field_update_(hidden, A * scale, c, w2, b2, 0.5, normalize=normalize)
+        label = f"scale {scale}"
+        assert torch.isfinite(hidden[fin]).all(), label
+        assert torch.equal(bits(hidden[2]), bits(hidden0[2])), label
+        assert torch.isnan(s[2]).all(), label
+        assert torch.isfinite(s[fin]).all(), label
+        if scale == 0.0:  # v = 0: direction 0, the row is unchanged in value (-0.0 + 0 = +0.0)
+            assert torch.equal(hidden[fin], hidden0[fin]), label
+        else:  # tiny ||v|| (at 1e-30, sum(v*v) underflows fp32): still a unit step
+            if normalize and dtype == torch.float32:
+                step = (hidden[fin].double() - hidden0[fin].double()).norm(dim=-1)
+                torch.testing.assert_close(step, torch.full_like(step, 0.5), atol=1e-4, rtol=1e-3)

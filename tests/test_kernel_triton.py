@@ -170,11 +170,12 @@ def check_overflow_row_left_alone():
     hidden = 1e-4 * torch.randn(2, 77, generator=torch.Generator().manual_seed(10))
     alpha = torch.tensor([1e37, 0.5])
     h_k = hidden.clone()
-    _run_triton(h_k, A, c, w2, b2, alpha, normalize=False)
+    s_k = _run_triton(h_k, A, c, w2, b2, alpha, normalize=False)
     h_ref = hidden.clone()
     field_update_reference(h_ref, A, c, w2, b2, alpha, normalize=False)
     assert torch.equal(h_ref[0], hidden[0]), "test premise: the reference leaves row 0 alone"
     assert torch.equal(h_k[0], hidden[0]), "overflowing row changed"
+    assert bool(s_k[0].isnan().all()) and bool(s_k[1].isfinite().all()), "scores: skipped row not NaN"
     assert (h_k[1] != hidden[1]).any()
     assert (h_k[1] - h_ref[1]).abs().max().item() <= 1e-5 * h_ref[1].abs().max().item()
 
@@ -322,6 +323,118 @@ def check_table_zero_alpha_nonfinite_all_unsteered():
         h_k = before.clone()
         s_k = _run_triton(h_k, A, c, w2, b2, torch.full((7,), 0.8), field_ids=none)
         assert torch.equal(_bits(h_k), _bits(before)) and bool(s_k.isnan().all()), f"all -1 {dt}"
+
+
+def _overflow_alpha_and_scale(dt, normalize):
+    """(alpha, row scale) making a finite row's update overflow its storage dtype."""
+    if dt == torch.float16:
+        return 1e7, 1.0  # finite in fp32, not as fp16
+    return (float("inf"), 1.0) if normalize else (3e38, 1e-3)
+
+
+def check_nonfinite_contract_scores_nan():
+    """NaN / +Inf / -Inf rows and an overflowing update (fp16: only as stored): bit-identical
+    with NaN scores (exactly the rows the reference makes NaN); masked / alpha-0 rows keep real
+    scores; the other rows equal a call with the bad rows clean; nothing non-finite written."""
+    A, c, w2, b2 = _field(2, 12, 37, seed=61)
+    for dt in DTYPES:
+        for normalize in (True, False):
+            label = f"nonfinite {dt} normalize={normalize}"
+            clean = torch.randn(8, 37, generator=torch.Generator().manual_seed(62)).to(dt)
+            big, scale = _overflow_alpha_and_scale(dt, normalize)
+            dirty = clean.clone()
+            dirty[1, 3] = float("nan")
+            dirty[2, 0] = float("inf")
+            dirty[3, 36] = float("-inf")
+            dirty[4] = (clean[4].float() * scale).to(dt)
+            alpha_clean = torch.tensor([0.7, 0.7, 0.7, 0.7, 0.7, 0.0, 0.7, -0.6])
+            alpha = alpha_clean.clone()
+            alpha[4] = big
+            alpha[6] = float("inf")
+            rows = torch.tensor([True, True, True, True, True, True, False, True])
+            h_c = clean.clone()
+            s_c = _run_triton(h_c, A, c, w2, b2, alpha_clean, rows=rows, normalize=normalize)
+            h_k = dirty.clone()
+            s_k = _run_triton(h_k, A, c, w2, b2, alpha, rows=rows, normalize=normalize)
+            h_ref = dirty.clone()
+            s_ref = field_update_reference(h_ref, A, c, w2, b2, alpha, 1.0, normalize, rows=rows)
+            bad = torch.tensor([False, True, True, True, True, False, False, False])
+            assert torch.equal(s_ref.isnan().all(1), bad), f"{label}: reference premise"
+            assert torch.equal(s_k.isnan().all(1), bad), f"{label}: {s_k.isnan().all(1)}"
+            assert torch.equal(s_k.isnan().any(1), bad), label
+            assert torch.equal(_bits(h_k[bad]), _bits(dirty[bad])), f"{label}: bad rows changed"
+            assert torch.equal(_bits(h_k[~bad]), _bits(h_c[~bad])), f"{label}: other rows differ"
+            assert torch.equal(s_k[~bad], s_c[~bad]), f"{label}: other scores differ"
+            assert bool(torch.isfinite(h_k[[0, 4, 5, 6, 7]]).all()), f"{label}: non-finite written"
+            assert torch.equal(_bits(h_k[[5, 6]]), _bits(dirty[[5, 6]])), label
+
+
+def check_zero_and_tiny_gradients():
+    """A = 0 (direction 0: unchanged in value, finite scores) and A * 1e-30 (sum(v*v)
+    underflows fp32; still a unit step)
+    with a NaN row mixed in; fields in one table call too."""
+    A, c, w2, b2 = _field(2, 12, 37, seed=63)
+    hidden = torch.randn(3, 37, generator=torch.Generator().manual_seed(64))
+    hidden[0, 0] = -0.0
+    hidden[2, 4] = float("nan")
+    h_k = hidden.clone()
+    s_k = _run_triton(h_k, A * 0, c, w2, b2, torch.full((3,), 0.5))
+    assert torch.equal(h_k[:2], hidden[:2]) and bool(torch.isfinite(s_k[:2]).all())
+    assert bool(s_k[2].isnan().all()) and torch.equal(_bits(h_k[2]), _bits(hidden[2]))
+    h_k = hidden.clone()
+    s_k = _run_triton(h_k, A * 1e-30, c, w2, b2, torch.full((3,), 0.5))
+    step = (h_k[:2].double() - hidden[:2].double()).norm(dim=-1)
+    assert bool(torch.isfinite(s_k[:2]).all()) and bool(((step - 0.5).abs() < 1e-3).all()), step
+    AT, cT, w2T, b2T = _table(3, 2, 12, 37, seed=65)
+    AT[1] = 0.0
+    AT[2] *= 1e-30
+    ids = torch.tensor([1, 2, 1, 0])
+    h4 = torch.randn(4, 37, generator=torch.Generator().manual_seed(66))
+    h4[2, 1] = float("nan")
+    h_k = h4.clone()
+    s_k = _run_triton(h_k, AT, cT, w2T, b2T, torch.full((4,), 0.5), field_ids=ids)
+    h_ref = h4.clone()
+    s_ref = field_table_update_reference(h_ref, AT, cT, w2T, b2T, ids, torch.full((4,), 0.5))
+    assert torch.equal(s_k.isnan().all(1), torch.tensor([False, False, True, False]))
+    assert torch.equal(s_ref.isnan().all(1), s_k.isnan().all(1))
+    assert torch.equal(h_k[0], h4[0]) and torch.equal(_bits(h_k[2]), _bits(h4[2]))
+    assert bool(torch.isfinite(h_k[[0, 1, 3]]).all())
+    assert (h_k[1] - h_ref[1]).abs().max().item() < 1e-5
+
+
+def check_table_nonfinite_contract_scores_nan():
+    """The table op: NaN / +-Inf / overflowing rows NaN scores and bit-identical, unsteered
+    rows NaN, the others as in a call with the bad rows clean."""
+    A, c, w2, b2 = _table(3, 2, 12, 37, seed=67)
+    ids = torch.tensor([0, 1, 2, 0, 1, -1, 2, 5], dtype=torch.int32)
+    for dt in DTYPES:
+        for normalize in (True, False):
+            label = f"table nonfinite {dt} normalize={normalize}"
+            clean = torch.randn(8, 37, generator=torch.Generator().manual_seed(68)).to(dt)
+            big, scale = _overflow_alpha_and_scale(dt, normalize)
+            dirty = clean.clone()
+            dirty[1, 3] = float("nan")
+            dirty[2, 0] = float("inf")
+            dirty[3, 36] = float("-inf")
+            dirty[4] = (clean[4].float() * scale).to(dt)
+            dirty[5, 2] = float("nan")  # unsteered
+            alpha_clean = torch.full((8,), 0.7)
+            alpha = alpha_clean.clone()
+            alpha[4] = big
+            h_c = clean.clone()
+            s_c = _run_triton(h_c, A, c, w2, b2, alpha_clean, normalize=normalize, field_ids=ids)
+            h_k = dirty.clone()
+            s_k = _run_triton(h_k, A, c, w2, b2, alpha, normalize=normalize, field_ids=ids)
+            h_ref = dirty.clone()
+            s_ref = field_table_update_reference(h_ref, A, c, w2, b2, ids, alpha, 1.0, normalize)
+            bad = torch.tensor([False, True, True, True, True, True, False, True])
+            assert torch.equal(s_ref.isnan().all(1), bad), f"{label}: reference premise"
+            assert torch.equal(s_k.isnan().all(1), bad), f"{label}: {s_k.isnan().all(1)}"
+            assert torch.equal(s_k.isnan().any(1), bad), label
+            assert torch.equal(_bits(h_k[bad]), _bits(dirty[bad])), f"{label}: bad rows changed"
+            assert torch.equal(_bits(h_k[~bad]), _bits(h_c[~bad])), f"{label}: other rows differ"
+            assert torch.equal(s_k[~bad], s_c[~bad]), f"{label}: other scores differ"
+            assert bool(torch.isfinite(h_k[[0, 4, 6, 7]]).all()), f"{label}: non-finite written"
 
 
 def _main() -> int:

@@ -122,6 +122,45 @@ def test_non_finite_rows_are_left_alone():
     assert torch.isfinite(h[[0, 3]]).all() and (h[[0, 3]] != before[[0, 3]]).any(-1).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_scores_nan_exactly_on_rows_skipped_for_non_finite_values(dtype):
+    """The contract: NaN / +-Inf input, or a kept alpha != 0 row whose update is not finite (as
+    stored: fp16 overflow counts), is left bit-identical with NaN scores; the mask and alpha 0
+    keep real scores; the other rows are as in a call without the bad rows."""
+    A, c, w2, b2 = _rand_field(dtype=dtype if dtype == torch.float64 else torch.float32)
+    clean = torch.randn(8, 33, dtype=torch.float64).to(dtype)
+    h = clean.clone()
+    h[1, 3] = float("nan")
+    h[2, 0] = float("inf")
+    h[3, 5] = float("-inf")
+    alpha_clean = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    alpha = alpha_clean.clone()
+    alpha[4] = 1e7 if dtype == torch.float16 else float("inf")  # finite row, update not finite
+    alpha[6] = float("inf")  # but masked out
+    rows = torch.ones(8, dtype=torch.bool)
+    rows[6] = False
+    before = h.clone()
+    ref = clean.clone()
+    s_ref = field_update_(ref, A, c, w2, b2, alpha_clean, rows=rows)
+    s = field_update_(h, A, c, w2, b2, alpha, rows=rows)
+    bad = torch.tensor([False, True, True, True, True, False, False, False])
+    assert torch.equal(s.isnan().all(1), bad) and torch.equal(s.isnan().any(1), bad)
+    assert torch.equal(h[bad].isnan(), before[bad].isnan())
+    assert torch.equal(torch.nan_to_num(h[bad]), torch.nan_to_num(before[bad]))
+    assert torch.equal(h[~bad], ref[~bad]) and torch.equal(s[~bad], s_ref[~bad])
+    assert torch.isfinite(h[[0, 4, 5, 6, 7]]).all()
+    assert torch.equal(h[[5, 6]], before[[5, 6]])
+
+
+def test_zero_gradient_leaves_rows_unchanged_with_finite_scores():
+    A, c, w2, b2 = _rand_field(dtype=torch.float64)
+    h = torch.randn(4, 33, dtype=torch.float64)
+    h[0, 0] = -0.0
+    before = h.clone()
+    s = field_update_(h, A * 0, c, w2, b2, 0.7)
+    assert torch.equal(h, before) and torch.isfinite(s).all()
+
+
 def test_non_contiguous_row_view_updates_in_place():
     A, c, w2, b2 = _rand_field(C=1)
     x = torch.randn(3, 5, 33)

@@ -7,9 +7,12 @@
 //   g = A_flat^T (weights_i * gelu'(z_i) * w2_i)
 //   v = (g - hn * dot(hn, g) / d) / rms  (the RMS-norm Jacobian is linear in g, so the softmin
 //                                         sum over concepts is taken before projecting)
-//   dir = v / max(||v||, FLT_MIN) or v;  h += alpha * dir   (in place, when kept)
+//   dir = v / max(||v||, FLT_MIN) or v;  h += alpha * dir   (in place, when kept; ||v|| of a
+//                                         tiny v is measured on v * 2^100, see kTinyNorm)
 // A row is left bit-identical when rows[r] is False, alpha[r] == 0, or the input or the new row
-// is not finite; its scores are still computed.
+// (as stored in T: an fp16/bf16 overflow counts) is not finite. Its scores are still computed,
+// except for a row skipped because of non-finite values (non-finite input, or a row that would
+// move but whose new row is not finite): all its C scores are NaN.
 //
 // Field table (field_ids given): A is [F, C, m, d] and row r uses field field_ids[r], i.e. the
 // same body with the parameter pointers offset by that field (no ids: field 0 for every row, the
@@ -41,6 +44,12 @@ constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluC = 0.044715f;
 // Work (multiply-adds) below which a chunk of rows is not worth a thread hand-off.
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
+// ||v|| below kTinyNorm: sum(v*v) may have underflowed (|v_k| < 1e-19 squares to 0 in fp32), so
+// the norm is measured again on v * 2^100 (exact) and scaled back: a tiny v is still normalised
+// to a unit direction instead of being divided by FLT_MIN.
+constexpr float kTinyNorm = 0x1p-50f;
+constexpr float kNormUp = 0x1p+100f;
+constexpr float kNormDown = 0x1p-100f;
 
 // The parameters of one field: A [C*m, d], c, w2 [C*m], b2 [C] (fp32, contiguous).
 struct Field {
@@ -103,6 +112,21 @@ struct Scratch {
 inline float load(float v) { return v; }
 inline float load(c10::BFloat16 v) { return static_cast<float>(v); }
 inline float load(c10::Half v) { return static_cast<float>(v); }
+
+// The smallest magnitude that no longer stores as a finite T (round to nearest even): a new row
+// is written only if every |x| < overflow_at<T>() (NaN fails the comparison too).
+template <typename T>
+constexpr float overflow_at();
+template <>
+constexpr float overflow_at<float>() { return INFINITY; }
+template <>
+constexpr float overflow_at<c10::BFloat16>() { return 0x1.ffp+127f; }  // bf16 max + half an ulp
+template <>
+constexpr float overflow_at<c10::Half>() { return 0x1.ffep+15f; }  // 65520 = fp16 max + half an ulp
+
+inline void nan_scores(float* scores, int64_t C) {
+  for (int64_t i = 0; i < C; ++i) scores[i] = NAN;
+}
 
 // z[u] = A[u, :] . hn + c[u] for u in [u0, u1).
 SVF_MATVEC_CLONES void matvec(const float* __restrict__ A, const float* __restrict__ hn,
@@ -204,7 +228,11 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bo
     w.s[i] = s + f.b2[i];
     scores[i] = w.s[i];
   }
-  if (!active || a == 0.f || !(fin == 0.f)) return;
+  if (!(fin == 0.f)) {  // non-finite input: skipped, and the scores say so
+    nan_scores(scores, C);
+    return;
+  }
+  if (!active || a == 0.f) return;
 
   // Softmin weights, folded into the coefficients.
   float mx = -INFINITY;
@@ -237,19 +265,30 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bo
     float nn = 0.f;
 #pragma omp simd reduction(+ : nn)
     for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
-    const float den = std::max(std::sqrt(nn), FLT_MIN);
+    float nrm = std::sqrt(nn);
+    if (nrm < kTinyNorm) {  // rare: keep the common path as it was
+      float ns = 0.f;
+#pragma omp simd reduction(+ : ns)
+      for (int64_t k = 0; k < d; ++k) ns += (g[k] * kNormUp) * (g[k] * kNormUp);
+      nrm = std::sqrt(ns) * kNormDown;
+    }
+    const float den = std::max(nrm, FLT_MIN);  // v = 0: den = FLT_MIN, direction 0
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
   }
 
-  // New row (fp32); written back only if every entry is finite.
-  float fin2 = 0.f;
-#pragma omp simd reduction(+ : fin2)
+  // New row (fp32); written back only if every entry stores as a finite T.
+  constexpr float lim = overflow_at<T>();
+  int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
   for (int64_t k = 0; k < d; ++k) {
     x[k] = x[k] + a * g[k];
-    fin2 += x[k] * 0.f;
+    bad += !(std::fabs(x[k]) < lim);
   }
-  if (!(fin2 == 0.f)) return;
+  if (bad != 0) {  // the update would not be finite: skipped, and the scores say so
+    nan_scores(scores, C);
+    return;
+  }
   for (int64_t k = 0; k < d; ++k) h[k] = static_cast<T>(x[k]);
 }
 
@@ -260,7 +299,7 @@ inline void one_row(const Problem& p, T* base, int64_t stride, int64_t r, const 
   const int64_t f = p.field_of(r);
   float* s = scores + r * p.C;
   if (f < 0) {
-    for (int64_t i = 0; i < p.C; ++i) s[i] = NAN;
+    nan_scores(s, p.C);
     return;
   }
   update_row<T>(p, p.field(f), base + r * stride, alpha[r], rows == nullptr || rows[r], s, w,

@@ -14,6 +14,13 @@
 // no compute: k_split_z marks it with a NaN sum of squares (which the later kernels already
 // treat as "leave the row alone"), k_split_g / k_fused write NaN scores.
 //
+// Non-finite values: the sum of squares also accumulates h * 0, so it is NaN exactly when the
+// input row is not finite (+Inf only for a finite row so large that h*h overflows, which is
+// left alone as before: the reference's update of such a row is exactly zero). A NaN sum of
+// squares makes the scores NaN (written so in scores_and_coef). A row that would move but whose
+// new row does not store as a finite T is left alone and its scores are overwritten with NaN
+// where that is decided (k_split_write, the end of fused_row).
+//
 // Two schedules, both with no host synchronisation (CUDA-graph capturable):
 //  * split (decoding, few rows): five short kernels over grid (rows, tiles of d or of units)
 //      k_split_z       sum(h^2) and z = A h / rms + c           (blocks over units)
@@ -41,6 +48,11 @@ constexpr int kTile = 256;            // columns per block in the split schedule
 constexpr int64_t kFusedMinRows = 96;  // automatic schedule: fused from this many rows on
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluC = 0.044715f;
+// ||v|| below kTinyNorm: sum(v*v) may have underflowed, so it is measured again on v * 2^100
+// (exact) and scaled back; a tiny v is still normalised to a unit direction.
+constexpr float kTinyNorm = 0x1p-50f;
+constexpr float kNormUp = 0x1p+100f;
+constexpr float kNormDown = 0x1p-100f;
 
 template <typename T>
 struct Io;
@@ -48,6 +60,7 @@ template <>
 struct Io<float> {
   static __device__ __forceinline__ float load(const float* p) { return *p; }
   static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+  static __device__ __forceinline__ float round(float v) { return v; }
 };
 template <>
 struct Io<__nv_bfloat16> {
@@ -57,11 +70,16 @@ struct Io<__nv_bfloat16> {
   static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
     *p = __float2bfloat16_rn(v);
   }
+  // v as it would be stored (an overflow becomes +-Inf)
+  static __device__ __forceinline__ float round(float v) {
+    return __bfloat162float(__float2bfloat16_rn(v));
+  }
 };
 template <>
 struct Io<__half> {
   static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
   static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+  static __device__ __forceinline__ float round(float v) { return __half2float(__float2half_rn(v)); }
 };
 
 struct Params {
@@ -109,7 +127,7 @@ __device__ __forceinline__ Params with_field(Params p, int64_t f) {
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
 
-// Scores of a row with no field: NaN.
+// Scores of a row with no field, or skipped for non-finite values: NaN. Every thread calls it.
 __device__ __forceinline__ void nan_scores(const Params& p, int64_t n) {
   for (int i = threadIdx.x; i < p.C; i += kThreads) p.scores[n * p.C + i] = quiet_nan();
 }
@@ -163,6 +181,7 @@ __device__ float row_sumsq(const Params& p, const T* h, float* scratch) {
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
     const float x = Io<T>::load(h + j);
     acc += x * x;
+    acc += x * 0.f;  // NaN for a non-finite x; +-0 (no change) otherwise
   }
   return block_sum(acc, scratch);
 }
@@ -180,10 +199,11 @@ __device__ void row_z(const Params& p, const T* h, float rms, int u0, int u1, fl
   }
 }
 
-// From z (this row's [C*m], global): scores (written to scores_out when not null), softmin
-// weights, and coef[u] = w_i act'(z_u) w2_u into shared memory. sc: C floats of shared memory.
+// From z (this row's [C*m], global): scores (written to scores_out when not null; NaN when
+// nan_out, a non-finite input), softmin weights, and coef[u] = w_i act'(z_u) w2_u into shared
+// memory. sc: C floats of shared memory.
 __device__ void scores_and_coef(const Params& p, const float* z, float* coef, float* sc,
-                                float* scratch, float* scores_out) {
+                                float* scratch, float* scores_out, bool nan_out) {
   const int m = p.m, C = p.C, Cm = C * m;
   for (int i = 0; i < C; ++i) {
     float acc = 0.f;
@@ -198,7 +218,7 @@ __device__ void scores_and_coef(const Params& p, const float* z, float* coef, fl
     float mx = -INFINITY;
     for (int i = 0; i < C; ++i) mx = fmaxf(mx, -sc[i] / p.tau);
     if (scores_out != nullptr) {
-      for (int i = 0; i < C; ++i) scores_out[i] = sc[i];
+      for (int i = 0; i < C; ++i) scores_out[i] = nan_out ? quiet_nan() : sc[i];
     }
     float total = 0.f;
     for (int i = 0; i < C; ++i) {
@@ -266,7 +286,7 @@ __device__ __forceinline__ void split_g_row(const Params& p, int64_t n) {
   float* sc = smem + Cm;
   const float ss = p.sumsq[n];
   scores_and_coef(p, p.z + n * Cm, coef, sc, scratch,
-                  blockIdx.y == 0 ? p.scores + n * p.C : nullptr);
+                  blockIdx.y == 0 ? p.scores + n * p.C : nullptr, isnan(ss));
   if (!row_active(p, n, ss)) return;  // uniform over the block
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
   const float rms = rms_of(p, ss);
@@ -318,33 +338,54 @@ __global__ void __launch_bounds__(kThreads) k_split_v(Params p) {
   if (threadIdx.x == 0) p.part2[n * p.tiles + blockIdx.y] = part;
 }
 
-__device__ __forceinline__ float row_norm(const Params& p, int64_t n) {
+// nrm = sqrt(sum(v*v)) of the row v[0, d), or, when that is below kTinyNorm (uniform over the
+// block: every thread holds the same nrm), the norm of v * 2^100 scaled back, summed by the
+// block in a fixed order (the same value in every block of the row). Every thread calls it.
+__device__ float tiny_norm_fix(float nrm, const float* v, int64_t d, float* scratch) {
+  if (!(nrm < kTinyNorm)) return nrm;
+  float part = 0.f;
+  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
+    const float x = v[j] * kNormUp;
+    part += x * x;
+  }
+  return sqrtf(block_sum(part, scratch)) * kNormDown;
+}
+
+// ||v|| of row n (k_split_v's partial sums). Every thread of the block calls it.
+__device__ __forceinline__ float row_norm(const Params& p, int64_t n, float* scratch) {
   float s = 0.f;
   for (int64_t t = 0; t < p.tiles; ++t) s += p.part2[n * p.tiles + t];
-  return sqrtf(s);
+  return tiny_norm_fix(sqrtf(s), p.gv + n * p.d, p.d, scratch);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) k_split_check(Params p) {
+  __shared__ float scratch[kWarps + 1];
   const int64_t n = blockIdx.x;
   if (!row_active(p, n, p.sumsq[n])) return;
-  const float nrm = row_norm(p, n);
+  const float nrm = row_norm(p, n, scratch);
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   bool ok = true;
-  if (j < p.d) ok = isfinite(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n]));
+  if (j < p.d) {
+    ok = isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n])));
+  }
   ok = __syncthreads_and(ok);
   if (threadIdx.x == 0) p.flag[n * p.tiles + blockIdx.y] = ok ? 1.f : 0.f;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
+  __shared__ float scratch[kWarps + 1];
   const int64_t n = blockIdx.x;
   if (!row_active(p, n, p.sumsq[n])) return;
   for (int64_t t = 0; t < p.tiles; ++t) {
-    if (p.flag[n * p.tiles + t] == 0.f) return;
+    if (p.flag[n * p.tiles + t] == 0.f) {  // not finite: left alone, and the scores say so
+      if (blockIdx.y == 0) nan_scores(p, n);  // k_split_g wrote them earlier in the stream
+      return;
+    }
   }
-  const float nrm = row_norm(p, n);
+  const float nrm = row_norm(p, n, scratch);
   T* h = static_cast<T*>(p.hidden) + n * p.stride;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   if (j < p.d) Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n]));
@@ -367,7 +408,7 @@ __device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
   const float rms = rms_of(p, ss);
   row_z<T>(p, h, rms, 0, Cm, z);
   __syncthreads();  // z (global) written by other warps of this block
-  scores_and_coef(p, z, coef, sc, scratch, p.scores + n * p.C);
+  scores_and_coef(p, z, coef, sc, scratch, p.scores + n * p.C, isnan(ss));
   if (!row_active(p, n, ss)) return;  // uniform over the block
 
   float part = 0.f;
@@ -384,13 +425,16 @@ __device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
     gv[j] = v;
     part += v * v;
   }
-  const float nrm = sqrtf(block_sum(part, scratch));
+  const float nrm = tiny_norm_fix(sqrtf(block_sum(part, scratch)), gv, p.d, scratch);
   const float a = p.alpha[n];
   bool ok = true;
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
-    ok = ok && isfinite(updated(p, Io<T>::load(h + j), gv[j], nrm, a));
+    ok = ok && isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), gv[j], nrm, a)));
   }
-  if (!__syncthreads_and(ok)) return;
+  if (!__syncthreads_and(ok)) {  // not finite: left alone, and the scores say so
+    nan_scores(p, n);  // after the barrier: thread 0's scores_and_coef write is ordered before
+    return;
+  }
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
     Io<T>::store(h + j, updated(p, Io<T>::load(h + j), gv[j], nrm, a));
   }

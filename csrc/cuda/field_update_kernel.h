@@ -6,8 +6,11 @@
 //   g_i = A_i^T (act'(z_i) * w2_i); v_i = (g_i - hn * dot(hn, g_i) / d) / rms
 //   v = sum_i softmax(-s / tau)_i v_i; dir = normalize ? v / max(||v||, FLT_MIN) : v
 //   h += alpha * dir   (fp32 arithmetic; a row is left bit-identical when rows[n] is false,
-//                       alpha[n] == 0, or its input or its updated value is not finite)
-// scores [N, C] (fp32, before the update) are written for every row.
+//                       alpha[n] == 0, or its input or its updated value, as stored, is not
+//                       finite)
+// scores [N, C] (fp32, before the update) are written for every row; NaN for a row skipped
+// because of non-finite values (a non-finite input, or a row that would move but whose updated
+// value is not finite).
 //
 // Field table (svf::field_table_update_, batched serving): F fields stacked, A [F, C, m, d],
 // c, w2 [F, C, m], b2 [F, C]; row n is moved by field field_ids[n] exactly as the one-field

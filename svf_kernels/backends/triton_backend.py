@@ -3,16 +3,18 @@
 One program per row. Per row, with ``A_flat = A.reshape(C*m, d)`` (the concepts' gradients are
 combined before the RMS-Jacobian projection, which is linear in ``g``)::
 
-    pass 1  sum(h^2) -> rms
+    pass 1  sum(h^2) -> rms; sum(h * 0) (NaN iff the input is not finite)
     pass 2  z = A_flat @ h / rms + c   (tiles of BLOCK_U units x BLOCK_D columns; z to a scratch
             buffer), scores s_i = w2_i . act(z_i) + b2_i, softmin weights w = softmax(-s / tau)
     pass 3  G = A_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
-    pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v||
-    pass 5  new = h + alpha * v / max(||v||, FLT_MIN)  (or v): all finite?
-    pass 6  write new when the row may change
+    pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v|| (below 2^-50: of v * 2^100, scaled)
+    pass 5  new = h + alpha * v / max(||v||, FLT_MIN)  (or v): all finite as stored?
+    pass 6  write new when the row may change, else NaN scores
 
 fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``alpha == 0``, or a
-non-finite input or result are left bit-identical; scores are written for every row.
+non-finite input or result (checked after rounding to the storage dtype) are left
+bit-identical; scores are written for every row, NaN for a row skipped because of non-finite
+values (non-finite input, or a row that would move but whose new row is not finite).
 
 Field table (``svf::field_table_update_``): the parameters are F fields stacked (``A [F, C, m,
 d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and ``field_ids [N]`` (int64 or int32) picks each
@@ -103,11 +105,14 @@ if triton is not None:
 
         # pass 1: rms
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        fin = tl.zeros([BLOCK_D], dtype=tl.float32)
         for d0 in range(0, d, BLOCK_D):
             dd = d0 + offs_d
             x = tl.load(h_row + dd, mask=dd < d, other=0.0).to(tl.float32)
             acc += x * x
+            fin += x * 0.0
         ss = tl.sum(acc, axis=0)
+        finite_in = tl.sum(fin, axis=0) == 0.0  # x * 0 is NaN for a non-finite x
         rms = tl.sqrt(ss / d + eps)
 
         # pass 2: z, scores, softmin weights
@@ -135,7 +140,9 @@ if triton is not None:
             s = tl.sum(sacc, axis=0) + tl.load(b2_ptr + i)
             svec = tl.where(offs_c == i, s, svec)
         cmask = offs_c < C
-        tl.store(scores_ptr + row * C + offs_c, svec, mask=cmask)
+        # a non-finite input: the row is skipped and its scores say so
+        tl.store(scores_ptr + row * C + offs_c, tl.where(finite_in, svec, float("nan")),
+                 mask=cmask)
         t = tl.where(cmask, -svec / tau, -_K_FLT_MAX)
         e = tl.where(cmask, tl.exp(t - tl.max(t, axis=0)), 0.0)
         wts = e / tl.sum(e, axis=0)
@@ -175,6 +182,7 @@ if triton is not None:
             tl.debug_barrier()
             # pass 4: v (overwrites G), ||v||
             vacc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            sacc = tl.zeros([BLOCK_D], dtype=tl.float32)  # (v * 2^100)^2: for a tiny ||v||
             for d0 in range(0, d, BLOCK_D):
                 dd = d0 + offs_d
                 dmask = dd < d
@@ -183,7 +191,12 @@ if triton is not None:
                 v = (g - (x / rms) * dot / d) / rms
                 tl.store(g_row + dd, v, mask=dmask)
                 vacc += v * v
+                vs = v * 1.2676506002282294e30  # 2^100, exact
+                sacc += vs * vs
             nrm = tl.sqrt(tl.sum(vacc, axis=0))
+            # below 2^-50, sum(v*v) may have underflowed: the norm of v * 2^100, scaled back
+            nrm = tl.where(nrm < 8.881784197001252e-16,
+                           tl.sqrt(tl.sum(sacc, axis=0)) * 7.888609052210118e-31, nrm)
             den = tl.maximum(nrm, _K_FLT_MIN)
             tl.debug_barrier()
             # pass 5: is the whole updated row finite?
@@ -195,9 +208,13 @@ if triton is not None:
                 v = tl.load(g_row + dd, mask=dmask, other=0.0)
                 if NORMALIZE:
                     v = v / den
-                new = x + alpha * v
+                new = (x + alpha * v).to(h_ptr.dtype.element_ty).to(tl.float32)  # as stored
                 bad += tl.where(dmask & ~(tl.abs(new) <= _K_FLT_MAX), 1, 0)
-            if tl.sum(bad, axis=0) == 0:
+            if tl.sum(bad, axis=0) != 0:
+                # the update would not be finite: the row is skipped and its scores say so
+                nan = tl.full([BLOCK_C], float("nan"), tl.float32)
+                tl.store(scores_ptr + row * C + offs_c, nan, mask=cmask)
+            else:
                 # pass 6: write
                 for d0 in range(0, d, BLOCK_D):
                     dd = d0 + offs_d

@@ -53,7 +53,11 @@ TENSOR_NAMES: tuple[str, ...] = (
 )
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh",)
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # header length limit (the u64 prefix)
+# Header length limit (the u64 prefix). A real header is a few KiB (metrics are capped at
+# 64 KiB); the cap bounds what parsing a hostile header can allocate: Python objects for
+# JSON such as ``[{},{},...]`` take ~25x the text, so 1 MiB costs at most ~30 MiB.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_MESSAGE_CHARS = 1000  # an error message's problem text is cut to this length
 MAX_METRICS_BYTES = 64 * 1024  # serialized size limit of metadata["metrics"]
 MAX_METRICS_DEPTH = 32  # nesting limit of metadata["metrics"] (avoids RecursionError)
 MAX_CONCEPT_CHARS = 200
@@ -80,8 +84,12 @@ class ArtifactError(ValueError):
 
 
 def _fail(source: str, problem: str) -> ArtifactError:
-    """Build the error for ``problem`` found in ``source`` (callers ``raise`` it)."""
-    return ArtifactError(f"{source}: {problem}")
+    """Build the error for ``problem`` found in ``source`` (callers ``raise`` it).
+
+    Values from the file are shortened where they are formatted (``_trim``/``_show``);
+    the cut here is only a backstop so that no message grows with the file.
+    """
+    return ArtifactError(f"{source}: {_trim(problem, MAX_MESSAGE_CHARS)}")
 
 
 def _trim(text: str, limit: int = 60) -> str:
@@ -91,7 +99,30 @@ def _trim(text: str, limit: int = 60) -> str:
 
 def _show(value: Any) -> str:
     """Short ``repr`` of a bad value plus its type, for error messages."""
-    return f"{_trim(repr(value))} ({type(value).__name__})"
+    return f"{_trim(_repr(value))} ({type(value).__name__})"
+
+
+def _repr(value: Any) -> str:
+    """``repr`` that stays cheap for ints of thousands of digits."""
+    if _is_int(value) and value.bit_length() > 256:
+        return f"<int of {value.bit_length()} bits>"
+    return repr(value)
+
+
+def _shape(dims: Any) -> str:
+    """A shape (tuple or list of ints) as a shortened tuple, for a message."""
+    return _trim("(" + ", ".join(_num(x) for x in dims[:8]) + ("," if len(dims) == 1 else "")
+                 + (", ..." if len(dims) > 8 else "") + ")", 200)
+
+
+def _num(value: Any) -> str:
+    """A number from the file, shortened for a message."""
+    return _trim(_repr(value), 40)
+
+
+def _key(value: Any) -> str:
+    """A key or name from the file, shortened for a message."""
+    return _trim(str(value), 60)
 
 
 def _is_int(value: Any) -> bool:
@@ -109,7 +140,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_trim(repr(key))}")
         out[key] = value
     return out
 
@@ -119,14 +150,41 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_int(text: str) -> Any:
+    """``json`` hook: ``-0`` is a float, as the safetensors (serde) parser reads it."""
+    return -0.0 if text == "-0" else int(text)
+
+
+def _check_strings(obj: Any) -> None:
+    """Refuse strings that are not Unicode text: ``json`` accepts a lone surrogate
+    escape such as ``\\ud800`` that no UTF-8 encoder (nor safetensors) accepts."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"string {_trim(ascii(item))} holds a lone surrogate "
+                                 "escape, which is not Unicode text") from None
+
+
 def _loads(text: str) -> Any:
     """Strict JSON parse; any failure (including deep nesting) is a ``ValueError``."""
     try:
-        return json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
+        obj = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants,
+            parse_int=_parse_int,
         )
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+    _check_strings(obj)
+    return obj
 
 
 def _check_keys(
@@ -141,7 +199,7 @@ def _check_keys(
             raise _fail(source, f"missing metadata field '{prefix}{key}'")
     for key in value:
         if key not in keys:
-            raise _fail(source, f"unexpected metadata field '{prefix}{key}'")
+            raise _fail(source, f"unexpected metadata field '{prefix}{_key(key)}'")
     return value
 
 
@@ -150,7 +208,8 @@ def _int_field(value: Any, name: str, minimum: int, source: str) -> int:
         raise _fail(source, f"metadata field '{name}' must be an int >= {minimum}, "
                             f"got {_show(value)}")
     if value < minimum:
-        raise _fail(source, f"metadata field '{name}' must be an int >= {minimum}, got {value}")
+        raise _fail(source, f"metadata field '{name}' must be an int >= {minimum}, "
+                            f"got {_num(value)}")
     return int(value)
 
 
@@ -164,7 +223,7 @@ def _float_field(value: Any, name: str, source: str, *, positive: bool) -> float
     except OverflowError:
         out = math.inf
     if not math.isfinite(out) or (positive and out <= 0.0):
-        raise _fail(source, f"metadata field '{name}' must be {want}, got {value!r}")
+        raise _fail(source, f"metadata field '{name}' must be {want}, got {_num(value)}")
     return out
 
 
@@ -187,12 +246,14 @@ def _layers_field(value: Any, name: str, source: str) -> list[int]:
     out = [int(item) for item in value]
     for prev, cur in itertools.pairwise(out):
         if cur <= prev:
-            raise _fail(source, f"{want}, got {_trim(repr(out))} ({prev} then {cur})")
+            raise _fail(source, f"{want}, got {_trim(repr(out))} ({_num(prev)} then "
+                                f"{_num(cur)})")
     return out
 
 
 def _json_value(value: Any, name: str, source: str, depth: int) -> Any:
     """Normalised copy of a free-form JSON value (the metrics); refuses non-JSON."""
+    name = _trim(name, 120)
     if depth > MAX_METRICS_DEPTH:
         raise _fail(source, f"metadata field '{name}' is nested deeper than "
                             f"{MAX_METRICS_DEPTH} levels")
@@ -235,7 +296,7 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
             raise _fail(source, f"missing metadata field '{key}'")
     for key in meta:
         if key not in _META_KEYS:
-            raise _fail(source, f"unexpected metadata field '{key}'")
+            raise _fail(source, f"unexpected metadata field '{_key(key)}'")
 
     concept = _str_field(meta["concept"], "concept", source)
     if not concept or len(concept) > MAX_CONCEPT_CHARS:
@@ -252,14 +313,15 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
     train = _layers_field(meta["train_layers"], "train_layers", source)
     for layer in train:
         if not 0 <= layer < model["num_layers"]:
-            raise _fail(source, f"metadata field 'train_layers' has layer {layer}, out of range "
-                                f"[0, {model['num_layers']}) for model.num_layers="
-                                f"{model['num_layers']}")
+            nl = _num(model["num_layers"])
+            raise _fail(source, f"metadata field 'train_layers' has layer {_num(layer)}, out of "
+                                f"range [0, {nl}) for model.num_layers={nl}")
     steer = _layers_field(meta["steer_layers"], "steer_layers", source)
     outside = [layer for layer in steer if layer not in set(train)]
     if outside:
         raise _fail(source, f"metadata field 'steer_layers' must be a subset of train_layers "
-                            f"{train}; layers {outside} are not training layers")
+                            f"{_trim(repr(train))}; layers {_trim(repr(outside))} are not "
+                            "training layers")
 
     hp_in = _check_keys(meta["hparams"], "hparams", _HPARAM_KEYS, source)
     hparams = {
@@ -271,7 +333,7 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
     }
     if hparams["activation"] not in ACTIVATIONS:
         raise _fail(source, f"metadata field 'hparams.activation' must be one of "
-                            f"{list(ACTIVATIONS)}, got {hparams['activation']!r}")
+                            f"{list(ACTIVATIONS)}, got {_trim(repr(hparams['activation']))}")
 
     strength = _float_field(meta["default_strength"], "default_strength", source, positive=False)
 
@@ -312,7 +374,7 @@ def _check_format(meta: Any, source: str) -> Mapping[str, Any]:
     if not _is_int(version):
         raise _fail(source, f"metadata field 'format_version' must be an int, got {_show(version)}")
     if version != FORMAT_VERSION:
-        raise _fail(source, f"unsupported format_version {version} (this library reads "
+        raise _fail(source, f"unsupported format_version {_num(version)} (this library reads "
                             f"version {FORMAT_VERSION})")
     return meta
 
@@ -325,17 +387,18 @@ def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     d = meta["model"]["hidden_size"]
     n = len(meta["train_layers"])
     r, de, m = (meta["hparams"][k] for k in ("r", "de", "m"))
+    sd, sr, sde, sm = (_num(x) for x in (d, r, de, m))  # shortened for messages
     return {
-        "R": ((r, d), f"from hparams r={r}, model.hidden_size={d}"),
-        "layer_emb": ((n, de), f"from len(train_layers)={n}, hparams de={de}"),
-        "Wg": ((r, de), f"from hparams r={r}, de={de}"),
-        "Wb": ((r, de), f"from hparams r={r}, de={de}"),
-        "W1": ((m, r), f"from hparams r={r}, m={m}"),
-        "b1": ((m,), f"from hparams m={m}"),
-        "w2": ((m,), f"from hparams m={m}"),
+        "R": ((r, d), f"from hparams r={sr}, model.hidden_size={sd}"),
+        "layer_emb": ((n, de), f"from len(train_layers)={n}, hparams de={sde}"),
+        "Wg": ((r, de), f"from hparams r={sr}, de={sde}"),
+        "Wb": ((r, de), f"from hparams r={sr}, de={sde}"),
+        "W1": ((m, r), f"from hparams r={sr}, m={sm}"),
+        "b1": ((m,), f"from hparams m={sm}"),
+        "w2": ((m,), f"from hparams m={sm}"),
         "b2": ((1,), "(one scalar bias)"),
         "mean_norms": ((n,), f"from len(train_layers)={n}"),
-        "caa": ((n, d), f"from len(train_layers)={n}, model.hidden_size={d}"),
+        "caa": ((n, d), f"from len(train_layers)={n}, model.hidden_size={sd}"),
     }
 
 
@@ -354,7 +417,7 @@ def _check_names(names: list[str], source: str) -> None:
     extra = sorted(n for n in names if n not in TENSOR_NAMES)
     if extra:
         more = f" (and {len(extra) - 1} more: {extra[1:]})" if len(extra) > 1 else ""
-        raise _fail(source, f"unexpected tensor {extra[0]!r}{more}")
+        raise _fail(source, f"unexpected tensor {_trim(repr(extra[0]))}{_trim(more, 200)}")
 
 
 def validate_tensors(
@@ -407,16 +470,17 @@ def _check_compat(
         if value is not None and (not _is_int(value) or value < 1):
             raise TypeError(f"{arg} must be an int >= 1 or None, got {_show(value)}")
     if hidden_size is not None and meta["model"]["hidden_size"] != hidden_size:
-        raise _fail(source, f"field is for hidden_size {meta['model']['hidden_size']} but the "
-                            f"model has {hidden_size}")
+        raise _fail(source, f"field is for hidden_size {_num(meta['model']['hidden_size'])} but "
+                            f"the model has {hidden_size}")
     if num_layers is not None:
         for layer in meta["train_layers"]:  # steer_layers is a subset of these
             if layer >= num_layers:
-                raise _fail(source, f"field train_layers contains layer {layer} but the model "
-                                    f"has only {num_layers} layers")
+                raise _fail(source, f"field train_layers contains layer {_num(layer)} but the "
+                                    f"model has only {num_layers} layers")
         if meta["model"]["num_layers"] != num_layers:
-            raise _fail(source, f"field is for a model with {meta['model']['num_layers']} "
-                                f"layers but the model has {num_layers}")
+            raise _fail(source, f"field is for a model with "
+                                f"{_num(meta['model']['num_layers'])} layers but the model "
+                                f"has {num_layers}")
 
 
 def check_compatible(meta: dict, hidden_size: int, num_layers: int, source: str = "<metadata>"
@@ -458,7 +522,7 @@ def _check_header(header: dict[str, Any], data_len: int, source: str) -> dict:
                             f"got {_show(st_meta)}")
     for key in st_meta:
         if key != "svf":
-            raise _fail(source, f"unexpected safetensors metadata key {key!r} "
+            raise _fail(source, f"unexpected safetensors metadata key {_trim(repr(key))} "
                                 "(only 'svf' is allowed)")
     text = st_meta["svf"]
     if not isinstance(text, str):
@@ -478,13 +542,16 @@ def _check_header(header: dict[str, Any], data_len: int, source: str) -> dict:
                                 f"'dtype', 'shape', 'data_offsets', got {_show(info)}")
         dtype = info["dtype"]
         if dtype != "F32":
-            raise _fail(source, f"tensor '{name}' has dtype {dtype}, expected F32 (float32)")
+            plain = (isinstance(dtype, str) and dtype.isascii() and len(dtype) <= 16
+                     and dtype.replace("_", "").isalnum())  # a code like F16 or F8_E4M3
+            shown = dtype if plain else _show(dtype)
+            raise _fail(source, f"tensor '{name}' has dtype {shown}, expected F32 (float32)")
         dims = info["shape"]
         if not isinstance(dims, list) or not all(_is_int(x) and x >= 0 for x in dims):
             raise _fail(source, f"tensor '{name}' has an invalid shape {_show(dims)}")
         if tuple(dims) != shape:
-            raise _fail(source, f"tensor '{name}' has shape {tuple(dims)}, expected {shape} "
-                                f"{why}")
+            raise _fail(source, f"tensor '{name}' has shape {_shape(dims)}, expected "
+                                f"{_shape(shape)} {why}")
         offsets = info["data_offsets"]
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(_is_int(x) for x in offsets)
@@ -493,17 +560,20 @@ def _check_header(header: dict[str, Any], data_len: int, source: str) -> dict:
         begin, end = offsets
         need = math.prod(shape) * _F32_BYTES
         if end - begin != need:
-            raise _fail(source, f"tensor '{name}' data_offsets [{begin}, {end}] span "
-                                f"{end - begin} bytes, but shape {shape} float32 needs {need}")
+            raise _fail(source, f"tensor '{name}' data_offsets [{_num(begin)}, {_num(end)}] span "
+                                f"{_num(end - begin)} bytes, but shape {_shape(shape)} float32 "
+                                f"needs {_num(need)}")
         if end > data_len:
-            raise _fail(source, f"file is truncated: tensor '{name}' data ends at byte {end} of "
-                                f"the data section, which holds only {data_len} bytes")
+            raise _fail(source, f"file is truncated: tensor '{name}' data ends at byte "
+                                f"{_num(end)} of the data section, which holds only {data_len} "
+                                "bytes")
         spans.append((begin, end, name))
     pos = 0
     for begin, end, name in sorted(spans):
         if begin != pos:
             kind = "overlaps the previous tensor" if begin < pos else "leaves a gap"
-            raise _fail(source, f"tensor '{name}' data_offsets [{begin}, {end}] {kind} "
+            raise _fail(source, f"tensor '{name}' data_offsets [{_num(begin)}, {_num(end)}] "
+                                f"{kind} "
                                 f"(expected to start at byte {pos})")
         pos = end
     if pos != data_len:
@@ -569,11 +639,13 @@ def load_field(
     """Load and fully validate an artifact; return ``(tensors, metadata)``.
 
     Never unpickles. Order: file checks (exists, regular, size <= max_bytes); the
-    8-byte header length (<= min(100 MiB, size - 8)); the JSON header (metadata,
+    8-byte header length (<= min(1 MiB, size - 8)); the JSON header (metadata,
     names, dtypes, shapes, offsets) and, if given, the model's hidden_size /
     num_layers; only then the tensor bytes are read and handed to safetensors, and
     the tensors are checked for NaN/Inf and mean_norms > 0.
     """
+    if not _is_int(max_bytes) or max_bytes < 1:
+        raise TypeError(f"max_bytes must be an int >= 1, got {_show(max_bytes)}")
     file = _file_path(path)
     source = str(file)
     try:
@@ -585,7 +657,7 @@ def load_field(
         raise _fail(source, f"{file.parent} is not a directory: a field path is a directory "
                             "holding field.safetensors or a file ending in .safetensors"
                     ) from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise _fail(source, f"cannot read: {exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise _fail(source, "not a regular file")

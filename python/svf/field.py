@@ -86,11 +86,17 @@ class SteeringField:
 
     @classmethod
     def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> SteeringField:
-        """Load and validate an artifact (against ``model``'s size when given). Never unpickles."""
+        """Load and validate an artifact (against ``model``'s size when given). Never unpickles.
+
+        A bad artifact raises ``artifacts.ArtifactError`` naming the file and the problem
+        (including a field made for a model of another hidden size or layer count); a
+        ``model`` that is not a Hugging Face decoder raises ``SVFArgumentError``.
+        """
         kwargs = {}
         if model is not None:
-            from .hf import hidden_size, num_layers
+            from .hf import check_model, hidden_size, num_layers
 
+            check_model(model)
             kwargs = {"hidden_size": hidden_size(model), "num_layers": num_layers(model)}
         tensors, meta = artifacts.load_field(path, **kwargs)
         hp = meta["hparams"]
@@ -99,7 +105,8 @@ class SteeringField:
             train_layers=tuple(meta["train_layers"]),
             r=hp["r"], de=hp["de"], m=hp["m"], eps=hp["eps"],
         )
-        scorer = ConceptScorer(cfg)
+        with torch.random.fork_rng(devices=[]):  # the random init must not move the global RNG
+            scorer = ConceptScorer(cfg)
         with torch.no_grad():
             for name in _SCORER_TENSORS:
                 getattr(scorer, name).copy_(tensors[name])

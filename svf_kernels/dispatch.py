@@ -47,7 +47,13 @@ def register_backend(backend: Backend) -> None:
 
 def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, activation="gelu_tanh",
                        eps=1e-6, rows=None, field_ids=None):
-    """The ``torch`` backend: the reference, one field (``A [C, m, d]``) or a table (``field_ids``)."""
+    """The ``torch`` backend: the reference, one field (``A [C, m, d]``) or a table (``field_ids``).
+
+    The reference computes in float64 whatever it is given, so the hot path's one cheap check
+    that the compiled kernels make themselves is made here: ``hidden`` is floating point.
+    """
+    if not hidden.is_floating_point():
+        raise SVFArgumentError(f"hidden dtype must be float32, bfloat16 or float16, got {hidden.dtype}")
     if field_ids is None:
         return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
     return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,

@@ -29,6 +29,7 @@ from svf.artifacts import (
     validate_metadata,
     validate_tensors,
 )
+from svf_kernels import SVFArgumentError
 
 D, R, DE, M, NUM_LAYERS = 16, 4, 3, 5, 6
 TRAIN = [2, 3, 4]
@@ -253,7 +254,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         raise OSError("disk on fire")
 
     monkeypatch.setattr(artifacts.os, "replace", boom)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(ArtifactError, match="cannot save: disk on fire"):
         save_field(tmp_path / "f", make_field(seed=7)[0], meta)
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -461,7 +462,7 @@ def test_bad_path_and_arguments(tmp_path: Path) -> None:
     tensors, meta = make_field()
     save_field(tmp_path / "f", tensors, meta)
     for bad in (0, True, 1.5, "100"):
-        with pytest.raises(TypeError, match="max_bytes must be an int >= 1"):
+        with pytest.raises(SVFArgumentError, match="max_bytes must be an int >= 1"):
             load_field(tmp_path / "f", max_bytes=bad)
 
 
@@ -669,7 +670,7 @@ def test_field_for_another_model(tmp_path: Path) -> None:
         tmp_path / "f", num_layers=8)
     load_field(tmp_path / "f", hidden_size=D)
     load_field(tmp_path / "f", num_layers=NUM_LAYERS)
-    with pytest.raises(TypeError, match="hidden_size must be an int"):
+    with pytest.raises(SVFArgumentError, match="hidden_size must be an int"):
         load_field(tmp_path / "f", hidden_size=True)
 
 
@@ -683,7 +684,7 @@ def test_check_compatible_direct() -> None:
         meta2["train_layers"] = [0, 3]
         meta2["steer_layers"] = [0, 3]
         check_compatible(meta2, D, 3)
-    with pytest.raises(TypeError, match="num_layers must be an int"):
+    with pytest.raises(SVFArgumentError, match="num_layers must be an int"):
         check_compatible(meta, D, 6.0)  # type: ignore[arg-type]
 
 

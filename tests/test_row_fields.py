@@ -29,7 +29,10 @@ def test_apply_matches_public_op_across_alpha_and_n(dtype):
                            h_ref.view(torch.int64) if dtype == torch.float64 else bits(h_ref))
 
 
-def test_apply_bad_rows_get_a_named_error_and_stay_untouched():
+@pytest.mark.parametrize("backend", ["", "torch"])
+def test_apply_bad_rows_get_a_named_error_and_stay_untouched(backend, monkeypatch):
+    """Every backend of the hot path names bad rows (``""``: the default for CPU tensors)."""
+    monkeypatch.setenv("SVF_BACKEND", backend)
     field, _, gen = _field(2)
     wrong_d = torch.randn(2, 47, generator=gen)
     before = wrong_d.clone()

@@ -31,6 +31,8 @@ from typing import Any
 import safetensors.torch as _st
 import torch
 
+from svf_kernels import SVFArgumentError
+
 __all__ = [
     "FIELD_FILENAME",
     "FORMAT_NAME",
@@ -468,7 +470,7 @@ def _check_compat(
 ) -> None:
     for arg, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
         if value is not None and (not _is_int(value) or value < 1):
-            raise TypeError(f"{arg} must be an int >= 1 or None, got {_show(value)}")
+            raise SVFArgumentError(f"{arg} must be an int >= 1 or None, got {_show(value)}")
     if hidden_size is not None and meta["model"]["hidden_size"] != hidden_size:
         raise _fail(source, f"field is for hidden_size {_num(meta['model']['hidden_size'])} but "
                             f"the model has {hidden_size}")
@@ -586,6 +588,8 @@ def _check_header(header: dict[str, Any], data_len: int, source: str) -> dict:
 
 def _file_path(path: str | os.PathLike[str]) -> Path:
     """``x.safetensors`` is the file itself; any other path is a directory."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise SVFArgumentError(f"path must be a str or os.PathLike, got {_show(path)}")
     p = Path(os.fspath(path))
     return p if p.name.endswith(".safetensors") else p / FIELD_FILENAME
 
@@ -613,8 +617,11 @@ def save_field(
     parent = file.parent
     if parent.exists() and not parent.is_dir():
         raise _fail(source, f"cannot save: {parent} exists and is not a directory")
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=parent)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise _fail(source, f"cannot save: {exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
@@ -622,9 +629,11 @@ def save_field(
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, file)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _fail(source, f"cannot save: {exc}") from None
         raise
     return file
 
@@ -645,7 +654,7 @@ def load_field(
     the tensors are checked for NaN/Inf and mean_norms > 0.
     """
     if not _is_int(max_bytes) or max_bytes < 1:
-        raise TypeError(f"max_bytes must be an int >= 1, got {_show(max_bytes)}")
+        raise SVFArgumentError(f"max_bytes must be an int >= 1, got {_show(max_bytes)}")
     file = _file_path(path)
     source = str(file)
     try:

@@ -7,9 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .arguments import check_bool, check_int, check_texts, check_tokenizer
+from .hf import check_model
+
 
 def format_prompts(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[str]:
     """Render prompts as a user turn of the chat template (when the tokenizer has one)."""
+    check_tokenizer(tokenizer)
+    prompts = check_texts(prompts, "prompts")
+    check_bool(chat, "chat")
     if chat and getattr(tokenizer, "chat_template", None):
         return [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
@@ -31,6 +37,13 @@ def generate(
     **kwargs,
 ) -> list[str]:
     """Continuations of ``prompts`` (left-padded batch), decoded without special tokens."""
+    check_model(model)
+    check_tokenizer(tokenizer)
+    prompts = check_texts(prompts, "prompts")
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_bool(chat, "chat")
+    check_bool(do_sample, "do_sample")
+    check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
     texts = format_prompts(tokenizer, prompts, chat)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from svf_kernels import gelu_tanh
+from svf_kernels import SVFArgumentError, gelu_tanh
+
+from .arguments import check_int, check_number, show
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,17 @@ class ScorerConfig:
     de: int = 8
     m: int = 64
     eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "r", "de", "m"):
+            check_int(getattr(self, name), f"ScorerConfig.{name}", minimum=1)
+        check_number(self.eps, "ScorerConfig.eps", positive=True)
+        layers = self.train_layers
+        if (not isinstance(layers, tuple) or not layers
+                or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers)
+                or list(layers) != sorted(set(layers))):
+            raise SVFArgumentError("ScorerConfig.train_layers must be a non-empty tuple of strictly "
+                                   f"increasing layer indices >= 0, got {show(layers)}")
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,8 @@ class ConceptScorer(nn.Module):
         try:
             return self.config.train_layers.index(layer)
         except ValueError:
-            raise ValueError(
-                f"layer {layer} is not in the scorer's training layers {list(self.config.train_layers)}"
+            raise SVFArgumentError(
+                f"layer {layer!r} is not in the scorer's training layers {list(self.config.train_layers)}"
             ) from None
 
     def film(self, layer_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

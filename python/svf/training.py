@@ -10,6 +10,7 @@ direction's projection, thresholded on the training split).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -21,9 +22,18 @@ from tqdm.auto import tqdm
 from svf_kernels import SVFArgumentError
 
 from .activations import last_token_activations
+from .arguments import (
+    check_bool,
+    check_int,
+    check_number,
+    check_pairs,
+    check_text,
+    check_tokenizer,
+    show,
+)
 from .data import split
 from .field import SteeringField
-from .hf import check_layers, num_layers
+from .hf import check_layers, check_model, hidden_size, layer_list, num_layers
 from .scorer import ConceptScorer, ScorerConfig
 
 
@@ -42,6 +52,24 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.4, 0.1, 0.5)
     seed: int = 0
     default_strength: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SVFArgumentError` naming the first bad field (also after edits)."""
+        for name in ("r", "de", "m", "batch_size", "max_epochs", "patience"):
+            check_int(getattr(self, name), f"TrainConfig.{name}", minimum=1)
+        check_int(self.seed, "TrainConfig.seed")
+        check_number(self.lr, "TrainConfig.lr", positive=True)
+        check_number(self.weight_decay, "TrainConfig.weight_decay", minimum=0.0)
+        check_number(self.default_strength, "TrainConfig.default_strength")
+        fr = self.fractions
+        if (isinstance(fr, (str, bytes)) or not isinstance(fr, Sequence) or len(fr) != 3
+                or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in fr)
+                or not all(map(math.isfinite, fr)) or abs(sum(fr) - 1.0) > 1e-6):
+            raise SVFArgumentError("TrainConfig.fractions must be three finite numbers > 0 (train, val, "
+                                   f"test) summing to 1, got {show(fr)}")
 
 
 @dataclass
@@ -197,13 +225,47 @@ class PairFeatures:
         return tuple(Features(f.pos[:, idx], f.neg[:, idx]) for f in (self.train, self.val, self.test))
 
 
+def _check_config(config: object) -> TrainConfig:
+    """``config`` is None (the defaults) or a valid :class:`TrainConfig` (checked again: it may
+    have been edited after construction)."""
+    if config is None:
+        return TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise SVFArgumentError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+    config.validate()
+    return config
+
+
+def _check_features(features: object, model: nn.Module) -> None:
+    """``features`` came from :func:`pair_features` on a model of this hidden size."""
+    if not isinstance(features, PairFeatures):
+        raise SVFArgumentError(f"features must be PairFeatures from pair_features(), got {type(features).__name__}")
+    d = hidden_size(model)
+    for name in ("train", "val", "test"):
+        part = getattr(features, name)
+        if not isinstance(part, Features) or part.pos.dim() != 3 or part.pos.shape != part.neg.shape:
+            raise SVFArgumentError(f"features.{name} must hold pos/neg activations [n, L, d] of equal shapes")
+        if part.pos.shape[-1] != d or part.pos.shape[1] != len(features.layers):
+            raise SVFArgumentError(f"features.{name} is {tuple(part.pos.shape)} but the model has hidden "
+                                   f"size {d} and features.layers has {len(features.layers)} layers")
+        if part.pos.shape[0] < 2:
+            raise SVFArgumentError(f"features.{name} has {part.pos.shape[0]} pairs; at least 2 are needed")
+
+
 def pair_features(model: nn.Module, tokenizer, pairs: Sequence, layers: Sequence[int],
                   config: TrainConfig | None = None, *, batch_size: int = 16,
                   progress: bool = True) -> PairFeatures:
     """Split ``pairs`` by ``config.fractions`` and extract each split's last-token activations."""
-    config = config or TrainConfig()
-    layers = list(layers)
-    check_layers(model, layers, "train_layers")
+    config = _check_config(config)
+    check_model(model)
+    check_tokenizer(tokenizer)
+    pairs = check_pairs(pairs)
+    layers = layer_list(layers, "layers")
+    check_layers(model, layers, "layers")
+    if not layers:
+        raise SVFArgumentError("layers is empty: give at least one layer")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_bool(progress, "progress")
     tr, va, te = split(list(pairs), config.fractions, config.seed)
     if min(len(tr), len(va), len(te)) < 2:
         raise SVFArgumentError(f"need more pairs: split gave train/val/test = {len(tr)}/{len(va)}/{len(te)}")
@@ -237,14 +299,24 @@ def train_field(
     for the report's held-out accuracies. ``features``: activations already extracted by
     :func:`pair_features` from the same pairs and config (for a superset of the layers).
     """
-    config = config or TrainConfig()
-    train_layers = list(train_layers)
+    config = _check_config(config)
+    check_model(model)
+    check_tokenizer(tokenizer)
+    check_text(concept, "concept")
+    train_layers = layer_list(train_layers, "train_layers")
     check_layers(model, train_layers, "train_layers")
-    if sorted(set(train_layers)) != train_layers:
-        raise SVFArgumentError(f"train_layers must be strictly increasing, got {train_layers}")
-    steer_layers = list(steer_layers) if steer_layers is not None else train_layers[:4]
+    if not train_layers or sorted(set(train_layers)) != train_layers:
+        raise SVFArgumentError(f"train_layers must be non-empty and strictly increasing, got {train_layers}")
+    steer_layers = layer_list(steer_layers, "steer_layers") if steer_layers is not None else train_layers[:4]
+    if not steer_layers or len(set(steer_layers)) != len(steer_layers):
+        raise SVFArgumentError(f"steer_layers must be non-empty, without duplicates, got {steer_layers}")
     if not set(steer_layers) <= set(train_layers):
         raise SVFArgumentError(f"steer_layers {steer_layers} must be a subset of train_layers {train_layers}")
+    check_text(model_name, "model_name", allow_empty=True)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_bool(progress, "progress")
+    if features is not None:
+        _check_features(features, model)
     if features is None:
         features = pair_features(model, tokenizer, pairs, train_layers, config, batch_size=batch_size,
                                  progress=progress)

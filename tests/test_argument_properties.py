@@ -26,7 +26,9 @@ META = torch.device("meta")  # a second device on any machine: device mismatches
 def _valid(data, table: bool) -> dict:
     """A random valid argument set (CPU, small odd sizes, any storage dtype)."""
     n = data.draw(st.integers(0, 9), label="N")
-    d = data.draw(st.integers(1, 40), label="d")
+    # d >= 2: at d = 1 the RMS-normalised score is flat (its gradient is ~eps-sized rounding
+    # noise), so the direction's sign differs between float32 kernels and the float64 truth
+    d = data.draw(st.integers(2, 40), label="d")
     C = data.draw(st.integers(1, 3), label="C")
     m = data.draw(st.integers(1, 9), label="m")
     F = data.draw(st.integers(1, 3), label="F")

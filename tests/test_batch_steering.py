@@ -150,8 +150,10 @@ def test_bad_requests_name_the_problem():
         batch.set_requests(["a", None], [1.0])
     with pytest.raises(SVFArgumentError, match="finite"):
         batch.set_requests(["a"], [float("nan")])
-    with pytest.raises(SVFArgumentError, match="finite"):
+    with pytest.raises(SVFArgumentError, match=r"strengths\[0\] must be a number"):
         batch.set_requests(["a"], [True])
+    with pytest.raises(SVFArgumentError, match="strengths must be a number or a sequence"):
+        batch.set_requests(["a"], None)
     with pytest.raises(SVFArgumentError, match="sequence of field names"):
         batch.set_requests("a", 1.0)
     with pytest.raises(SVFArgumentError, match="attach"):

@@ -19,6 +19,7 @@ from torch import nn
 
 from svf_kernels import FieldTable, SVFArgumentError
 
+from .arguments import check_bool, check_number
 from .field import SteeringField
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
@@ -61,8 +62,7 @@ class BatchSteering:
                  layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
                  positions: str = "default", refresh: int = 1) -> None:
         check_model(model)
-        if not isinstance(normalize, bool):
-            raise SVFArgumentError(f"normalize must be True or False, got {normalize!r}")
+        check_bool(normalize, "normalize")
         if not isinstance(fields, Mapping) or not fields:
             raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
         for name in fields:
@@ -121,12 +121,14 @@ class BatchSteering:
             raise SVFArgumentError(f"unknown fields {unknown}; attached: {self.names}")
         if isinstance(strengths, (int, float)) and not isinstance(strengths, bool):
             strengths = [float(strengths)] * B
+        if isinstance(strengths, str) or not isinstance(strengths, Sequence):
+            raise SVFArgumentError(f"strengths must be a number or a sequence of numbers, one per row, "
+                                   f"got {type(strengths).__name__}")
         strengths = list(strengths)
         if len(strengths) != B:
             raise SVFArgumentError(f"strengths has {len(strengths)} entries but fields has {B}")
-        for s in strengths:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise SVFArgumentError(f"strengths must be finite numbers, got {s!r}")
+        for r, s in enumerate(strengths):
+            check_number(s, f"strengths[{r}]")
         g1 = torch.tensor([-1 if f is None else index[f] for f in fields], dtype=torch.long) + 1
         g1 = g1.to(self.device)
         s = torch.tensor(strengths, dtype=torch.float32, device=self.device)

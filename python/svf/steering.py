@@ -15,7 +15,6 @@ attached, so calling it twice is harmless.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from svf_kernels import FusedSteeringField, PackedField, RowField, SVFArgumentError
 
+from .arguments import check_bool, check_number
 from .field import SteeringField
 from .hf import check_layers, check_model, decoder_layers, decoder_layers_path, layer_list
 from .positions import PositionTracker
@@ -206,17 +206,15 @@ def steer(
     """
     check_model(model)
     items = _as_list(fields)
-    for name, flag in (("normalize", normalize), ("record_scores", record_scores)):
-        if not isinstance(flag, bool):
-            raise SVFArgumentError(f"{name} must be True or False, got {flag!r}")
+    check_bool(normalize, "normalize")
+    check_bool(record_scores, "record_scores")
     if method not in METHODS:
         raise SVFArgumentError(f"method must be one of {METHODS}, got {method!r}")
     if strength is not None and alpha is not None:
         raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
     for name, value in (("strength", strength), ("alpha", alpha)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise SVFArgumentError(f"{name} must be a finite number, got {value!r}")
+        if value is not None:
+            check_number(value, name)
     d = items[0].hidden_size
     if any(f.hidden_size != d for f in items):
         raise SVFArgumentError("all fields must have the same hidden size")

@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from .data import TEST_PROMPTS, sentiment_pairs
+from .arguments import check_int
+from .data import TEST_PROMPTS, sentiment_pairs, split
 from .generation import generate
 from .judges import vader_compound
 from .models import load_model
@@ -31,6 +32,11 @@ METHODS = (
 )
 
 
+def _min_pairs() -> int:
+    """Fewest pairs whose split by ``DEMO_FRACTIONS`` has at least 2 in each part (as training needs)."""
+    return next(n for n in range(2, 10_000) if min(map(len, split(range(n), DEMO_FRACTIONS))) >= 2)
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -39,7 +45,16 @@ def _clip(text: str, width: int) -> str:
 def run_demo(
     pairs: int = 300, prompts: int = 6, max_new_tokens: int = 40, seed: int = 0, width: int = 72
 ) -> dict[str, list[float]]:
-    """Train, steer, judge with VADER, print one table; returns VADER scores per method."""
+    """Train, steer, judge with VADER, print one table; returns VADER scores per method.
+
+    ``pairs``: sentiment pairs to train on (at least enough for 2 in each split part);
+    ``prompts``: how many of the held-out ``TEST_PROMPTS`` to continue (>= 1).
+    """
+    check_int(pairs, "pairs", minimum=_min_pairs())
+    check_int(prompts, "prompts", minimum=1)
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)
+    check_int(width, "width", minimum=2)
     torch.manual_seed(seed)
     t0 = time.time()
     model, tok = load_model()

@@ -25,6 +25,10 @@ from typing import Any
 
 import torch
 
+from svf_kernels import SVFArgumentError
+
+from .arguments import check_device, check_float_dtype, check_path
+
 __all__ = [
     "DEFAULT_GGUF_FILE",
     "DEFAULT_MODEL",
@@ -210,7 +214,9 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    key = os.fspath(name_or_path) if name_or_path is not None else None
+    key = os.fspath(check_path(name_or_path, "name_or_path")) if name_or_path is not None else None
+    check_float_dtype(dtype, "dtype")
+    device = check_device(device, "device")
     kwargs: dict[str, Any] = {}
     if key in _DEFAULT_ALIASES and not (key and Path(key).exists()):
         source: str | Path = prepare_default_model()
@@ -221,9 +227,18 @@ def load_model(
         source = key  # type: ignore[assignment]
     if Path(source).is_dir():  # a local directory: never ask a hub
         kwargs["local_files_only"] = True
+        if "gguf_file" not in kwargs and not (Path(source) / "config.json").is_file():
+            raise SVFArgumentError(f"name_or_path {os.fspath(source)!r} is a directory without config.json: "
+                                   "not a Hugging Face model directory")
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:  # not a model directory, unknown hub id, offline, ...
+        kind = ("a local directory" if Path(source).is_dir() else "a file, not a model directory"
+                if Path(source).exists() else "no such local path, tried as a hub id")
+        raise SVFArgumentError(f"name_or_path {os.fspath(source)!r} ({kind}) could not be loaded: "
+                               f"{type(exc).__name__}: {exc}") from exc
     model.to(device)
     model.eval()
     tokenizer.padding_side = "left"
@@ -246,15 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("path", help="print where the default model is (or would be) cached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if args.command == "prepare":
-        try:
-            path = prepare_default_model(force=args.force)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(path)
-    else:
-        print(default_model_dir())
+    try:
+        print(prepare_default_model(force=args.force) if args.command == "prepare" else default_model_dir())
+    except (ValueError, OSError) as exc:  # no GGUF file, a failed conversion, an unwritable cache, ...
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

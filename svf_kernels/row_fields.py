@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import SVFArgumentError
 from .op import (
+    _alpha_tensor,
     _check_positive,
     check_field_args,
     check_table_args,
@@ -33,6 +34,12 @@ def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, 
     """Folded scorer parameters as fp32 contiguous buffers, plus the op's scalar settings."""
     _check_positive("tau", tau)
     _check_positive("eps", eps)
+    if not isinstance(normalize, bool):
+        raise SVFArgumentError(f"normalize must be True or False, got {normalize!r}")
+    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise SVFArgumentError(f"{name} must be a floating-point tensor, got "
+                                   f"{getattr(value, 'dtype', type(value).__name__)}")
     for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
         module.register_buffer(name, value.detach().float().contiguous())
     module.tau, module.normalize, module.eps = float(tau), bool(normalize), float(eps)
@@ -53,7 +60,7 @@ class PackedField(RowField):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if A.dim() == 2:  # one concept given unstacked
+        if isinstance(A, torch.Tensor) and A.dim() == 2:  # one concept given unstacked
             A, c, w2, b2 = A[None], c[None], w2[None], b2.reshape(1)
         _store_folded(self, A, c, w2, b2.reshape(-1), tau, normalize, eps)
         d = self.A.shape[-1]
@@ -106,6 +113,9 @@ class ConstantField(RowField):
 
     def __init__(self, vector: torch.Tensor) -> None:
         super().__init__()
+        if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or not vector.is_floating_point():
+            raise SVFArgumentError("steering vector must be a 1-D floating-point tensor [d], got "
+                                   f"{tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__}")
         norm = vector.detach().float().norm()
         if not torch.isfinite(norm) or norm == 0:
             raise SVFArgumentError("steering vector must be finite and non-zero")
@@ -164,8 +174,14 @@ class FieldTable(RowField):
                field_ids: torch.Tensor | None = None) -> torch.Tensor:
         if field_ids is None:
             raise SVFArgumentError("a FieldTable needs field_ids: one field index (or -1) per row")
-        if not isinstance(alpha, torch.Tensor):
-            alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
         b = self._buffers
-        return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
-                                     self.tau, self.normalize, "gelu_tanh", self.eps)
+        try:
+            if not isinstance(alpha, torch.Tensor):
+                alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
+            return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
+                                         self.tau, self.normalize, "gelu_tanh", self.eps)
+        except Exception:
+            # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
+            check_table_args(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids,
+                             _alpha_tensor(alpha, rows), self.tau, "gelu_tanh", self.eps)
+            raise

@@ -8,6 +8,7 @@ module only gathers those rows, runs the field, and handles refresh-every-K reus
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ class FusedSteeringField(nn.Module):
         last_only: bool = False,
     ) -> None:
         super().__init__()
+        _check_module_args(layer, field, alpha, planner, field_ids, last_only)
         self.layer = layer
         self.field = field
         self.alpha = alpha
@@ -153,3 +155,31 @@ class FusedSteeringField(nn.Module):
             work.index_copy_(0, reuse, moved.to(work.dtype))
         if plan.store_rows is not None and plan.store_rows.numel():
             self.last_delta[plan.store_rows.to(work.device)] = fresh[plan.store_src.to(work.device)]
+
+
+def _check_module_args(layer: object, field: object, alpha: object, planner: object,
+                       field_ids: object, last_only: object) -> None:
+    """Constructor checks of :class:`FusedSteeringField` (once; the forward pass checks rows)."""
+    from .row_fields import FieldTable
+
+    if not isinstance(layer, nn.Module):
+        raise SVFArgumentError(f"layer must be an nn.Module (a decoder layer), got {type(layer).__name__}")
+    if not isinstance(field, RowField):
+        raise SVFArgumentError(f"field must be a RowField (PackedField, ConstantField, FieldTable, ...), "
+                               f"got {type(field).__name__}")
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() != 1 or not alpha.is_floating_point():
+            raise SVFArgumentError(f"alpha must be a float or a [B] float tensor, got {alpha.dtype} "
+                                   f"{tuple(alpha.shape)}")
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise SVFArgumentError(f"alpha must be a finite number or a [B] float tensor, got {alpha!r}")
+    if planner is not None and not callable(planner):
+        raise SVFArgumentError(f"planner must be callable or None, got {type(planner).__name__}")
+    if field_ids is not None and (not isinstance(field_ids, torch.Tensor) or field_ids.dim() != 1
+                                  or field_ids.is_floating_point() or field_ids.dtype == torch.bool):
+        raise SVFArgumentError("field_ids must be a [B] integer tensor or None, got "
+                               f"{getattr(field_ids, 'dtype', type(field_ids).__name__)}")
+    if isinstance(field, FieldTable) != (field_ids is not None):
+        raise SVFArgumentError("field_ids must be given exactly when field is a FieldTable")
+    if not isinstance(last_only, bool):
+        raise SVFArgumentError(f"last_only must be True or False, got {last_only!r}")

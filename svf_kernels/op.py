@@ -213,6 +213,8 @@ def check_table_args(
             raise SVFArgumentError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.shape != shape:
             raise SVFArgumentError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and A.shape[3] != hidden.shape[1]:
+        raise SVFArgumentError(f"A must be [F, C, m, {hidden.shape[1]}], got {tuple(A.shape)}")
     # Everything else is the one-field contract, checked on field 0's slices.
     check_field_args(hidden, A[0], c[0], w2[0], b2[0], alpha, tau, activation, eps, None)
     if not isinstance(field_ids, torch.Tensor) or field_ids.dtype not in _ID_DTYPES:

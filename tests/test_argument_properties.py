@@ -236,3 +236,100 @@ def test_not_fields_are_named(tiny_steerable, fields):
     model, _ = tiny_steerable
     with pytest.raises(SVFArgumentError, match="fields must be"):
         svf.steer(model, fields)
+
+
+# ------------------------------------------------------------------ module constructors
+
+def _module_parts(data) -> dict:
+    """Valid parts for PackedField / FieldTable / ConstantField / FusedSteeringField."""
+    d = data.draw(st.integers(2, 40), label="d")
+    C, m, F = (data.draw(st.integers(1, 3), label=k) for k in ("C", "m", "F"))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    return {"d": d, "F": F,
+            "packed": (torch.randn(C, m, d, generator=g), torch.randn(C, m, generator=g),
+                       torch.randn(C, m, generator=g), torch.randn(C, generator=g)),
+            "table": (torch.randn(F, C, m, d, generator=g), torch.randn(F, C, m, generator=g),
+                      torch.randn(F, C, m, generator=g), torch.randn(F, C, generator=g)),
+            "vector": torch.randn(d, generator=g) + 0.1}
+
+
+_FIELD_BREAKS = [  # (argument, position in (A, c, w2, b2) or keyword, bad value)
+    ("A", 0, "A"), ("A", 0, None), ("A", 0, "int"), ("c", 1, "list"), ("w2", 2, "shape"),
+    ("b2", 3, "int"), ("tau", "tau", 0.0), ("tau", "tau", float("nan")), ("eps", "eps", -1.0),
+    ("normalize", "normalize", 1),
+]
+
+
+@SETTINGS
+@given(data=st.data())
+def test_row_field_constructors_name_the_bad_argument(data):
+    from svf_kernels import FieldTable, PackedField
+
+    parts = _module_parts(data)
+    cls, key = data.draw(st.sampled_from([(PackedField, "packed"), (FieldTable, "table")]), label="class")
+    tensors = list(parts[key])
+    cls(*tensors, tau=0.5)  # the valid set constructs
+    name, where, bad = data.draw(st.sampled_from(_FIELD_BREAKS), label="broken argument")
+    kwargs = {}
+    if isinstance(where, int):
+        t = tensors[where]
+        tensors[where] = {"A": "A", "int": t.to(torch.int32), "list": t.tolist(),
+                          "shape": t.unsqueeze(-1)}.get(bad, bad)
+    else:
+        kwargs[where] = bad
+    with pytest.raises(SVFArgumentError) as err:
+        cls(*tensors, **kwargs)
+    assert name in str(err.value), f"message does not name {name!r}: {err.value}"
+
+
+@SETTINGS
+@given(data=st.data())
+def test_fused_steering_field_names_the_bad_argument(data):
+    from svf_kernels import ConstantField, FieldTable, FusedSteeringField, PackedField
+
+    parts = _module_parts(data)
+    layer = torch.nn.Identity()
+    packed, table = PackedField(*parts["packed"]), FieldTable(*parts["table"])
+    FusedSteeringField(layer, packed, 0.5)
+    FusedSteeringField(layer, table, torch.ones(3), field_ids=torch.tensor([0, -1, parts["F"] - 1]))
+    FusedSteeringField(layer, ConstantField(parts["vector"]), -1, last_only=True)
+    name, kwargs = data.draw(st.sampled_from([
+        ("layer", {"layer": "decoder"}), ("field", {"field": None}), ("field", {"field": parts["vector"]}),
+        ("alpha", {"alpha": float("nan")}), ("alpha", {"alpha": "0.5"}), ("alpha", {"alpha": torch.ones(2, 2)}),
+        ("alpha", {"alpha": torch.ones(2, dtype=torch.long)}), ("planner", {"planner": 3}),
+        ("field_ids", {"field_ids": torch.zeros(2)}), ("field_ids", {"field_ids": torch.zeros(2, dtype=torch.long)}),
+        ("field_ids", {"field": table}), ("last_only", {"last_only": "yes"}),
+    ]), label="broken argument")
+    args = {"layer": layer, "field": packed, "alpha": 0.5, **kwargs}
+    with pytest.raises(SVFArgumentError) as err:
+        FusedSteeringField(args.pop("layer"), args.pop("field"), args.pop("alpha"), **args)
+    assert name in str(err.value), f"message does not name {name!r}: {err.value}"
+
+
+@pytest.mark.parametrize("vector,message", [
+    ([1.0, 2.0], "1-D floating-point tensor"), (torch.ones(2, 3), r"1-D floating-point tensor \[d\], got \(2, 3\)"),
+    (torch.ones(3, dtype=torch.long), "1-D floating-point"), (torch.zeros(4), "finite and non-zero"),
+    (torch.tensor([1.0, float("inf")]), "finite and non-zero"),
+])
+def test_constant_field_names_the_bad_vector(vector, message):
+    from svf_kernels import ConstantField
+
+    with pytest.raises(SVFArgumentError, match=message):
+        ConstantField(vector)
+
+
+@pytest.mark.parametrize("backend", ["", "torch"])
+def test_field_table_apply_names_bad_rows(backend, monkeypatch):
+    from svf_kernels import FieldTable
+
+    monkeypatch.setenv("SVF_BACKEND", backend)
+    g = torch.Generator().manual_seed(0)
+    table = FieldTable(torch.randn(2, 1, 3, 8, generator=g), torch.randn(2, 1, 3, generator=g),
+                       torch.randn(2, 1, 3, generator=g), torch.randn(2, 1, generator=g))
+    ids = torch.tensor([0, 1])
+    for rows, message in ((torch.zeros(2, 8, dtype=torch.int32), "hidden dtype"),
+                          (torch.zeros(2, 7), r"A must be \[F, C, m, 7\]"), (torch.zeros(2, 3, 8), r"hidden must be \[N, d\]")):
+        before = rows.clone()
+        with pytest.raises(SVFArgumentError, match=message):
+            table.apply_(rows, 0.5, ids)
+        assert torch.equal(rows, before)

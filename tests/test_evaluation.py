@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from svf import evaluate_mwe, evaluation
+from svf import concepts, evaluate_mwe, evaluation
 from svf.concepts import Concept
 from svf.data import ContrastivePair
 from svf.training import TrainConfig
@@ -48,6 +48,7 @@ def _tiny_config(**overrides) -> dict:
 def toy_world(monkeypatch, char_tok):
     monkeypatch.setattr(evaluation, "load_concept", lambda name, n_pairs, n_completions: _concept(name))
     monkeypatch.setattr(evaluate_mwe, "load_mwe", _mwe_items)
+    monkeypatch.setattr(concepts, "CONCEPTS", (*concepts.CONCEPTS, *WORDS))  # `svf eval --concepts` checks names
     return tiny_model("llama", vocab_size=len(char_tok)), char_tok
 
 

@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from svf_kernels import SVFArgumentError
+
+from .arguments import check_int, check_optional_int, check_text
 from .data import ContrastivePair, _require, data_dir, sentiment_pairs
 
 CONCEPTS = ("sentiment", "formality", "topic-ocean")
@@ -65,17 +68,19 @@ def _jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, str]]:
 def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) -> Concept:
     """Load ``name`` (one of :data:`CONCEPTS`), with at most ``n_pairs`` training pairs and
     ``n_completions`` completions per side."""
+    check_text(name, "name")
     if name not in CONCEPTS:
-        raise ValueError(f"unknown concept {name!r}; known: {list(CONCEPTS)}")
-    if n_completions < 1:
-        raise ValueError(f"n_completions must be >= 1, got {n_completions}")
+        raise SVFArgumentError(f"unknown concept {name!r} (name must be one of {list(CONCEPTS)})")
+    check_optional_int(n_pairs, "n_pairs", minimum=1)
+    check_int(n_completions, "n_completions", minimum=1)
     root = data_dir() / "concepts" / name
     prompts = tuple(r["prompt"] for r in _jsonl(root / "prompts.jsonl", ("prompt",)))
     if name == "sentiment":
         every = sentiment_pairs()
         n_train = SENTIMENT_PAIRS if n_pairs is None else n_pairs
         if not 0 < n_train <= len(every) - n_completions:
-            raise ValueError(f"n_pairs must be in [1, {len(every) - n_completions}], got {n_pairs}")
+            raise SVFArgumentError(f"n_pairs must be in [1, {len(every) - n_completions}] (sentiment keeps "
+                                   f"n_completions={n_completions} sentences held out), got {n_pairs}")
         # completions: short held-out sentences (never among the training pairs)
         held = [p for p in every[n_train:] if len(p.positive.split()) <= 12 and len(p.negative.split()) <= 12]
         pos = tuple(p.positive for p in held[:n_completions])
@@ -84,5 +89,5 @@ def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) 
     pairs = [ContrastivePair(r["positive"], r["negative"])
              for r in _jsonl(root / "pairs.jsonl", ("positive", "negative"))]
     comp = _jsonl(root / "completions.jsonl", ("positive", "negative"))[:n_completions]
-    return Concept(name, tuple(pairs[:n_pairs] if n_pairs else pairs), prompts,
+    return Concept(name, tuple(pairs[:n_pairs] if n_pairs is not None else pairs), prompts,
                    tuple(r["positive"] for r in comp), tuple(r["negative"] for r in comp))

@@ -16,13 +16,18 @@ the name says (see ``data/mwe/MANIFEST.tsv``, column ``label_polarity``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from svf_kernels import SVFArgumentError
+
+from .arguments import check_int, check_optional_int, check_text, show
 
 __all__ = [
     "NEUTRAL_PROMPTS",
@@ -88,14 +93,14 @@ def sentiment_pairs(n: int | None = None, seed: int = 0) -> list[ContrastivePair
 
     Returns ``min(#pos, #neg)`` pairs, or the first ``n`` of them.
     """
+    check_optional_int(n, "n", minimum=0)
+    check_int(seed, "seed")
     pos, neg = load_rt_polarity()
     rng = random.Random(seed)
     rng.shuffle(pos)
     rng.shuffle(neg)
     pairs = [ContrastivePair(p, q) for p, q in zip(pos, neg)]
     if n is not None:
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
         pairs = pairs[:n]
     return pairs
 
@@ -196,22 +201,13 @@ def load_mwe(behavior: str, source: str = "all") -> list[dict[str, str]]:
     The concept direction is ``answer_matching_behavior`` as the file gives it; for some
     behaviours that is the opposite of the folder name (see ``data/mwe/MANIFEST.tsv``).
     """
-    if source not in _SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(_SOURCES)}")
-    names = available_behaviors()
-    if behavior not in names:
-        raise ValueError(
-            f"unknown MWE behaviour {behavior!r}; available: {', '.join(names) or '(none)'}"
-            f" (looked in {_mwe_root()})"
-        )
+    _check_behavior(behavior, source)
     folder = _mwe_root() / behavior
     caa = [folder / f for f in _CAA_FILES.values() if (folder / f).is_file()]
     if caa:
         keys = list(_CAA_FILES) if source == "all" else [source]
         paths = [_require(folder / _CAA_FILES[k]) for k in keys]
     else:
-        if source != "all":
-            raise ValueError(f"{behavior!r} has no CAA generate/test split; use source='all'")
         paths = [next(folder / f for f in _ANTHROPIC_FILES if (folder / f).is_file())]
 
     items: list[dict[str, str]] = []
@@ -231,6 +227,42 @@ def load_mwe(behavior: str, source: str = "all") -> list[dict[str, str]]:
     return items
 
 
+def _check_behavior(behavior: object, source: object) -> None:
+    """``behavior`` names a folder of ``data/mwe`` and ``source`` is a split it has."""
+    check_text(behavior, "behavior")
+    if not isinstance(source, str) or source not in _SOURCES:
+        raise SVFArgumentError(f"unknown source {show(source)}: source must be one of {', '.join(_SOURCES)}")
+    names = available_behaviors()
+    if behavior not in names:
+        raise SVFArgumentError(
+            f"unknown MWE behaviour {behavior!r} (behavior must be one of: {', '.join(names) or '(none)'};"
+            f" looked in {_mwe_root()})"
+        )
+    folder = _mwe_root() / behavior
+    if source != "all" and not any((folder / f).is_file() for f in _CAA_FILES.values()):
+        raise SVFArgumentError(f"behavior {behavior!r} has no CAA generate/test split: use source='all', "
+                               f"got source={source!r}")
+
+
+def _check_chat_tokenizer(tokenizer: object) -> None:
+    """``None`` or a Hugging Face tokenizer (something with ``apply_chat_template``)."""
+    if tokenizer is not None and not callable(getattr(tokenizer, "apply_chat_template", None)):
+        raise SVFArgumentError(f"tokenizer must be None or a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+
+
+def _check_items(items: object) -> list:
+    """MWE items: dicts with string ``question`` and answer labels (as :func:`load_mwe` gives)."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+        raise SVFArgumentError(f"items must be a sequence of MWE items (dicts), got {show(items)}")
+    for i, it in enumerate(items):
+        if not isinstance(it, Mapping) or not all(
+                isinstance(it.get(k), str) for k in ("question", "answer_matching_behavior",
+                                                      "answer_not_matching_behavior")):
+            raise SVFArgumentError(f"items[{i}] must be a dict with string 'question', 'answer_matching_behavior' "
+                                   f"and 'answer_not_matching_behavior', got {show(it)}")
+    return list(items)
+
+
 def _answer_stub(label: str) -> str:
     """``"(A)"`` -> ``"(A"``: the answer up to and including the letter (CAA's convention)."""
     m = _ANSWER_RE.match(label)
@@ -247,6 +279,9 @@ def render_mwe(question: str, answer: str, tokenizer: Any = None) -> str:
     end-of-turn token).  For a fixed question two answers then give texts that share
     everything up to the answer, so the last token (the letter) is the one that differs.
     """
+    check_text(question, "question", allow_empty=True)
+    check_text(answer, "answer")
+    _check_chat_tokenizer(tokenizer)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return f"{question}\nAnswer: {answer}"
     messages = [
@@ -275,16 +310,20 @@ def mwe_pairs(
     to that final answer.  ``n=None`` keeps every item in file order; otherwise ``n``
     items are sampled with ``random.Random(seed)``.
     """
+    _check_behavior(behavior, source)
+    _check_chat_tokenizer(tokenizer)
+    check_optional_int(n, "n", minimum=0)
+    check_int(seed, "seed")
     items = load_mwe(behavior, source=source)
     if n is not None:
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
         items = random.Random(seed).sample(items, min(n, len(items)))
     return mwe_item_pairs(items, tokenizer)
 
 
 def mwe_item_pairs(items: Sequence[dict[str, str]], tokenizer: Any = None) -> list[ContrastivePair]:
     """Question + matching answer vs + the other answer, for MWE items (see :func:`mwe_pairs`)."""
+    items = _check_items(items)
+    _check_chat_tokenizer(tokenizer)
     return [
         ContrastivePair(
             render_mwe(it["question"], _answer_stub(it["answer_matching_behavior"]), tokenizer),
@@ -306,10 +345,16 @@ def split(
 
     The train and val sizes are ``floor(fraction * len(items))``; test takes the rest.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions):
-        raise ValueError(f"fractions must be three non-negative numbers, got {fractions!r}")
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise SVFArgumentError(f"items must be a sequence (a list, a tuple), got {show(items)}")
+    if (isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or len(fractions) != 3
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 0
+                   for f in fractions)):
+        raise SVFArgumentError(f"fractions must be three finite non-negative numbers (train, val, test), "
+                               f"got {show(fractions)}")
     if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
+        raise SVFArgumentError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
+    check_int(seed, "seed")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n = len(order)

@@ -17,17 +17,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from svf_kernels import SVFArgumentError
+
 from . import report_plots
+from .arguments import (
+    check_bool,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_path,
+    check_text,
+    check_tokenizer,
+    show,
+)
 from .concepts import CONCEPTS, Concept, load_concept
 from .evaluate_generation import Judge, long_form, multi_attribute, open_ended
 from .evaluate_likelihood import LikelihoodResult, evaluate_all, gaps
 from .field import SteeringField
+from .hf import check_layers, check_model
 from .judges import load_embedding_judge, train_pair_judge, vader_compound
 from .knn_field import KNNField
 from .methods import Method, build_methods, strength_unit
@@ -67,9 +80,86 @@ class EvalConfig:
     mwe_items: int | None = 100
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SVFArgumentError` naming the first bad field (also after edits).
+
+        Sequences are stored as tuples. Concept and MWE behaviour names are checked for type
+        here; :func:`run_eval` loads their data before it runs or writes anything.
+        """
+        self.concepts = _names(self.concepts, "concepts", allow_empty=False)
+        self.mwe_behaviors = _names(self.mwe_behaviors, "mwe_behaviors", allow_empty=True)
+        self.train_layers = _ints(self.train_layers, "train_layers", minimum=0)
+        self.steer_layers = _ints(self.steer_layers, "steer_layers", minimum=0)
+        missing = [i for i in self.steer_layers if i not in self.train_layers]
+        if missing:
+            raise SVFArgumentError(f"EvalConfig.steer_layers {list(missing)} are not among the train_layers "
+                                   f"{list(self.train_layers)}: every steering layer must be trained")
+        self.sweep = _numbers(self.sweep, "sweep")
+        self.gen_strengths = _numbers(self.gen_strengths, "gen_strengths")
+        self.long_refresh = _ints(self.long_refresh, "long_refresh", minimum=1)
+        d = self.directions
+        if (isinstance(d, (str, bytes)) or not isinstance(d, Sequence) or not d
+                or any(isinstance(x, bool) or not isinstance(x, int) or x not in (1, -1) for x in d)
+                or len(set(d)) != len(d)):
+            raise SVFArgumentError(f"EvalConfig.directions must be a non-empty tuple of distinct +1 / -1, "
+                                   f"got {show(d)}")
+        self.directions = tuple(d)
+        for name in ("n_pairs", "mwe_items"):
+            check_optional_int(getattr(self, name), f"EvalConfig.{name}", minimum=1)
+        check_optional_int(self.n_prompts, "EvalConfig.n_prompts", minimum=2)  # >= 1 validation + 1 test
+        for name in ("n_completions", "knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts",
+                     "long_tokens", "long_window", "multi_samples"):
+            check_int(getattr(self, name), f"EvalConfig.{name}", minimum=1)
+        check_int(self.seed, "EvalConfig.seed")
+        check_bool(self.chat, "EvalConfig.chat")
+        if not isinstance(self.train, TrainConfig):
+            raise SVFArgumentError(f"EvalConfig.train must be a svf.TrainConfig, got {show(self.train)}")
+        self.train.validate()
+
+
+def _sequence(value: object, name: str, allow_empty: bool) -> Sequence:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise SVFArgumentError(f"EvalConfig.{name} must be a tuple, got {show(value)}")
+    if not value and not allow_empty:
+        raise SVFArgumentError(f"EvalConfig.{name} must not be empty")
+    return value
+
+
+def _names(value: object, name: str, allow_empty: bool) -> tuple[str, ...]:
+    seq = _sequence(value, name, allow_empty)
+    for i, x in enumerate(seq):
+        check_text(x, f"EvalConfig.{name}[{i}]")
+    if len(set(seq)) != len(seq):
+        raise SVFArgumentError(f"EvalConfig.{name} has duplicates: {show(value)}")
+    return tuple(seq)
+
+
+def _ints(value: object, name: str, minimum: int) -> tuple[int, ...]:
+    seq = _sequence(value, name, allow_empty=False)
+    for i, x in enumerate(seq):
+        check_int(x, f"EvalConfig.{name}[{i}]", minimum=minimum)
+    if len(set(seq)) != len(seq):
+        raise SVFArgumentError(f"EvalConfig.{name} has duplicates: {show(value)}")
+    return tuple(seq)
+
+
+def _numbers(value: object, name: str) -> tuple[float, ...]:
+    seq = _sequence(value, name, allow_empty=False)
+    for i, x in enumerate(seq):
+        check_number(x, f"EvalConfig.{name}[{i}]", positive=True)
+    return tuple(seq)
+
 
 def quick_config(**overrides) -> EvalConfig:
     """A few minutes on the default model: two concepts, small data, sweeps and samples."""
+    valid = [f.name for f in fields(EvalConfig)]
+    unknown = [k for k in overrides if k not in valid]
+    if unknown:
+        raise SVFArgumentError(f"quick_config got unknown field{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(unknown)}; valid fields: {', '.join(valid)}")
     base = {"concepts": ("sentiment", "formality"), "n_pairs": 60, "n_completions": 2, "n_prompts": 10,
             "sweep": (0.2,), "train": TrainConfig(max_epochs=8, patience=2), "gen_prompts": 6,
             "gen_samples": 1, "gen_tokens": 16, "long_refresh": (1, 4), "long_prompts": 2, "long_tokens": 64,
@@ -163,7 +253,35 @@ def _likelihood_rows(name: str, results: Sequence[LikelihoodResult], methods: di
 def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
              command: str = "") -> dict[str, list[dict]]:
     """Every concept, method and measure; writes the report directory ``out`` (Markdown
-    tables, CSV, plots, ``README.md`` with the run's facts) and returns the tables' rows."""
+    tables, CSV, plots, ``README.md`` with the run's facts) and returns the tables' rows.
+
+    Every argument (and every concept's data) is checked before anything runs or is written:
+    a bad one raises :class:`SVFArgumentError` naming it."""
+    check_model(model)
+    check_tokenizer(tokenizer)
+    if not isinstance(cfg, EvalConfig):
+        raise SVFArgumentError(f"cfg must be an svf.evaluation.EvalConfig, got {show(cfg)}")
+    cfg.validate()
+    check_layers(model, cfg.train_layers, "cfg.train_layers")
+    out = check_path(out, "out")
+    if out.exists() and not out.is_dir():
+        raise SVFArgumentError(f"out {str(out)!r} exists and is not a directory")
+    check_text(model_name, "model_name", allow_empty=True)
+    check_text(command, "command", allow_empty=True)
+    concepts: list[Concept] = []
+    for name in cfg.concepts:
+        try:
+            concepts.append(_cap(load_concept(name, cfg.n_pairs, cfg.n_completions), cfg.n_prompts))
+        except SVFArgumentError as exc:
+            raise SVFArgumentError(f"cfg.concepts: concept {name!r} cannot be loaded: {exc}") from None
+    if cfg.mwe_behaviors:
+        from . import evaluate_mwe
+
+        for behavior in cfg.mwe_behaviors:
+            try:
+                evaluate_mwe.load_mwe(behavior)
+            except SVFArgumentError as exc:
+                raise SVFArgumentError(f"cfg.mwe_behaviors: {behavior!r} cannot be loaded: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tables: dict[str, list[dict]] = {k: [] for k in ("likelihood", "sweeps", "slopes", "open_ended",
@@ -188,9 +306,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
                                 seed=cfg.seed, model_name=model_name)
         timings["mwe"] = time.perf_counter() - t
         flush()
-    for name in tqdm(cfg.concepts, desc="concepts"):
+    for name, concept in tqdm(list(zip(cfg.concepts, concepts)), desc="concepts"):
         t = time.perf_counter()
-        concept = _cap(load_concept(name, cfg.n_pairs, cfg.n_completions), cfg.n_prompts)
         prep = prepare(model, tokenizer, concept, cfg, model_name)
         (out / f"{name}_choices.json").write_text(json.dumps(prep.info, indent=1, default=float) + "\n")
         shared[name], units = prep.shared, units + [prep.unit]

@@ -19,6 +19,8 @@ from torch import nn
 from svf_kernels import RowField, SVFArgumentError
 
 from .activations import last_token_activations
+from .arguments import check_bool, check_int, check_texts, check_tokenizer
+from .hf import check_layers, check_model, layer_list
 
 #: Working-memory budget of one chunk of rows (its ``[chunk, M]`` distances and the
 #: ``[chunk, K, d]`` neighbours gathered from the bank).
@@ -158,18 +160,25 @@ def knn_fields(
     each decoder layer's output at the last real token); the fields are put on the model's
     device. Steer with ``Steering(model, fields, {layer: alpha, ...})``.
     """
+    check_model(model)
+    check_tokenizer(tokenizer)
+    if isinstance(positive_texts, (str, bytes)) or not hasattr(positive_texts, "__iter__"):
+        check_texts(positive_texts, "positive_texts")  # raises, naming the argument
     texts = list(positive_texts)
     if not texts:
         raise SVFArgumentError("positive_texts is empty: the KNN bank needs at least one text")
-    if not all(isinstance(t, str) for t in texts):
-        raise SVFArgumentError("positive_texts must be strings")
-    layers = list(layers)
+    texts = check_texts(texts, "positive_texts")
+    layers = layer_list(layers, "layers")
     if not layers:
         raise SVFArgumentError("layers is empty: give at least one layer")
     if len(set(layers)) != len(layers):
         raise SVFArgumentError(f"layers has duplicates: {layers}")
+    check_layers(model, layers, "layers")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SVFArgumentError(f"k must be an integer >= 1, got {k!r}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(max_length, "max_length", minimum=1)
+    check_bool(progress, "progress")
     acts = last_token_activations(model, tokenizer, texts, layers, batch_size=batch_size,
                                   max_length=max_length, desc="activations (knn bank)",
                                   progress=progress)

@@ -1,7 +1,7 @@
 """The evaluation's measures (DESIGN.md §8), as small functions on tensors and token lists.
 
 Arithmetic on scores only (the model runs in :mod:`svf.likelihood`); bad input raises
-``ValueError`` naming the problem.
+:class:`SVFArgumentError` (a ``ValueError``) naming the argument and the problem.
 """
 
 from __future__ import annotations
@@ -10,6 +10,14 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from svf_kernels import SVFArgumentError
+
+
+def _tensor(value: object, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise SVFArgumentError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
 
 # ---------------------------------------------------------------------------------------------
 # Likelihood steerability
@@ -20,18 +28,20 @@ def likelihood_gap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
     ``pos [P, n_pos]``, ``neg [P, n_neg]`` (mean per-token log-likelihoods) -> ``[P]``.
     """
+    _tensor(pos, "pos")
+    _tensor(neg, "neg")
     if pos.dim() != 2 or neg.dim() != 2 or pos.shape[0] != neg.shape[0]:
-        raise ValueError(f"pos and neg must be [P, n] with the same P, got {tuple(pos.shape)} and {tuple(neg.shape)}")
+        raise SVFArgumentError(f"pos and neg must be [P, n] with the same P, got {tuple(pos.shape)} and {tuple(neg.shape)}")
     if pos.shape[0] == 0:
-        raise ValueError("pos and neg have no prompts (P = 0)")
+        raise SVFArgumentError("pos and neg have no prompts (P = 0)")
     if pos.shape[1] == 0 or neg.shape[1] == 0:
-        raise ValueError("need at least one positive and one negative completion")
+        raise SVFArgumentError("pos and neg: need at least one positive and one negative completion")
     return pos.float().mean(1) - neg.float().mean(1)
 
 
 def _check_direction(direction: int) -> None:
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction}")
+    if isinstance(direction, bool) or direction not in (1, -1):
+        raise SVFArgumentError(f"direction must be +1 or -1, got {direction}")
 
 
 def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1) -> dict:
@@ -56,26 +66,33 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
     two distinct, ``a*`` is ambiguous (``+a`` and ``-a`` both largest), or shapes disagree.
     """
     _check_direction(direction)
-    a = torch.as_tensor([float(x) for x in alphas], dtype=torch.float64)
+    if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__iter__"):
+        raise SVFArgumentError(f"alphas must be a sequence of numbers, got {type(alphas).__name__}")
+    try:
+        values = [float(x) for x in alphas]
+    except (TypeError, ValueError):
+        raise SVFArgumentError(f"alphas must be a sequence of numbers, got {list(alphas)!r:.80}") from None
+    a = torch.as_tensor(values, dtype=torch.float64)
+    _tensor(gaps, "gaps")
     if a.numel() == 0:
-        raise ValueError("alphas is empty")
+        raise SVFArgumentError("alphas is empty")
     if not torch.isfinite(a).all():
-        raise ValueError(f"alphas must be finite, got {list(alphas)}")
+        raise SVFArgumentError(f"alphas must be finite, got {list(alphas)}")
     if gaps.dim() != 2 or gaps.shape[0] != a.numel():
-        raise ValueError(f"gaps must be [len(alphas)={a.numel()}, P], got {tuple(gaps.shape)}")
+        raise SVFArgumentError(f"gaps must be [len(alphas)={a.numel()}, P], got {tuple(gaps.shape)}")
     if gaps.shape[1] == 0:
-        raise ValueError("gaps has no prompts (P = 0)")
+        raise SVFArgumentError("gaps has no prompts (P = 0)")
     if not torch.isfinite(gaps).all():
-        raise ValueError("gaps contain NaN or infinite values")
+        raise SVFArgumentError("gaps contain NaN or infinite values")
     at_zero = a == 0
     if not at_zero.any():
-        raise ValueError(f"the sweep must include alpha = 0 (the unsteered gap), got {list(alphas)}")
+        raise SVFArgumentError(f"the sweep must include alpha = 0 (the unsteered gap), got {list(alphas)}")
     if a.unique().numel() < 2:
-        raise ValueError(f"need at least two distinct alphas for a slope, got {list(alphas)}")
+        raise SVFArgumentError(f"need at least two distinct alphas for a slope, got {list(alphas)}")
     top = a.abs().max()
     at_top = a.abs() == top
     if a[at_top].unique().numel() > 1:
-        raise ValueError(f"the largest |alpha| ({float(top)}) occurs with both signs: which end of "
+        raise SVFArgumentError(f"the largest |alpha| ({float(top)}) occurs with both signs: which end of "
                          f"the sweep to compare with alpha = 0 is ambiguous, got {list(alphas)}")
     g = gaps.double()
     ac = a - a.mean()
@@ -98,25 +115,28 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
 def mcq_gap(logits: torch.Tensor, match_ids: torch.Tensor, other_ids: torch.Tensor) -> torch.Tensor:
     """A/B questions: logit of the behaviour-matching letter minus the other letter's, ``[P]``
     (``logits [P, V]`` at the answer position)."""
+    for name, t in (("logits", logits), ("match_ids", match_ids), ("other_ids", other_ids)):
+        _tensor(t, name)
     if logits.dim() != 2 or match_ids.shape != (logits.shape[0],) or other_ids.shape != match_ids.shape:
-        raise ValueError(f"logits must be [P, V] and ids [P], got {tuple(logits.shape)}, "
+        raise SVFArgumentError(f"logits must be [P, V] and ids [P], got {tuple(logits.shape)}, "
                          f"{tuple(match_ids.shape)}, {tuple(other_ids.shape)}")
     if logits.shape[0] == 0:
-        raise ValueError("no questions (P = 0)")
+        raise SVFArgumentError("no questions (P = 0)")
     V = logits.shape[1]
     for name, ids in (("match_ids", match_ids), ("other_ids", other_ids)):
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"{name} must be integer token ids, got {ids.dtype}")
+            raise SVFArgumentError(f"{name} must be integer token ids, got {ids.dtype}")
         if bool(((ids < 0) | (ids >= V)).any()):
-            raise ValueError(f"{name} has ids outside the vocabulary [0, {V})")
+            raise SVFArgumentError(f"{name} has ids outside the vocabulary [0, {V})")
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, match_ids.long()].float() - logits[rows, other_ids.long()].float()
 
 
 def mcq_accuracy(gaps: torch.Tensor) -> float:
     """Share of questions whose matching letter wins (gap > 0 strictly; a tie is wrong)."""
+    _tensor(gaps, "gaps")
     if gaps.numel() == 0:
-        raise ValueError("no gaps")
+        raise SVFArgumentError("no gaps")
     return float((gaps > 0).double().mean())
 
 
@@ -124,20 +144,32 @@ def mcq_accuracy(gaps: torch.Tensor) -> float:
 # Repetition and long-form windows
 
 
-def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
-    toks = [int(t) for t in tokens]  # tensors hash by identity: compare ids by value
+def _ngrams(tokens: Sequence[int], n: int, name: str = "token_lists") -> list[tuple[int, ...]]:
+    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise SVFArgumentError(f"{name} must hold sequences of integer token ids, got {type(tokens).__name__}")
+    try:
+        toks = [int(t) for t in tokens]  # tensors hash by identity: compare ids by value
+    except (TypeError, ValueError, RuntimeError):
+        raise SVFArgumentError(f"{name} must hold sequences of integer token ids") from None
     return [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
 
 
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+        raise SVFArgumentError(f"n must be an int >= 1, got {n!r}")
+
+
+def _check_token_lists(token_lists: object) -> None:
+    if isinstance(token_lists, (str, bytes)) or not hasattr(token_lists, "__iter__"):
+        raise SVFArgumentError(f"token_lists must be a sequence of token id sequences, got "
+                               f"{type(token_lists).__name__}")
 
 
 def distinct_n(token_lists: Sequence[Sequence[int]], n: int = 2) -> float:
     """Distinct n-grams over all n-grams, pooled over the sequences (n-grams never cross two
     sequences); 0.0 when there are none. Low = repetitive text."""
     _check_n(n)
+    _check_token_lists(token_lists)
     grams = [g for toks in token_lists for g in _ngrams(toks, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
@@ -145,6 +177,7 @@ def distinct_n(token_lists: Sequence[Sequence[int]], n: int = 2) -> float:
 def distinct_n_per_text(token_lists: Sequence[Sequence[int]], n: int = 2) -> list[float]:
     """:func:`distinct_n` of each sequence on its own (repetition per continuation)."""
     _check_n(n)
+    _check_token_lists(token_lists)
     return [distinct_n([toks], n) for toks in token_lists]
 
 
@@ -153,7 +186,9 @@ def window_scores(token_ids: Sequence[int], window: int = 32) -> list[tuple[int,
     scoring a long continuation per window; a last partial window is kept only when it has at
     least half a window of tokens (``2 * length >= window``)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+        raise SVFArgumentError(f"window must be an int >= 1, got {window!r}")
+    if isinstance(token_ids, (str, bytes)) or not hasattr(token_ids, "__len__"):
+        raise SVFArgumentError(f"token_ids must be a sequence of token ids, got {type(token_ids).__name__}")
     n = len(token_ids)
     spans = [(s, s + window) for s in range(0, n - window + 1, window)]
     rest = n - len(spans) * window
@@ -176,15 +211,17 @@ def moved_shares(base: torch.Tensor, steered: torch.Tensor, direction: int, eps:
     ``wrong_per_prompt`` ``[P]``.
     """
     _check_direction(direction)
+    _tensor(base, "base")
+    _tensor(steered, "steered")
     if base.dim() != 2 or steered.dim() != 2 or base.shape[0] != steered.shape[0]:
-        raise ValueError(f"base and steered must be [P, S] with the same P, got {tuple(base.shape)}, {tuple(steered.shape)}")
+        raise SVFArgumentError(f"base and steered must be [P, S] with the same P, got {tuple(base.shape)}, {tuple(steered.shape)}")
     if base.numel() == 0 or steered.numel() == 0:
-        raise ValueError(f"base and steered need at least one prompt and one sample each, got "
+        raise SVFArgumentError(f"base and steered need at least one prompt and one sample each, got "
                          f"{tuple(base.shape)}, {tuple(steered.shape)}")
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+        raise SVFArgumentError(f"eps must be finite and >= 0, got {eps}")
     if not (torch.isfinite(base).all() and torch.isfinite(steered).all()):
-        raise ValueError("base or steered scores contain NaN or infinite values")
+        raise SVFArgumentError("base or steered scores contain NaN or infinite values")
     delta = direction * (steered.double() - base.double().mean(1, keepdim=True))
     right = (delta > eps).double().mean(1)
     wrong = (delta < -eps).double().mean(1)

@@ -7,7 +7,7 @@ import argparse
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 #: Largest layer index the command line accepts (no model has more layers; a typo such as
@@ -135,34 +135,25 @@ def eval_concept(text: str) -> str:
     return text
 
 
-def _min_pairs(fractions: Sequence[float]) -> int:
-    """Fewest pairs whose train/val/test split (``svf.data.split``) has >= 2 pairs in each part,
-    as ``svf.training.pair_features`` needs."""
-    from .data import split
-
-    for n in range(2, 100_000):
-        if min(map(len, split(range(n), tuple(fractions)))) >= 2:
-            return n
-    raise AssertionError(f"no pair count splits well by {fractions}")  # pragma: no cover
-
-
 PAIRS_WHY = " (the train/val/test split needs at least 2 pairs in each part)"
 
 
 @functools.cache
 def min_train_pairs() -> int:
     """Fewest pairs ``svf train`` can train on (default ``TrainConfig.fractions``)."""
+    from .data import min_split_size
     from .training import TrainConfig
 
-    return _min_pairs(TrainConfig().fractions)
+    return min_split_size(TrainConfig().fractions)
 
 
 @functools.cache
 def min_demo_pairs() -> int:
     """Fewest pairs ``svf demo`` can train on (its own split fractions)."""
+    from .data import min_split_size
     from .demo import DEMO_FRACTIONS
 
-    return _min_pairs(DEMO_FRACTIONS)
+    return min_split_size(DEMO_FRACTIONS)
 
 
 def _check_writable_below(target: Path) -> None:

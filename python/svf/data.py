@@ -364,6 +364,15 @@ def split(
     return pick[:n_train], pick[n_train : n_train + n_val], pick[n_train + n_val :]
 
 
+def min_split_size(fractions: Sequence[float], per_part: int = 2) -> int:
+    """Fewest items whose :func:`split` by ``fractions`` has at least ``per_part`` in each part
+    (training needs 2 pairs in each of train, val and test)."""
+    for n in range(per_part, 100_000):
+        if min(map(len, split(range(n), tuple(fractions)))) >= per_part:
+            return n
+    raise SVFArgumentError(f"fractions {show(fractions)} never give {per_part} items to every part")
+
+
 # --------------------------------------------------------------------------- prompts
 
 #: Open-ended prompts written for this project (not taken from any dataset): each can be

@@ -11,7 +11,7 @@ import time
 import torch
 
 from .arguments import check_int
-from .data import TEST_PROMPTS, sentiment_pairs, split
+from .data import TEST_PROMPTS, min_split_size, sentiment_pairs
 from .generation import generate
 from .judges import vader_compound
 from .models import load_model
@@ -32,11 +32,6 @@ METHODS = (
 )
 
 
-def _min_pairs() -> int:
-    """Fewest pairs whose split by ``DEMO_FRACTIONS`` has at least 2 in each part (as training needs)."""
-    return next(n for n in range(2, 10_000) if min(map(len, split(range(n), DEMO_FRACTIONS))) >= 2)
-
-
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -50,7 +45,7 @@ def run_demo(
     ``pairs``: sentiment pairs to train on (at least enough for 2 in each split part);
     ``prompts``: how many of the held-out ``TEST_PROMPTS`` to continue (>= 1).
     """
-    check_int(pairs, "pairs", minimum=_min_pairs())
+    check_int(pairs, "pairs", minimum=min_split_size(DEMO_FRACTIONS))
     check_int(prompts, "prompts", minimum=1)
     check_int(max_new_tokens, "max_new_tokens", minimum=1)
     check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)

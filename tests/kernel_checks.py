@@ -7,8 +7,10 @@ no worse than twice the torch reference's own error in the same storage dtype.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from svf_kernels import available_backends
 from svf_kernels.reference import field_table_update_reference, field_update_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -93,3 +95,28 @@ def overflow_alpha_and_scale(dtype: torch.dtype, normalize: bool) -> tuple[float
     if dtype == torch.float16:
         return 1e7, 1.0
     return (float("inf"), 1.0) if normalize else (3e38, 1e-3)
+
+
+def backend_fixture(kernels: list[tuple[str, str]]):
+    """A fixture over ``(backend, device)`` pairs that sets ``SVF_BACKEND`` so the public ops
+    run that backend; the ``cpu`` kernel must be built (a missing extension fails, not skips)."""
+
+    @pytest.fixture(params=kernels, ids=[f"{b}-{d}" for b, d in kernels])
+    def kernel(request, monkeypatch):
+        backend, device = request.param
+        if backend == "cpu":
+            assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
+        monkeypatch.setenv("SVF_BACKEND", backend)
+        return backend, torch.device(device)
+
+    return kernel
+
+
+def forbid_python_dispatch(monkeypatch) -> None:
+    """Make the op's Python backend choice fail the test: calls must reach the C++ kernel."""
+    import svf_kernels.op as op_module
+
+    def python_dispatch_ran(device):
+        raise AssertionError(f"Python dispatch ran for {device}")
+
+    monkeypatch.setattr(op_module, "select_backend", python_dispatch_ran)

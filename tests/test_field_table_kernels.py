@@ -21,8 +21,10 @@ from kernel_checks import (
     SCORE_RTOL,
     D,
     M,
+    backend_fixture,
     bits,
     check_close,
+    forbid_python_dispatch,
     make_table,
     overflow_alpha_and_scale,
     truth_table,
@@ -47,14 +49,7 @@ KERNELS = [("torch", "cpu"), ("cpu", "cpu")] + [
 SAME_ARITHMETIC = ("torch", "cpu")
 
 
-@pytest.fixture(params=KERNELS, ids=[f"{b}-{d}" for b, d in KERNELS])
-def kernel(request, monkeypatch):
-    """(backend, device), with ``SVF_BACKEND`` set so that the public ops run that backend."""
-    backend, device = request.param
-    if backend == "cpu":
-        assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
-    monkeypatch.setenv("SVF_BACKEND", backend)
-    return backend, torch.device(device)
+kernel = backend_fixture(KERNELS)  # (backend, device), SVF_BACKEND set for the test
 
 
 def _ids(N: int, F: int, gen: torch.Generator, dtype=torch.int64) -> torch.Tensor:
@@ -380,10 +375,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("svf::field_table_update_", "CPU")
 
-    def python_dispatch_ran(device):
-        raise AssertionError(f"Python dispatch ran for {device}")
-
-    monkeypatch.setattr(op_module, "select_backend", python_dispatch_ran)
+    forbid_python_dispatch(monkeypatch)
     gen = torch.Generator().manual_seed(91)
     h, args = _op_args(gen)
     A, c, w2, b2, ids, alpha, tau, normalize, _, eps = args

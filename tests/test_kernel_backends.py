@@ -19,6 +19,7 @@ from kernel_checks import (
     SCORE_RTOL,
     D,
     M,
+    backend_fixture,
     bits,
     check_close,
     make_field,
@@ -32,14 +33,7 @@ from svf_kernels.reference import field_update_reference
 # (backend, device): the cpu kernel always; cuda and triton where a GPU is present.
 KERNELS = [("cpu", "cpu")] + [(b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")]
 
-@pytest.fixture(params=KERNELS, ids=[f"{b}-{d}" for b, d in KERNELS])
-def kernel(request, monkeypatch):
-    """(backend, device), with ``SVF_BACKEND`` set so that ``field_update_`` runs that kernel."""
-    backend, device = request.param
-    if backend == "cpu":
-        assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
-    monkeypatch.setenv("SVF_BACKEND", backend)
-    return backend, torch.device(device)
+kernel = backend_fixture(KERNELS)  # (backend, device), SVF_BACKEND set for the test
 
 
 def _reference(hidden, *args, **kwargs) -> torch.Tensor:
@@ -162,13 +156,7 @@ def test_non_finite_rows_left_unchanged(kernel, dtype, N):
 CONTRACT_KERNELS = [("torch", "cpu")] + KERNELS
 
 
-@pytest.fixture(params=CONTRACT_KERNELS, ids=[f"{b}-{d}" for b, d in CONTRACT_KERNELS])
-def any_kernel(request, monkeypatch):
-    backend, device = request.param
-    if backend == "cpu":
-        assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
-    monkeypatch.setenv("SVF_BACKEND", backend)
-    return backend, torch.device(device)
+any_kernel = backend_fixture(CONTRACT_KERNELS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -22,6 +22,7 @@ from kernel_checks import (
     M,
     bits,
     check_close,
+    forbid_python_dispatch,
     make_field,
     truth,
 )
@@ -131,10 +132,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("svf::field_update_", "CPU")
 
-    def python_dispatch_ran(device):
-        raise AssertionError(f"Python dispatch ran for {device}")
-
-    monkeypatch.setattr(op_module, "select_backend", python_dispatch_ran)
+    forbid_python_dispatch(monkeypatch)
     gen = torch.Generator().manual_seed(31)
     h, args = _op_args(gen)
     h_kernel = h.clone()

@@ -25,7 +25,6 @@ vs unsteered.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, random_scorer
+from common import RESULTS, machine, random_scorer, write_csv
 
 import svf
 from svf.data import TEST_PROMPTS
@@ -160,10 +159,7 @@ def main(argv=None) -> int:
                  "rounds": args.step_rounds})
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"batch_{args.model}_{args.device}".replace("/", "_")
-    with open(args.out / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, args.out / f"{stem}.csv")
     _plot(rows[:3], args.out / f"{stem}.png")
     info = machine()
     print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "

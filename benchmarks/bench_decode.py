@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, random_scorer
+from common import RESULTS, machine, random_scorer, write_csv
 from paper_style import PaperStyleSteering
 
 from svf.field import SteeringField
@@ -130,10 +129,7 @@ def main(argv=None) -> int:
                          "rounds": len(paired)})
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"decode_{args.model}_{args.device}".replace("/", "_")
-    with open(args.out / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, args.out / f"{stem}.csv")
     _plot(rows, args.out / f"{stem}.png")
     info = machine()
     print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "

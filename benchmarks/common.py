@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import platform
 import statistics
 import subprocess
@@ -62,3 +63,12 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     return {"cpu": cpu, "threads": str(torch.get_num_threads()), "torch": torch.__version__, "commit": commit}
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Write ``rows`` (dicts with the same keys) as a CSV with a header; returns ``path``."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -6,13 +6,12 @@ per second against this machine's measured copy bandwidth.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth
+from common import copy_bandwidth, write_csv
 
 
 def main(path: str) -> int:
@@ -25,10 +24,7 @@ def main(path: str) -> int:
                      "GBps": e["bytes"] / b["stats"]["median"] / 1e9})
     copy = copy_bandwidth() / 1e9 if rows and rows[0]["device"] == "cpu" else float("nan")
     out = Path(path).with_suffix(".csv")
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out)
     key = lambda r: (r["d"], r["C"], r["N"])
     shapes = sorted({key(r) for r in rows})
     providers = sorted({r["provider"] for r in rows}, key=["paper", "torch", "cpu", "cuda", "triton"].index)

@@ -332,6 +332,16 @@ def _overflow_alpha_and_scale(dt, normalize):
     return (float("inf"), 1.0) if normalize else (3e38, 1e-3)
 
 
+def _dirty_rows(clean: torch.Tensor, scale: float) -> torch.Tensor:
+    """``clean`` with NaN, +Inf and -Inf in rows 1-3 and row 4 scaled so its update overflows."""
+    dirty = clean.clone()
+    dirty[1, 3] = float("nan")
+    dirty[2, 0] = float("inf")
+    dirty[3, 36] = float("-inf")
+    dirty[4] = (clean[4].float() * scale).to(clean.dtype)
+    return dirty
+
+
 def check_nonfinite_contract_scores_nan():
     """NaN / +Inf / -Inf rows and an overflowing update (fp16: only as stored): bit-identical
     with NaN scores (exactly the rows the reference makes NaN); masked / alpha-0 rows keep real
@@ -342,11 +352,7 @@ def check_nonfinite_contract_scores_nan():
             label = f"nonfinite {dt} normalize={normalize}"
             clean = torch.randn(8, 37, generator=torch.Generator().manual_seed(62)).to(dt)
             big, scale = _overflow_alpha_and_scale(dt, normalize)
-            dirty = clean.clone()
-            dirty[1, 3] = float("nan")
-            dirty[2, 0] = float("inf")
-            dirty[3, 36] = float("-inf")
-            dirty[4] = (clean[4].float() * scale).to(dt)
+            dirty = _dirty_rows(clean, scale)
             alpha_clean = torch.tensor([0.7, 0.7, 0.7, 0.7, 0.7, 0.0, 0.7, -0.6])
             alpha = alpha_clean.clone()
             alpha[4] = big
@@ -412,11 +418,7 @@ def check_table_nonfinite_contract_scores_nan():
             label = f"table nonfinite {dt} normalize={normalize}"
             clean = torch.randn(8, 37, generator=torch.Generator().manual_seed(68)).to(dt)
             big, scale = _overflow_alpha_and_scale(dt, normalize)
-            dirty = clean.clone()
-            dirty[1, 3] = float("nan")
-            dirty[2, 0] = float("inf")
-            dirty[3, 36] = float("-inf")
-            dirty[4] = (clean[4].float() * scale).to(dt)
+            dirty = _dirty_rows(clean, scale)
             dirty[5, 2] = float("nan")  # unsteered
             alpha_clean = torch.full((8,), 0.7)
             alpha = alpha_clean.clone()

@@ -38,10 +38,10 @@ from common import RESULTS, machine, random_scorer, write_csv
 
 import svf
 from svf.data import TEST_PROMPTS
-from svf.field import SteeringField
 from svf.generation import format_prompts
 from svf.hf import hidden_size, num_layers
 from svf.models import load_model
+from svf.steering_field import SteeringField
 
 REQUESTS = ["a", None, "b", "ab", "a", "b", None, "ab"]
 STRENGTHS = [0.10, 0.0, 0.15, 0.12, -0.10, 0.08, 0.0, 0.20]

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, random_scorer, write_csv
 from paper_style import PaperStyleSteering
 
-from svf.field import SteeringField
 from svf.hf import hidden_size, num_layers
 from svf.steering import steer
+from svf.steering_field import SteeringField
 
 
 def load(name: str, device: str, dtype: torch.dtype):

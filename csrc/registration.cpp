@@ -6,7 +6,7 @@
 // call on CPU (CUDA) tensors go straight from the dispatcher to C++, without the Python hop that
 // costs ~100 us per call when decoding has evicted the interpreter from cache. Whatever the
 // compiled kernel does not serve (SVF_BACKEND naming another backend, float64 reference checks,
-// another activation) goes to svf::_field_update_python, the same Python dispatch as before
+// another activation) goes to svf::_field_update_python, the op's Python dispatch
 // (svf::_field_table_update_python for the table op).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -25,8 +25,10 @@
 namespace {
 
 // True when the compiled kernel `name` serves this call; else the Python dispatch decides.
-// SVF_BACKEND is read per call (tests and users switch it at run time); only "" or the exact
-// lower-case name stays here, every other spelling is normalised and checked in Python.
+// This mirrors svf_kernels.dispatch.select_backend, the one place the routing is decided:
+// float64 and any activation but gelu_tanh go to the torch reference, and SVF_BACKEND (read per
+// call; only "" or the exact lower-case name stays here, every other spelling is normalised and
+// checked in Python) may name another backend.
 bool compiled_serves(const char* name, const at::Tensor& hidden, c10::string_view activation) {
   const char* requested = std::getenv("SVF_BACKEND");
   if (requested != nullptr && requested[0] != '\0' && std::strcmp(requested, name) != 0) {

@@ -7,6 +7,7 @@
 from . import backends  # noqa: F401 - registers the compiled backends (cpu, cuda) if built
 from .dispatch import available_backends, select_backend
 from .errors import SVFArgumentError
+from .fused_steering_field import FusedSteeringField, StepPlan
 from .op import field_table_update_, field_update_
 from .reference import (
     field_direction,
@@ -16,7 +17,6 @@ from .reference import (
     gelu_tanh_grad,
 )
 from .row_fields import ConstantField, FieldTable, PackedField, RowField
-from .steering_field import FusedSteeringField, StepPlan
 
 __all__ = [
     "ConstantField",

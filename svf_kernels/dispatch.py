@@ -1,8 +1,13 @@
-"""One dispatch point: which backend runs ``field_update_`` for a device.
+"""One dispatch point: which backend runs ``field_update_`` for a call.
 
-Backends are registered here by name with an availability check. The default is the first
-available backend for the tensor's device; the environment variable ``SVF_BACKEND``
-overrides it and fails loudly when the requested backend cannot run.
+Backends (``svf_kernels/backends/``) register here by name with an availability check. The
+routing, decided only here (``csrc/registration.cpp`` mirrors it for the C++ fast path):
+
+* float64 ``hidden`` (reference checks) and any activation other than the kernels' own go to
+  the ``torch`` reference, whatever else is asked for;
+* else ``SVF_BACKEND`` names the backend, failing loudly when it cannot run here;
+* else the last-registered available backend serving the tensor's device type
+  (``cuda`` over ``triton`` on CUDA tensors, ``cpu`` over ``torch`` on CPU tensors).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SVFArgumentError
-from .reference import field_table_update_reference, field_update_reference
 
 
 @dataclass(frozen=True)
@@ -45,26 +49,6 @@ def register_backend(backend: Backend) -> None:
     _CHOSEN.clear()
 
 
-def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, activation="gelu_tanh",
-                       eps=1e-6, rows=None, field_ids=None):
-    """The ``torch`` backend: the reference, one field (``A [C, m, d]``) or a table (``field_ids``).
-
-    The reference computes in float64 whatever it is given, so the hot path's one cheap check
-    that the compiled kernels make themselves is made here: ``hidden`` is floating point.
-    """
-    if not hidden.is_floating_point():
-        raise SVFArgumentError(f"hidden dtype must be float32, bfloat16 or float16, got {hidden.dtype}")
-    if field_ids is None:
-        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
-    return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                        activation, eps)
-
-
-register_backend(
-    Backend("torch", ("cpu", "cuda", "mps", "xpu", "meta"), field_update_torch, lambda: True)
-)
-
-
 def available_backends(device_type: str | None = None) -> list[str]:
     """Names of the backends that can run here (optionally for one device type)."""
     return [
@@ -74,8 +58,16 @@ def available_backends(device_type: str | None = None) -> list[str]:
     ]
 
 
-def select_backend(device: torch.device) -> Backend:
-    """The backend for tensors on ``device``: ``SVF_BACKEND`` if set, else the preferred one."""
+# The one activation the compiled kernels implement; any other runs on the reference.
+KERNEL_ACTIVATION = "gelu_tanh"
+REFERENCE = "torch"
+
+
+def select_backend(device: torch.device, dtype: torch.dtype | None = None,
+                   activation: str = KERNEL_ACTIVATION) -> Backend:
+    """The backend for a call on ``device`` (see the module docstring for the routing)."""
+    if dtype == torch.float64 or activation != KERNEL_ACTIVATION:
+        return _BACKENDS[REFERENCE]
     requested = os.environ.get("SVF_BACKEND", "").strip().lower()
     key = (device.type, requested)
     chosen = _CHOSEN.get(key)

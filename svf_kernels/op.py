@@ -32,8 +32,8 @@ _LIB.define(SCHEMA)
 
 def _dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows):
     """The op's one kernel for every device: hand over to the backend chosen for ``hidden``."""
-    return select_backend(hidden.device).impl(hidden, A, c, w2, b2, alpha, tau, normalize,
-                                              activation, eps, rows)
+    return select_backend(hidden.device, hidden.dtype, activation).impl(
+        hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
 
 
 _LIB.impl("field_update_", _dispatch, "CompositeExplicitAutograd")
@@ -62,8 +62,8 @@ _LIB.define(TABLE_SCHEMA)
 
 def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps):
     """The table op's one kernel: the same backend choice, with ``field_ids``."""
-    return select_backend(hidden.device).impl(hidden, A, c, w2, b2, alpha, tau, normalize,
-                                              activation, eps, None, field_ids)
+    return select_backend(hidden.device, hidden.dtype, activation).impl(
+        hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, None, field_ids)
 
 
 _LIB.impl("field_table_update_", _table_dispatch, "CompositeExplicitAutograd")

@@ -12,8 +12,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from svf.field import SteeringField
 from svf.scorer import ConceptScorer, ScorerConfig
+from svf.steering_field import SteeringField
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

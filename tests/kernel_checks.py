@@ -116,7 +116,7 @@ def forbid_python_dispatch(monkeypatch) -> None:
     """Make the op's Python backend choice fail the test: calls must reach the C++ kernel."""
     import svf_kernels.op as op_module
 
-    def python_dispatch_ran(device):
+    def python_dispatch_ran(device, *args):
         raise AssertionError(f"Python dispatch ran for {device}")
 
     monkeypatch.setattr(op_module, "select_backend", python_dispatch_ran)

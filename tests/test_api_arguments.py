@@ -1,5 +1,5 @@
 """Property tests of the argument checks of ``train_field``, ``generate``, ``load_model``,
-the configs and ``SteeringField`` (issue 6, item 2).
+the configs and ``SteeringField``.
 
 Random valid argument sets must work (and give results with the asked-for shapes); the same
 sets with one argument broken must raise ``SVFArgumentError`` naming that argument, before any

@@ -1,4 +1,4 @@
-"""Property tests of the public op's argument checks (issue 6, item 2).
+"""Property tests of the public op's argument checks.
 
 Random valid argument sets must run (and match the torch reference); the same sets with one
 argument broken must raise ``SVFArgumentError`` whose message names that argument, and leave

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of the artifact loader (issue 6).
+"""Hypothesis fuzzing of the artifact loader.
 
 Every property builds a bad (or, as a control, a good) artifact, loads it, and checks that
 the loader either returns a valid field or raises ``ArtifactError`` whose message names the
@@ -40,7 +40,7 @@ from hypothesis.control import currently_in_test_context
 
 from svf import artifacts
 from svf.artifacts import TENSOR_NAMES, ArtifactError, load_field, validate_metadata
-from svf.field import SteeringField
+from svf.steering_field import SteeringField
 from svf_kernels import SVFArgumentError
 
 EXAMPLES = int(os.environ.get("SVF_FUZZ_EXAMPLES", "150"))

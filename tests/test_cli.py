@@ -3,7 +3,7 @@
 import pytest
 from helpers import tiny_model
 
-from svf.cli import main, parse_layers
+from svf.cli.commands import main, parse_layers
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Property tests of the ``svf`` command line's argument checks (issue 6, item 2).
+"""Property tests of the ``svf`` command line's argument checks.
 
 Random valid command lines must parse (``svf.cli.parse_args``: ``build_parser().parse_args`` plus
 the checks across options) and give the values asked for. The same command lines with one
@@ -21,8 +21,9 @@ from helpers import random_field, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from svf import cli, models
+from svf import models
 from svf.artifacts import ArtifactError
+from svf.cli import commands as cli
 from svf.concepts import CONCEPTS
 from svf.data import available_behaviors
 from svf_kernels import SVFArgumentError
@@ -309,8 +310,8 @@ def test_one_bad_option_exits_2_naming_it_and_writes_nothing(fs, command, data):
 
 
 def test_pair_minimums_are_what_training_needs():
+    from svf.cli.demo import DEMO_FRACTIONS
     from svf.data import split
-    from svf.demo import DEMO_FRACTIONS
     from svf.training import TrainConfig
 
     for fractions, low in ((TrainConfig().fractions, TRAIN_MIN_PAIRS), (DEMO_FRACTIONS, DEMO_MIN_PAIRS)):
@@ -351,7 +352,7 @@ def test_bad_out_paths_say_why(fs, command, out, words):
 
 def test_out_in_a_read_only_directory(tmp_path, monkeypatch):
     """The writability check itself (root writes anywhere, so ``os.access`` is made to say no)."""
-    from svf import cli_options
+    from svf.cli import options as cli_options
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -388,14 +389,14 @@ def test_library_errors_are_one_line_and_status_2(fs, exc, code, words):
 
 @pytest.mark.parametrize(("exc", "code"), [(FileNotFoundError("no GGUF file"), 2), (OSError("disk full"), 2),
                                            (KeyboardInterrupt(), 130)])
-def test_models_main_errors(monkeypatch, capsys, exc, code):
+def test_prepare_errors(monkeypatch, capsys, exc, code):
     def fail(*args, **kwargs):
         raise exc
 
     monkeypatch.setattr(models, "prepare_default_model", fail)
-    assert models.main(["prepare"]) == code
+    assert cli.main(["prepare"]) == code
     err = capsys.readouterr().err
-    assert err.startswith("python -m svf.models prepare: ") and err.count("\n") == 1
+    assert err.startswith("svf prepare: ") and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------ tiny model, end to end

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import random_field, tiny_model
 
-from svf.continuations import perplexity, sample, token_nll
+from svf.eval.continuations import perplexity, sample, token_nll
 from svf.steering import steer
 
 PROMPTS = ["hi", "tell me a story", "ok?"]

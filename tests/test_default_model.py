@@ -7,10 +7,10 @@ validation prompts); the steering test reads the held-out test prompts once.
 import pytest
 import torch
 
+from svf.cli.demo import DEMO_FRACTIONS, DEMO_STEER_LAYERS, DEMO_STRENGTH, DEMO_TRAIN_LAYERS
 from svf.data import TEST_PROMPTS, sentiment_pairs
-from svf.demo import DEMO_FRACTIONS, DEMO_STEER_LAYERS, DEMO_STRENGTH, DEMO_TRAIN_LAYERS
+from svf.eval.judges import vader_compound
 from svf.generation import generate
-from svf.judges import vader_compound
 from svf.models import load_model
 from svf.steering import steer
 from svf.training import TrainConfig, train_field
@@ -58,7 +58,7 @@ def test_svf_moves_vader_in_the_requested_direction(default_model, sentiment):
 
 
 def test_round_trip_on_the_default_model(default_model, sentiment, tmp_path):
-    from svf.field import SteeringField
+    from svf.steering_field import SteeringField
 
     model, _ = default_model
     field, _ = sentiment

@@ -1,5 +1,4 @@
-"""Property tests of the argument checks of the evaluation, data and judge entry points (issue 6,
-item 2).
+"""Property tests of the argument checks of the evaluation, data and judge entry points.
 
 For each public function: random valid argument sets must work (and a real property of the
 result holds); the same sets with one argument broken (every break in the function's list, for
@@ -30,11 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svf import data as sdata
-from svf import evaluate_mwe, evaluation, judges, metrics
 from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
-from svf.evaluation import EvalConfig, quick_config
-from svf.knn_field import KNNField, knn_fields
+from svf.eval import evaluate_mwe, evaluation, judges, metrics
+from svf.eval.evaluation import EvalConfig, quick_config
+from svf.eval.knn_field import KNNField, knn_fields
 from svf.training import TrainConfig
 from svf_kernels import SVFArgumentError
 

@@ -1,4 +1,4 @@
-"""The MWE A/B protocol (svf.evaluate_mwe) on a tiny random model and synthetic items."""
+"""The MWE A/B protocol (svf.eval.evaluate_mwe) on a tiny random model and synthetic items."""
 
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers import random_field, tiny_model
 
-import svf.evaluate_mwe as em
+import svf.eval.evaluate_mwe as em
 from svf.data import _answer_stub, render_mwe
-from svf.evaluate_mwe import ab_gaps, run_mwe
+from svf.eval.evaluate_mwe import ab_gaps, run_mwe
 from svf.steering import steer
 from svf.training import TrainConfig
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from svf import concepts, evaluate_mwe, evaluation
+from svf import concepts
 from svf.concepts import Concept
 from svf.data import ContrastivePair
+from svf.eval import evaluate_mwe, evaluation
 from svf.training import TrainConfig
 
 WORDS = {"toy": ("good", "bad"), "tone": ("formal", "casual"), "sea": ("ocean", "desert")}
-METHODS = {"caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared"}
+STEERED_METHODS = {"caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared"}
 FILES = ["README.md", "config.json", "examples.json", "likelihood.csv", "likelihood.md", "sweeps.csv",
          "slopes.csv", "open_ended.csv", "open_ended.md", "long_form.csv", "long_form.md",
          "multi_attribute.csv", "multi_attribute.md", "mwe.csv", "mwe.md", "judges.csv",
@@ -55,7 +56,7 @@ def toy_world(monkeypatch, char_tok):
 def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeypatch, capsys):
     """``svf eval --quick`` end to end on a tiny model (quick configuration with the tiny
     model's layers and sizes): every method, measure, table and plot of the report."""
-    from svf import cli
+    from svf.cli import commands as cli
 
     model, tok = toy_world
     monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
@@ -80,7 +81,7 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
         assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0, f
     lik = tables["likelihood"]
     assert {(r["concept"], r["method"], r["direction"]) for r in lik} == {
-        (c, m, d) for c in WORDS for m in METHODS for d in (1, -1)}
+        (c, m, d) for c in WORDS for m in STEERED_METHODS for d in (1, -1)}
     for r in lik:
         assert r["n_test"] == 7  # 10 prompts: 3 validation, 7 test
         assert r["strength"] * r["direction"] in (0.2, 0.6)
@@ -89,7 +90,7 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
     assert len(tables["slopes"]) == len(lik) * 7
     opened = tables["open_ended"]
     assert {(r["concept"], r["method"], r["direction"]) for r in opened} == {
-        (c, m, d) for c in WORDS for m in METHODS for d in (1, -1)} | {(c, "base", 0) for c in WORDS}
+        (c, m, d) for c in WORDS for m in STEERED_METHODS for d in (1, -1)} | {(c, "base", 0) for c in WORDS}
     base_score = {r["concept"]: r["embed_score"] for r in opened if r["method"] == "base"}
     for r in opened:
         assert r["samples"] == 2 and r["n_prompts"] == 5 and -1.0 <= r["embed_score"] <= 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svf import judges
+from svf.eval import judges
 
 
 def test_vader_signs():

@@ -467,17 +467,6 @@ def test_triton_is_installed():
     )
 
 
-def test_triton_backend_registration():
-    from svf_kernels import dispatch
-    from svf_kernels.backends import triton_backend
-
-    backend = dispatch._BACKENDS["triton"]
-    assert backend.device_types == ("cuda",)
-    assert backend.available() == (triton_backend.triton is not None and torch.cuda.is_available())
-    if not backend.available():
-        assert backend.why_unavailable
-
-
 def test_triton_kernel_interpreter():
     """Every check_* above, in a fresh interpreter with TRITON_INTERPRET=1."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")

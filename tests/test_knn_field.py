@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import tiny_model
 
-import svf.knn_field as knn_module
+import svf.eval.knn_field as knn_module
 from svf.activations import last_token_activations
+from svf.eval.knn_field import KNNField, knn_fields
 from svf.hf import decoder_layers
-from svf.knn_field import KNNField, knn_fields
 from svf.steering import Steering
 from svf_kernels import FusedSteeringField, RowField, SVFArgumentError
 

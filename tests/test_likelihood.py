@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import random_field
 
+from svf.eval.likelihood import completion_logprobs
+from svf.eval.methods import build_methods, steering, strength_unit
 from svf.generation import format_prompts
-from svf.likelihood import completion_logprobs
-from svf.methods import build_methods, steering, strength_unit
 
 PROMPTS = ["hi", "tell me a story about a cat", "ok?"]
 COMPLETIONS = ["yes.", "no way at all", "x"]

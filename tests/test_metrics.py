@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svf import metrics
+from svf.eval import metrics
 
 # ---------------------------------------------------------------------------------------------
 # likelihood_gap

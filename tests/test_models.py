@@ -130,10 +130,12 @@ def test_prepare_failure_leaves_nothing(tmp_path, monkeypatch, fake_convert):
     assert list(parent.iterdir()) == []
 
 
-def test_main_prepare_prints_path(fake_convert, capsys):
-    assert models.main(["prepare"]) == 0
+def test_svf_prepare_prints_path(fake_convert, capsys):
+    from svf.cli import main
+
+    assert main(["prepare"]) == 0
     assert capsys.readouterr().out.strip() == str(models.default_model_dir())
-    assert models.main(["prepare", "--force"]) == 0
+    assert main(["prepare", "--force"]) == 0
     assert len(fake_convert) == 2
 
 

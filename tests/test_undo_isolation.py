@@ -1,4 +1,4 @@
-"""Exact undo, isolation and load (issue 6, items 4 and 5) on tiny random HF models.
+"""Exact undo, isolation and load on tiny random HF models.
 
 Exact undo: after ``detach`` -- also after an exception or a ``KeyboardInterrupt`` raised
 inside ``generate`` while steering -- the model is bit-identical to before: every parameter
@@ -28,10 +28,10 @@ grepping for module-level dicts, lists, sets and caches):
   inputs and store equal values, so the race is benign. It holds no per-model state.
 - ``svf_kernels.op._LIB`` (the ``torch.library`` registration) and the op handles: set once
   at import.
-- ``svf.judges._vader`` / ``_sentence_encoder`` (``lru_cache(maxsize=1)``): evaluation only,
+- ``svf.eval.judges._vader`` / ``_sentence_encoder`` (``lru_cache(maxsize=1)``): evaluation only,
   never touched by steering; ``functools.lru_cache`` is thread-safe for lookups (a racing
   first call may build the model twice, then one is kept).
-- Constant tuples/sets/lists (``METHODS``, ``POSITION_MODES``, ``NEUTRAL_PROMPTS``,
+- Constant tuples/sets/lists (``STEER_METHODS``, ``EVAL_METHODS``, ``POSITION_MODES``, ``NEUTRAL_PROMPTS``,
   ``_DEFAULT_ALIASES``, ``__all__``...): never mutated.
 
 Everything a steering mutates per forward pass lives on its own objects: the

@@ -90,8 +90,7 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
       rows_b.defined() ? rows_b.data_ptr<bool>() : nullptr,
       table ? ids.data_ptr() : nullptr, table && ids.scalar_type() == at::kInt ? 1 : 0,
       static_cast<int>(F), static_cast<int>(C), static_cast<int>(m), static_cast<float>(tau),
-      normalize, static_cast<float>(eps), scores.data_ptr<float>(), ws.data_ptr<float>(), stream,
-      /*path=*/-1);
+      normalize, static_cast<float>(eps), scores.data_ptr<float>(), ws.data_ptr<float>(), stream);
   TORCH_CHECK(err != cudaErrorInvalidValue,
               "field_update_cuda: shapes not supported by the kernel (C*m too large for shared "
               "memory, or too many rows/columns)");

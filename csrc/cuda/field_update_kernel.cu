@@ -10,13 +10,13 @@
 // row n uses field ids[n]; every kernel that reads parameters looks the row's field up once
 // and moves its parameter pointers there (with_field). Without ids every row uses field 0: the
 // one-field op runs the kTable = false instantiations, which pass the kernel's parameters
-// through untouched (the code as before tables). A row whose id lies outside [0, F) does
+// through untouched. A row whose id lies outside [0, F) does
 // no compute: k_split_z marks it with a NaN sum of squares (which the later kernels already
 // treat as "leave the row alone"), k_split_g / k_fused write NaN scores.
 //
 // Non-finite values: the sum of squares also accumulates h * 0, so it is NaN exactly when the
 // input row is not finite (+Inf only for a finite row so large that h*h overflows, which is
-// left alone as before: the reference's update of such a row is exactly zero). A NaN sum of
+// left alone: the reference's update of such a row is exactly zero). A NaN sum of
 // squares makes the scores NaN (written so in scores_and_coef). A row that would move but whose
 // new row does not store as a finite T is left alone and its scores are overwritten with NaN
 // where that is decided (k_split_write, the end of fused_row).
@@ -486,7 +486,7 @@ extern "C" cudaError_t svf_field_table_update_launch(
     void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
     const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows,
     const void* field_ids, int ids_int32, int F, int C, int m, float tau, bool normalize,
-    float eps, float* scores, float* workspace, cudaStream_t stream, int path) {
+    float eps, float* scores, float* workspace, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr ||
       F <= 0 || (field_ids == nullptr && F != 1)) {
@@ -522,7 +522,7 @@ extern "C" cudaError_t svf_field_table_update_launch(
   p.part1 = p.gv + n * d;
   p.part2 = p.part1 + n * tiles;
   p.flag = p.part2 + n * tiles;
-  const bool fused = path == 0 || (path < 0 && n >= kFusedMinRows);
+  const bool fused = n >= kFusedMinRows;
   const bool table = field_ids != nullptr;
   switch (dtype) {
     case SVF_DTYPE_F32:
@@ -537,24 +537,4 @@ extern "C" cudaError_t svf_field_table_update_launch(
     default:
       return cudaErrorInvalidValue;
   }
-}
-
-extern "C" cudaError_t svf_field_update_launch_ex(
-    void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
-    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows, int C,
-    int m, float tau, bool normalize, float eps, float* scores, float* workspace,
-    cudaStream_t stream, int path) {
-  return svf_field_table_update_launch(hidden, dtype, n, d, row_stride, A, c, w2, b2, alpha, rows,
-                                       nullptr, 0, 1, C, m, tau, normalize, eps, scores,
-                                       workspace, stream, path);
-}
-
-extern "C" cudaError_t svf_field_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
-                                               int64_t row_stride, const float* A, const float* c,
-                                               const float* w2, const float* b2,
-                                               const float* alpha, const bool* rows, int C, int m,
-                                               float tau, bool normalize, float eps, float* scores,
-                                               float* workspace, cudaStream_t stream) {
-  return svf_field_update_launch_ex(hidden, dtype, n, d, row_stride, A, c, w2, b2, alpha, rows, C,
-                                    m, tau, normalize, eps, scores, workspace, stream, -1);
 }

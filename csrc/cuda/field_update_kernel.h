@@ -32,37 +32,21 @@ enum { SVF_DTYPE_F32 = 0, SVF_DTYPE_BF16 = 1, SVF_DTYPE_F16 = 2 };
 int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m);
 
 // hidden: [n, d] rows `row_stride` elements apart, last dimension contiguous, dtype per enum.
-// A: [C, m, d]; c, w2: [C, m]; b2: [C]; alpha: [n]   -- all fp32, contiguous, on the device.
-// rows: [n] bool mask or nullptr. scores: [n, C] fp32 output. workspace: see above.
-// Everything is enqueued on `stream` with no host synchronisation (CUDA-graph capturable).
-// Returns the first launch error (cudaGetLastError) or cudaSuccess.
-cudaError_t svf_field_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
-                                    int64_t row_stride, const float* A, const float* c,
-                                    const float* w2, const float* b2, const float* alpha,
-                                    const bool* rows, int C, int m, float tau, bool normalize,
-                                    float eps, float* scores, float* workspace,
-                                    cudaStream_t stream);
-
-// Same, choosing the schedule: path = -1 automatic, 0 one block per row (prefill),
-// 1 split over many blocks per row (decoding: few rows).
-cudaError_t svf_field_update_launch_ex(void* hidden, int dtype, int64_t n, int64_t d,
-                                       int64_t row_stride, const float* A, const float* c,
-                                       const float* w2, const float* b2, const float* alpha,
-                                       const bool* rows, int C, int m, float tau, bool normalize,
-                                       float eps, float* scores, float* workspace,
-                                       cudaStream_t stream, int path);
-
+// alpha: [n]; rows: [n] bool mask or nullptr; scores: [n, C] fp32 output; workspace: see above.
 // The field table: A [F, C, m, d]; c, w2 [F, C, m]; b2 [F, C] (fp32, contiguous); field_ids:
 // [n] on the device, int64 (ids_int32 == 0) or int32 (ids_int32 != 0), or nullptr (then F
 // must be 1: field 0 for every row, the one-field update). The id values are read only on the
-// device (no host synchronisation). Workspace as above (it does not depend on F).
+// device. The schedule is chosen by the number of rows: one block per row from 96 rows on
+// (prefill), else each row split over many blocks (decoding).
+// Everything is enqueued on `stream` with no host synchronisation (CUDA-graph capturable).
+// Returns the first launch error (cudaGetLastError) or cudaSuccess.
 cudaError_t svf_field_table_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
                                           int64_t row_stride, const float* A, const float* c,
                                           const float* w2, const float* b2, const float* alpha,
                                           const bool* rows, const void* field_ids, int ids_int32,
                                           int F, int C, int m, float tau, bool normalize,
                                           float eps, float* scores, float* workspace,
-                                          cudaStream_t stream, int path);
+                                          cudaStream_t stream);
 
 #ifdef __cplusplus
 }

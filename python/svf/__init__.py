@@ -11,11 +11,11 @@ from svf_kernels import SVFArgumentError
 from .artifacts import ArtifactError
 from .batch_steering import BatchSteering, steer_requests
 from .data import NEUTRAL_PROMPTS, ContrastivePair, mwe_pairs, sentiment_pairs
-from .field import SteeringField
 from .generation import generate
 from .models import load_model
 from .scorer import ConceptScorer, ScorerConfig
 from .steering import Steering, steer
+from .steering_field import SteeringField
 from .training import TrainConfig, TrainReport, train_field
 
 __all__ = [

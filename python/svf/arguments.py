@@ -1,4 +1,4 @@
-"""Argument checks shared by the public functions of ``svf`` (issue 6, item 2).
+"""Argument checks shared by the public functions of ``svf``.
 
 Each check raises :class:`SVFArgumentError` with a message that names the argument and shows
 the bad value, before any work is done, so a bad call changes nothing. Checks of the op's

@@ -20,9 +20,9 @@ from torch import nn
 from svf_kernels import FieldTable, SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .field import SteeringField
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
+from .steering_field import SteeringField
 
 FieldEntry = SteeringField | Sequence[SteeringField]
 

@@ -6,18 +6,16 @@ de-quantises it (tens of seconds), so :func:`prepare_default_model` converts it 
 into a float32 safetensors directory under :func:`cache_dir`; later loads take about a
 second.  Nothing is downloaded from a model hub.
 
-Command line: ``python -m svf.models prepare [--force]`` prints the prepared directory.
+Command line: ``svf prepare [--force]`` prints the prepared directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +34,10 @@ __all__ = [
     "default_gguf_path",
     "default_model_dir",
     "load_model",
-    "main",
     "prepare_default_model",
 ]
 
-log = logging.getLogger("svf.models")  # not __name__: it is "__main__" under -m
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,28 +246,3 @@ def load_model(
         gen.pad_token_id = tokenizer.pad_token_id
     log.debug("loaded %s in %.2f s", source, time.perf_counter() - t0)
     return model, tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m svf.models", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="convert the default GGUF model into the cache (once)")
-    p.add_argument("--force", action="store_true", help="convert again even if cached")
-    sub.add_parser("path", help="print where the default model is (or would be) cached")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        print(prepare_default_model(force=args.force) if args.command == "prepare" else default_model_dir())
-    except (ValueError, OSError) as exc:  # no GGUF file, a failed conversion, an unwritable cache, ...
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

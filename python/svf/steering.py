@@ -24,11 +24,11 @@ from torch import nn
 from svf_kernels import FusedSteeringField, PackedField, RowField, SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .field import SteeringField
 from .hf import check_layers, check_model, decoder_layers, decoder_layers_path, layer_list
 from .positions import PositionTracker
+from .steering_field import SteeringField
 
-METHODS = ("svf", "caa")
+STEER_METHODS = ("svf", "caa")
 
 
 class Steering:
@@ -208,8 +208,8 @@ def steer(
     items = _as_list(fields)
     check_bool(normalize, "normalize")
     check_bool(record_scores, "record_scores")
-    if method not in METHODS:
-        raise SVFArgumentError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in STEER_METHODS:
+        raise SVFArgumentError(f"method must be one of {STEER_METHODS}, got {method!r}")
     if strength is not None and alpha is not None:
         raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
     for name, value in (("strength", strength), ("alpha", alpha)):

@@ -32,9 +32,9 @@ from .arguments import (
     show,
 )
 from .data import split
-from .field import SteeringField
 from .hf import check_layers, check_model, hidden_size, layer_list, num_layers
 from .scorer import ConceptScorer, ScorerConfig
+from .steering_field import SteeringField
 
 
 @dataclass

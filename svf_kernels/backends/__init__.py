@@ -1,14 +1,15 @@
-"""Compiled backends of ``field_update_``; importing this package registers them.
+"""Every backend of ``field_update_`` / ``field_table_update_``, one module each.
 
-Each module registers its backend with :mod:`svf_kernels.dispatch` whether or not it can run
-(an unavailable backend carries the reason, for ``SVF_BACKEND``). None of them fails to import
-when the compiled extension ``svf_kernels._C`` (or triton) is absent.
-
-Precedence (later registration wins): ``cuda`` over ``triton`` on CUDA tensors, ``cpu`` over
-the ``torch`` reference on CPU tensors; ``SVF_BACKEND`` picks any of them explicitly.
+Importing this package registers them with :mod:`svf_kernels.dispatch`, in precedence order
+(later registration wins for a device): ``torch_backend`` (the plain-torch reference, every
+device, the fallback), ``triton_backend`` (CUDA), ``cpu_backend`` (C++/OpenMP),
+``cuda_backend`` (CUDA C++). A backend that cannot run here registers unavailable with the
+reason, so that ``SVF_BACKEND`` fails loudly; none of them fails to import without the
+compiled extension ``svf_kernels._C`` or triton.
 """
 
-from . import triton_backend  # noqa: I001 - import order is precedence order
-from . import cpu, cuda
+from . import torch_backend  # noqa: I001 - import order is precedence order
+from . import triton_backend
+from . import cpu_backend, cuda_backend
 
-__all__ = ["cpu", "cuda", "triton_backend"]
+__all__ = ["cpu_backend", "cuda_backend", "torch_backend", "triton_backend"]

@@ -33,7 +33,7 @@ import os
 import torch
 
 from ..dispatch import Backend, register_backend
-from ._entry import kernel_entry
+from .compiled import kernel_entry
 
 try:
     import triton
@@ -47,8 +47,6 @@ except Exception as exc:  # noqa: BLE001 - any failure to import triton means "u
 
 _FLT_MAX = 3.4028234663852886e38
 _FLT_MIN = 1.1754943508222875e-38
-_GELU_K = 0.7978845608028654  # sqrt(2 / pi)
-_GELU_C = 0.044715
 
 
 def _interpreting() -> bool:

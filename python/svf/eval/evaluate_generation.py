@@ -1,7 +1,7 @@
-"""Open-ended, long-form and multi-attribute evaluation (issue 4 items 3-5).
+"""Open-ended, long-form and multi-attribute evaluation.
 
 Continuations are sampled under each method at *matched total displacement* (the strength is
-a total over the layers a method steers, :func:`svf.methods.steering`), judged by judges
+a total over the layers a method steers, :func:`svf.eval.methods.steering`), judged by judges
 independent of the steered model (scores in [-1, 1], + = the concept's positive side), and
 scored for fluency (perplexity under the *unsteered* model) and repetition (distinct-2).
 Strengths are fixed in the configuration, the same for every method, so nothing here is
@@ -16,12 +16,12 @@ from statistics import median
 import torch
 from tqdm.auto import tqdm
 
-from .concepts import Concept
+from ..concepts import Concept
+from ..steering import steer
+from ..steering_field import SteeringField
 from .continuations import Continuations, perplexity, sample, token_nll
-from .field import SteeringField
 from .methods import Method, steering
 from .metrics import distinct_n, distinct_n_per_text, moved_shares, window_scores
-from .steering import steer
 
 #: A judge maps texts to scores in [-1, 1] (+ = the concept's positive side).
 Judge = Callable[[Sequence[str]], list[float]]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .generation import format_prompts
+from ..generation import format_prompts
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import load_mwe, mwe_item_pairs, split
+from ..data import load_mwe, mwe_item_pairs, split
+from ..training import TrainConfig, train_field
 from .methods import Method, build_methods, steering, strength_unit
 from .metrics import mcq_accuracy, mcq_gap, steerability
-from .training import TrainConfig, train_field
 
 __all__ = ["ab_gaps", "run_mwe"]
 

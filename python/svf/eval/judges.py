@@ -22,7 +22,7 @@ import torch
 
 from svf_kernels import SVFArgumentError
 
-from .arguments import (
+from ..arguments import (
     check_int,
     check_number,
     check_optional_int,
@@ -154,7 +154,7 @@ def train_pair_judge(pairs: Sequence, heldout_fraction: float = 0.2, seed: int =
 
 
 def _split_rt_polarity(n_train: int | None, n_heldout: int, seed: int):
-    from .data import load_rt_polarity
+    from ..data import load_rt_polarity
 
     pos, neg = load_rt_polarity()
     if n_heldout >= len(pos) + len(neg):
@@ -182,8 +182,8 @@ def load_embedding_judge(cache: Path | None = None) -> EmbeddingJudge:
     """The full judge, trained once and cached (keyed by the data's and encoder's fingerprint)."""
     from safetensors.torch import load_file, save_file
 
-    from .data import data_dir
-    from .models import cache_dir
+    from ..data import data_dir
+    from ..models import cache_dir
 
     if cache is not None:
         cache = check_path(cache, "cache")

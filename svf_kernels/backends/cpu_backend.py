@@ -9,7 +9,7 @@ silently falling back. With the extension present it is the default for CPU tens
 from __future__ import annotations
 
 from ..dispatch import Backend, register_backend
-from ._entry import _C, EXTENSION_ERROR, kernel_entry
+from .compiled import _C, EXTENSION_ERROR, kernel_entry
 
 
 def _why_unavailable() -> str:

@@ -1,6 +1,6 @@
 """The evaluation's measures (DESIGN.md §8), as small functions on tensors and token lists.
 
-Arithmetic on scores only (the model runs in :mod:`svf.likelihood`); bad input raises
+Arithmetic on scores only (the model runs in :mod:`svf.eval.likelihood`); bad input raises
 :class:`SVFArgumentError` (a ``ValueError``) naming the argument and the problem.
 """
 
@@ -60,7 +60,7 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
     * ``anti_steerable``: share of prompts with ``d * slope < 0`` (strictly: flat is neither).
 
     Alphas are meant as strengths on one side of 0, normally magnitudes ``>= 0`` with the
-    requested movement given by ``direction`` (as :mod:`svf.evaluate_likelihood` passes them);
+    requested movement given by ``direction`` (as :mod:`svf.eval.evaluate_likelihood` passes them);
     for a sweep of negative alphas the slope's sign is opposite to the shift's, so pass
     ``|alpha|``. ``ValueError`` when alpha = 0 is missing, alphas are not finite or fewer than
     two distinct, ``a*`` is ambiguous (``+a`` and ``-a`` both largest), or shapes disagree.

@@ -10,20 +10,20 @@ import time
 
 import torch
 
-from .arguments import check_int
-from .data import TEST_PROMPTS, min_split_size, sentiment_pairs
-from .generation import generate
-from .judges import vader_compound
-from .models import load_model
-from .steering import steer
-from .training import TrainConfig, train_field
+from ..arguments import check_int
+from ..data import TEST_PROMPTS, min_split_size, sentiment_pairs
+from ..eval.judges import vader_compound
+from ..generation import generate
+from ..models import load_model
+from ..steering import steer
+from ..training import TrainConfig, train_field
 
 DEMO_TRAIN_LAYERS = tuple(range(12, 22))
 DEMO_STEER_LAYERS = (16, 18, 20)
 DEMO_STRENGTH = 0.15
 DEMO_FRACTIONS = (0.5, 0.17, 0.33)
 
-METHODS = (
+DEMO_RUNS = (
     ("unsteered", None, 0.0),
     ("CAA +", "caa", +1.0),
     ("CAA -", "caa", -1.0),
@@ -64,7 +64,7 @@ def run_demo(
     print(report.table())
     chosen = list(TEST_PROMPTS[:prompts])
     outputs: dict[str, list[str]] = {}
-    for name, method, sign in METHODS:
+    for name, method, sign in DEMO_RUNS:
         if method is None:
             outputs[name] = generate(model, tok, chosen, max_new_tokens=max_new_tokens)
         else:
@@ -80,7 +80,7 @@ def run_demo(
             print(f"{name:<10} {scores[name][i]:>+6.2f}  {_clip(outputs[name][i], width)}")
     base = scores["unsteered"]
     print(f"\n{'method':<10} {'mean VADER':>10}  {'moved the requested way':>24}")
-    for name, _, sign in METHODS:
+    for name, _, sign in DEMO_RUNS:
         mean = sum(scores[name]) / len(scores[name])
         if sign == 0:
             print(f"{name:<10} {mean:>+10.3f}  {'':>24}")

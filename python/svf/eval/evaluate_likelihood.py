@@ -1,4 +1,4 @@
-"""Likelihood steerability of every method (DESIGN.md §8, issue 4 item 2).
+"""Likelihood steerability of every method (the likelihood measure of docs/DESIGN.md §8).
 
 Per method: a strength sweep on the validation prompts picks the strength (largest mean gap
 shift in the requested direction); the test prompts are then read once, at strengths
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .concepts import Concept
+from ..concepts import Concept
 from .likelihood import completion_logprobs
 from .methods import Method, steering
 from .metrics import likelihood_gap, steerability

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .generation import format_prompts
+from ..generation import format_prompts
 
 
 @dataclass

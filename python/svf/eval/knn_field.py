@@ -18,9 +18,9 @@ from torch import nn
 
 from svf_kernels import RowField, SVFArgumentError
 
-from .activations import last_token_activations
-from .arguments import check_bool, check_int, check_texts, check_tokenizer
-from .hf import check_layers, check_model, layer_list
+from ..activations import last_token_activations
+from ..arguments import check_bool, check_int, check_texts, check_tokenizer
+from ..hf import check_layers, check_model, layer_list
 
 #: Working-memory budget of one chunk of rows (its ``[chunk, M]`` distances and the
 #: ``[chunk, K, d]`` neighbours gathered from the bank).

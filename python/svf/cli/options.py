@@ -115,7 +115,7 @@ def concept_name(text: str) -> str:
     if text == "sentiment":
         return text
     if text.startswith("mwe:"):
-        from .data import available_behaviors
+        from ..data import available_behaviors
 
         known = available_behaviors()
         if text[4:] in known:
@@ -128,7 +128,7 @@ def concept_name(text: str) -> str:
 
 def eval_concept(text: str) -> str:
     """An argparse type for ``svf eval --concepts``: one of :data:`svf.concepts.CONCEPTS`."""
-    from .concepts import CONCEPTS
+    from ..concepts import CONCEPTS
 
     if text not in CONCEPTS:
         raise argparse.ArgumentTypeError(f"unknown concept {text!r}: known are {', '.join(CONCEPTS)}")
@@ -141,8 +141,8 @@ PAIRS_WHY = " (the train/val/test split needs at least 2 pairs in each part)"
 @functools.cache
 def min_train_pairs() -> int:
     """Fewest pairs ``svf train`` can train on (default ``TrainConfig.fractions``)."""
-    from .data import min_split_size
-    from .training import TrainConfig
+    from ..data import min_split_size
+    from ..training import TrainConfig
 
     return min_split_size(TrainConfig().fractions)
 
@@ -150,7 +150,7 @@ def min_train_pairs() -> int:
 @functools.cache
 def min_demo_pairs() -> int:
     """Fewest pairs ``svf demo`` can train on (its own split fractions)."""
-    from .data import min_split_size
+    from ..data import min_split_size
     from .demo import DEMO_FRACTIONS
 
     return min_split_size(DEMO_FRACTIONS)
@@ -172,7 +172,7 @@ def _check_writable_below(target: Path) -> None:
 def field_out_path(text: str) -> str:
     """An argparse type for ``svf train --out``: a ``.safetensors`` file, or else a directory to hold
     ``field.safetensors`` (as ``svf.artifacts`` reads paths), that can be written."""
-    from .artifacts import FIELD_FILENAME
+    from ..artifacts import FIELD_FILENAME
 
     non_empty_text(text)
     path = Path(text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import Backend, register_backend
-from ._entry import _C, EXTENSION_ERROR, kernel_entry
+from .compiled import _C, EXTENSION_ERROR, kernel_entry
 
 
 def _why_unavailable() -> str:

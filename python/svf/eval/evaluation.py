@@ -1,9 +1,9 @@
 """``svf eval``: train each concept's fields, build every method, measure, write a report.
 
-This module orchestrates; the measures live in :mod:`svf.metrics`, the likelihood protocol in
-:mod:`svf.evaluate_likelihood`, generation in :mod:`svf.evaluate_generation`, the A/B
-questions in :mod:`svf.evaluate_mwe`, the methods in :mod:`svf.methods`, the plots in
-:mod:`svf.report_plots`. Every choice (the single layer of one-layer methods, the likelihood
+This module orchestrates; the measures live in :mod:`svf.eval.metrics`, the likelihood protocol in
+:mod:`svf.eval.evaluate_likelihood`, generation in :mod:`svf.eval.evaluate_generation`, the A/B
+questions in :mod:`svf.eval.evaluate_mwe`, the methods in :mod:`svf.eval.methods`, the plots in
+:mod:`svf.eval.report_plots`. Every choice (the single layer of one-layer methods, the likelihood
 strength) is made on validation prompts; test prompts are read once, for the report.
 Generation compares methods at fixed, matched total displacements, chosen before any run.
 """
@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from svf_kernels import SVFArgumentError
 
-from . import report_plots
-from .arguments import (
+from ..arguments import (
     check_bool,
     check_int,
     check_number,
@@ -36,15 +35,16 @@ from .arguments import (
     check_tokenizer,
     show,
 )
-from .concepts import CONCEPTS, Concept, load_concept
+from ..concepts import CONCEPTS, Concept, load_concept
+from ..hf import check_layers, check_model
+from ..steering_field import SteeringField
+from ..training import TrainConfig, pair_features, train_field
+from . import report_plots
 from .evaluate_generation import Judge, long_form, multi_attribute, open_ended
 from .evaluate_likelihood import LikelihoodResult, evaluate_all, gaps
-from .field import SteeringField
-from .hf import check_layers, check_model
 from .judges import load_embedding_judge, train_pair_judge, vader_compound
 from .knn_field import KNNField
 from .methods import Method, build_methods, strength_unit
-from .training import TrainConfig, pair_features, train_field
 
 
 @dataclass
@@ -260,7 +260,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     check_model(model)
     check_tokenizer(tokenizer)
     if not isinstance(cfg, EvalConfig):
-        raise SVFArgumentError(f"cfg must be an svf.evaluation.EvalConfig, got {show(cfg)}")
+        raise SVFArgumentError(f"cfg must be an svf.eval.evaluation.EvalConfig, got {show(cfg)}")
     cfg.validate()
     check_layers(model, cfg.train_layers, "cfg.train_layers")
     out = check_path(out, "out")

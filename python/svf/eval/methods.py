@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from svf_kernels import RowField, SVFArgumentError
 
-from .field import SteeringField
-from .steering import Steering
+from ..steering import Steering
+from ..steering_field import SteeringField
 
 #: Display order: base (no steering), static vectors, KNN, then SVF variants.
-METHODS = ("base", "caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared")
+EVAL_METHODS = ("base", "caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared")
 
 
 @dataclass
@@ -64,7 +64,7 @@ def build_methods(
         if missing:
             raise SVFArgumentError(f"no KNN field for layers {missing}")
         out["knn"] = Method("knn", {i: knn[i] for i in layers})
-    return {name: out[name] for name in METHODS if name in out}
+    return {name: out[name] for name in EVAL_METHODS if name in out}
 
 
 def strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:

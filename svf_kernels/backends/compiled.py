@@ -1,8 +1,8 @@
 """What the compiled backends share: one load of ``svf_kernels._C`` and the entry wrapper.
 
-Every compiled kernel takes only ``gelu_tanh`` and fp32/bf16/fp16 storage; float64 inputs
-(reference checks only) go to the torch reference. ``kernel_entry`` adds exactly that around a
-kernel launcher, so each backend module holds only what is particular to it.
+Every compiled kernel takes only ``gelu_tanh`` and fp32/bf16/fp16 storage; the dispatch
+(:func:`svf_kernels.dispatch.select_backend`) sends everything else to the torch reference, so
+``kernel_entry`` only adapts the backend signature to a kernel launcher.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from ..reference import field_table_update_reference, field_update_reference
 
 try:
     from .. import _C  # type: ignore[attr-defined]
@@ -48,14 +46,6 @@ def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
         rows: torch.Tensor | None = None,
         field_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if activation != "gelu_tanh":
-            raise ValueError(f"the {name} backend supports activation 'gelu_tanh', got {activation!r}")
-        if hidden.dtype == torch.float64:  # reference checks only: kernels store fp32/bf16/fp16
-            if field_ids is not None:
-                return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau,
-                                                    normalize, activation, eps)
-            return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation,
-                                          eps, rows)
         launch = launcher()
         if launch is None:
             raise RuntimeError(why_unavailable())

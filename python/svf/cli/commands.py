@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from svf_kernels import SVFArgumentError
 
-from .artifacts import ArtifactError
-from .cli_options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
+from ..artifacts import ArtifactError
+from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
     MAX_LAYER,
     PAIRS_WHY,
     SEED_RANGE,
@@ -35,13 +35,13 @@ from .cli_options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the co
 
 
 def _load_model(name: str | None):
-    from .models import load_model
+    from ..models import load_model
 
     return load_model(name)
 
 
 def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
-    from . import data
+    from .. import data
 
     if concept == "sentiment":
         return data.sentiment_pairs(n, seed=seed)
@@ -53,13 +53,13 @@ def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
 def _check_model_layers(model, layers: Sequence[int] | None, option: str) -> None:
     """Layer indices given on the command line exist in the loaded model."""
     if layers is not None:
-        from .hf import check_layers
+        from ..hf import check_layers
 
         check_layers(model, list(layers), f"argument {option}: layers")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train_field
+    from ..training import TrainConfig, train_field
 
     config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
     model, tok = _load_model(args.model)
@@ -79,10 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .artifacts import load_field
-    from .field import SteeringField
-    from .generation import format_prompts
-    from .steering import steer
+    from ..artifacts import load_field
+    from ..generation import format_prompts
+    from ..steering import steer
+    from ..steering_field import SteeringField
 
     load_field(args.field)  # a missing or corrupt field fails before the model is loaded
     model, tok = _load_model(args.model)
@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluation import EvalConfig, quick_config, run_eval
+    from ..eval.evaluation import EvalConfig, quick_config, run_eval
 
     model, tok = _load_model(args.model)
     overrides = {"concepts": tuple(args.concepts)} if args.concepts else {}
@@ -139,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .models import prepare_default_model
+    from ..models import prepare_default_model
 
     print(prepare_default_model(force=args.force))
     return 0

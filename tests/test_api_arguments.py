@@ -148,7 +148,7 @@ def _train_breaks(model) -> list[tuple[str, object]]:
     object.__setattr__(bad_config, "lr", -1.0)  # edited after construction
     return [
         ("model", None), ("model", torch.nn.Linear(2, 2)), ("tokenizer", None), ("tokenizer", "gpt2"),
-        ("pairs", "a lovely day"), ("pairs", [("good", "bad")] * 20), ("pairs", None), ("pairs", []),
+        ("pairs", "a lovely day"), ("pairs", [("good", "bad", "ugly")] * 20), ("pairs", None), ("pairs", []),
         ("concept", ""), ("concept", 3), ("train_layers", [N_LAYERS]), ("train_layers", [2, 1]),
         ("train_layers", "0-3"), ("train_layers", []), ("train_layers", [0.0]), ("steer_layers", []),
         ("steer_layers", [1, 1]), ("steer_layers", 1), ("config", {"r": 4}), ("config", bad_config),
@@ -330,6 +330,7 @@ def test_every_public_callable_is_covered():
                "steer", "steer_requests", "Steering", "BatchSteering",  # test_argument_properties.py
                "ConceptScorer", "ContrastivePair", "TrainReport",  # built from checked configs / plain data
                "sentiment_pairs", "mwe_pairs",  # test_eval_arguments.py
+               "load_pairs",  # test_own_data.py
                "ArtifactError", "SVFArgumentError"}
     public = {n for n in svf.__all__ if callable(getattr(svf, n))}
     assert public <= covered, f"public callables without argument tests: {sorted(public - covered)}"

@@ -32,7 +32,7 @@ EXAMPLES = int(os.environ.get("SVF_PROPERTY_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COMMANDS = ("train", "generate", "demo", "eval")
 SEED_LO, SEED_HI = -(2**63), 2**64 - 1
-TRAIN_MIN_PAIRS = 20  # TrainConfig.fractions (0.4, 0.1, 0.5): val = floor(0.1 n) >= 2
+TRAIN_MIN_PAIRS = 6  # the adaptive split (svf.data.split_sizes): 2 each in train, val, test
 DEMO_MIN_PAIRS = 12  # DEMO_FRACTIONS (0.5, 0.17, 0.33): val = floor(0.17 n) >= 2
 BEHAVIORS = available_behaviors()
 PARSER = cli.build_parser()  # parsing does not change it; building one takes milliseconds
@@ -102,7 +102,7 @@ def _valid(data, command: str, fs: Path) -> tuple[dict[str, str | list[str] | No
             want[attr or option[2:].replace("-", "_")] = value
 
     if command == "train":
-        concepts = ["sentiment", *(f"mwe:{b}" for b in BEHAVIORS)]
+        concepts = [*CONCEPTS, *(f"mwe:{b}" for b in BEHAVIORS)]
         maybe("--concept", st.sampled_from(concepts))
         maybe("--model", NON_BLANK)
         layers = data.draw(layer_lists(increasing=True), label="layers")
@@ -198,7 +198,8 @@ def _break(data, command: str, opts: dict, fs: Path) -> tuple[str, str | list[st
     if command == "train":
         layers = cli.parse_layers(opts.get("--layers", "8-17"))
         choices = {
-            "--concept": st.one_of(TEXT.filter(lambda t: t != "sentiment" and not t.startswith("mwe:")),
+            "--concept": st.one_of(TEXT.filter(lambda t: t not in CONCEPTS
+                                               and not t.startswith("mwe:")),
                                    TEXT.map(lambda t: f"mwe:{t}").filter(lambda t: t[4:] not in BEHAVIORS),
                                    st.sampled_from(["mwe:", "Sentiment", "sentiment ", "mwe"])),
             "--model": st.sampled_from(["", "   ", "a\0b"]),
@@ -311,12 +312,12 @@ def test_one_bad_option_exits_2_naming_it_and_writes_nothing(fs, command, data):
 
 def test_pair_minimums_are_what_training_needs():
     from svf.cli.demo import DEMO_FRACTIONS
-    from svf.data import split
+    from svf.data import split_sizes
     from svf.training import TrainConfig
 
     for fractions, low in ((TrainConfig().fractions, TRAIN_MIN_PAIRS), (DEMO_FRACTIONS, DEMO_MIN_PAIRS)):
-        assert min(map(len, split(range(low), fractions))) >= 2
-        assert min(map(len, split(range(low - 1), fractions))) < 2
+        assert min(split_sizes(low, fractions)) >= 2
+        assert min(split_sizes(low - 1, fractions)) < 2
     assert cli.min_train_pairs() == TRAIN_MIN_PAIRS and cli.min_demo_pairs() == DEMO_MIN_PAIRS
 
 

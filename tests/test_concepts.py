@@ -49,7 +49,7 @@ def test_errors_name_the_problem(data):
         concepts.load_concept("colour")
     bad = data / "concepts" / "topic-ocean" / "pairs.jsonl"
     bad.write_text('{"positive": "a", "negative": "b"}\n{"positive": "a"}\n')
-    with pytest.raises(ValueError, match=r"pairs.jsonl:2: expected non-empty string fields"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing key 'negative'"):
         concepts.load_concept("topic-ocean")
     bad.write_text("not json\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: not JSON"):

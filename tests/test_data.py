@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -43,9 +44,9 @@ def _option_text(question: str, label: str) -> str:
 # --------------------------------------------------------------------------- location
 
 
-def test_data_dir_is_repo_data():
+def test_data_dir_is_package_data():
     d = data.data_dir()
-    assert d.name == "data"
+    assert d == Path(data.__file__).resolve().parent / "datasets"
     assert (d / "rt-polarity" / "rt-polarity.pos").is_file()
     assert (d / "mwe" / "MANIFEST.tsv").is_file()
 
@@ -151,6 +152,32 @@ def test_split_property(n, a, b, seed):
     assert sorted(tr + va + te) == sorted(items)
     assert len(tr) == int(fr[0] * n + 1e-9)
     assert len(va) <= int(fr[1] * n + 1e-9)
+
+
+def test_adaptive_split_gives_small_sets_more_to_train_on():
+    assert data.split_sizes(30) == (21, 3, 6)  # 40/10/50 would train on 12
+    assert data.split_sizes(100) == (70, 10, 20)
+    assert data.split_sizes(150) == (data.TRAIN_PAIRS_NEEDED, 15, 55)
+    assert data.split_sizes(30, (0.4, 0.1, 0.5)) == (12, 3, 15)  # explicit fractions as given
+    items = list(range(30))
+    tr, va, te = data.training_split(items, seed=2)
+    assert (len(tr), len(va), len(te)) == (21, 3, 6) and sorted(tr + va + te) == items
+    assert data.training_split(items, (0.4, 0.1, 0.5), 2) == data.split(items, seed=2)
+    assert data.min_split_size(None) == 6 and data.pairs_needed() == 113
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(min_value=6, max_value=3000), seed=st.integers(0, 2**32))
+def test_adaptive_split_property(n, seed):
+    n_train, n_val, n_test = data.split_sizes(n)
+    assert n_train + n_val + n_test == n and min(n_train, n_val, n_test) >= 2
+    assert n_test >= min(int(0.2 * n), n - 4)  # a fifth of the data stays held out
+    assert n_train >= min(data.TRAIN_PAIRS_NEEDED, n - n_val - max(2, int(0.2 * n)))
+    if n >= 200:  # the paper's 40/10/50 where the data allows, shuffled as split() shuffles
+        assert data.split_sizes(n) == data.split_sizes(n, data.DEFAULT_FRACTIONS)
+        items = list(range(n))
+        assert data.training_split(items, None, seed) == data.split(items, seed=seed)
+    assert data.split_sizes(n + 1)[0] >= n_train - 1  # one more pair never costs more than one
 
 
 # --------------------------------------------------------------------------- MWE

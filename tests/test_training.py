@@ -1,10 +1,20 @@
 """Scorer training: separable synthetic data, the linear baseline, activation extraction."""
 
+import random
+
 import torch
 from helpers import tiny_model
 
 from svf.activations import last_token_activations
-from svf.training import Features, TrainConfig, linear_baseline, scorer_accuracy, train_scorer
+from svf.data import ContrastivePair
+from svf.training import (
+    Features,
+    TrainConfig,
+    linear_baseline,
+    scorer_accuracy,
+    train_field,
+    train_scorer,
+)
 
 
 def _synthetic(n, L=3, d=32, seed=0):
@@ -68,3 +78,35 @@ def test_last_token_activations_are_padding_aware(char_tok):
     with torch.no_grad():
         hs = model(**enc, output_hidden_states=True).hidden_states
     assert torch.allclose(batched[0, 0], hs[2][0, -1], atol=1e-5)
+
+
+def test_texts_over_max_length_keep_their_own_last_tokens(char_tok):
+    model = tiny_model("llama", vocab_size=len(char_tok))
+    long = "the start is cut away but the end stays: " * 3 + "final words"
+    assert len(long) > 40 and char_tok.truncation_side == "right"
+    got = last_token_activations(model, char_tok, [long, "short"], [1, 3], max_length=16,
+                                 progress=False)
+    tail = last_token_activations(model, char_tok, [long[-16:]], [1, 3], progress=False)
+    assert torch.allclose(got[0], tail[0], atol=1e-5)
+    assert char_tok.truncation_side == "right"  # the tokenizer's setting comes back
+
+
+def test_caa_is_the_mean_difference_over_train_and_validation(char_tok):
+    model = tiny_model("llama", vocab_size=len(char_tok))
+    words = ["sun", "rain", "cake", "road", "song", "tree", "game", "lamp", "boat", "milk"]
+    pairs = [ContrastivePair(f"a lovely {w} {i}", f"an awful {w} {i}")
+             for i, w in enumerate(words * 5)]
+    config = TrainConfig(r=8, de=3, m=12, max_epochs=2, seed=4)
+    field, report = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2],
+                                config=config, progress=False)
+    # every pair but the test split's, found from the shuffle and the sizes the report gives
+    order = list(range(len(pairs)))
+    random.Random(config.seed).shuffle(order)
+    fit = [pairs[i] for i in order[: report.n_train + report.n_val]]
+    assert report.n_val > 0 and report.n_test > 0
+    pos = last_token_activations(model, char_tok, [p.positive for p in fit], [1, 2], progress=False)
+    neg = last_token_activations(model, char_tok, [p.negative for p in fit], [1, 2], progress=False)
+    want = pos.mean(0) - neg.mean(0)
+    train_only = pos[: report.n_train].mean(0) - neg[: report.n_train].mean(0)
+    error, gap = (field.caa - want).abs().max(), (train_only - want).abs().max()
+    assert error < 1e-6 and gap > 1e-5  # equal to the train + val mean, unlike the train-only one

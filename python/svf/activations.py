@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -13,6 +14,18 @@ from .hf import check_layers, decoder_layers, layer_output
 
 class _StopForward(Exception):
     """Raised after the last needed layer so the rest of the model is not run."""
+
+
+@contextmanager
+def _truncating_left(tokenizer) -> Iterator[None]:
+    """Truncate from the left while inside: a text over the limit keeps its own last tokens,
+    so its last token is the one whose activation is read. The tokenizer's setting comes back."""
+    before = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = before
 
 
 @torch.no_grad()
@@ -30,7 +43,8 @@ def last_token_activations(
     """``[len(texts), len(layers), d]`` float32: each layer's output at the last real token.
 
     Texts are tokenised as given (apply a chat template first if wanted), batched by length
-    to limit padding; the forward pass stops after the deepest requested layer.
+    to limit padding; the forward pass stops after the deepest requested layer. A text over
+    ``max_length`` tokens is cut from the left: its last ``max_length`` tokens are read.
     """
     layers = list(layers)
     check_layers(model, layers)
@@ -54,8 +68,9 @@ def last_token_activations(
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
             idx = order[s : s + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length, add_special_tokens=False)
+            with _truncating_left(tokenizer):
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                truncation=True, max_length=max_length, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items()}
             mask = enc["attention_mask"]
             pos = torch.arange(mask.shape[1], device=device).expand_as(mask)

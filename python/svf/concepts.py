@@ -1,6 +1,6 @@
 """Evaluation concepts: training pairs, neutral prompts and the likelihood measure's completions.
 
-Each concept lives in ``data/concepts/<name>/`` (``pairs.jsonl``, ``prompts.jsonl``,
+Each concept lives in ``datasets/concepts/<name>/`` (``pairs.jsonl``, ``prompts.jsonl``,
 ``completions.jsonl``, README with how it was made). Sentiment takes its training pairs from
 rt-polarity and, as completions, rt-polarity sentences held out from those pairs.
 Prompts split once: the first 30% are validation (every choice of layer or strength is made
@@ -17,6 +17,7 @@ from svf_kernels import SVFArgumentError
 
 from .arguments import check_int, check_optional_int, check_text
 from .data import ContrastivePair, _require, data_dir, sentiment_pairs
+from .pair_data import load_pairs
 
 CONCEPTS = ("sentiment", "formality", "topic-ocean")
 VALIDATION_FRACTION = 0.3
@@ -86,8 +87,7 @@ def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) 
         pos = tuple(p.positive for p in held[:n_completions])
         neg = tuple(p.negative for p in held[:n_completions])
         return Concept(name, tuple(every[:n_train]), prompts, pos, neg)
-    pairs = [ContrastivePair(r["positive"], r["negative"])
-             for r in _jsonl(root / "pairs.jsonl", ("positive", "negative"))]
+    pairs = load_pairs(_require(root / "pairs.jsonl"))  # the format svf train --data reads
     comp = _jsonl(root / "completions.jsonl", ("positive", "negative"))[:n_completions]
     return Concept(name, tuple(pairs[:n_pairs] if n_pairs is not None else pairs), prompts,
                    tuple(r["positive"] for r in comp), tuple(r["negative"] for r in comp))

@@ -1,7 +1,7 @@
 """Datasets the project ships, turned into contrastive pairs.
 
-Everything here reads the repository's ``data/`` folder (see ``data/README.md``); nothing
-is downloaded.  Two families:
+Everything here reads the datasets shipped inside the package, ``svf/datasets/`` (see
+``datasets/README.md``); nothing is downloaded.  Two families:
 
 * sentiment: the rt-polarity sentence set (Pang & Lee 2005), positive vs negative
   snippets, plus :data:`NEUTRAL_PROMPTS` (written for this project) as open-ended prompts;
@@ -10,7 +10,7 @@ is downloaded.  Two families:
 
 The direction of an MWE concept always comes from ``answer_matching_behavior``, never
 from the folder name: in several files the "matching" answer is the opposite of what
-the name says (see ``data/mwe/MANIFEST.tsv``, column ``label_polarity``).
+the name says (see ``datasets/mwe/MANIFEST.tsv``, column ``label_polarity``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ __all__ = [
     "render_mwe",
     "sentiment_pairs",
     "split",
+    "split_sizes",
+    "training_split",
 ]
 
 T = TypeVar("T")
@@ -57,18 +59,21 @@ class ContrastivePair:
 
 
 def data_dir() -> Path:
-    """The project's ``data/`` folder (``$SVF_DATA_DIR`` overrides it)."""
+    """The shipped datasets: ``svf/datasets/``, package data of the installed ``svf``.
+
+    ``$SVF_DATA_DIR`` points the loaders at another folder with the same layout.  The
+    folder lives inside the package so that a wheel installed anywhere carries it.
+    """
     env = os.environ.get("SVF_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    # python/svf/data.py -> <repo>/data
-    return Path(__file__).resolve().parent.parent.parent / "data"
+    return Path(__file__).resolve().with_name("datasets")
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found. The data ships in the repository's data/ folder; "
+            f"{path} not found. The data ships inside the svf package (svf/datasets/); "
             "set SVF_DATA_DIR to point elsewhere."
         )
     return path
@@ -123,7 +128,7 @@ def _mwe_root() -> Path:
 
 
 def available_behaviors() -> list[str]:
-    """Names of the MWE behaviours present in ``data/mwe``, sorted."""
+    """Names of the MWE behaviours present in ``datasets/mwe``, sorted."""
     root = _mwe_root()
     if not root.is_dir():
         return []
@@ -199,7 +204,7 @@ def load_mwe(behavior: str, source: str = "all") -> list[dict[str, str]]:
     accept only ``"all"``.
 
     The concept direction is ``answer_matching_behavior`` as the file gives it; for some
-    behaviours that is the opposite of the folder name (see ``data/mwe/MANIFEST.tsv``).
+    behaviours that is the opposite of the folder name (see ``datasets/mwe/MANIFEST.tsv``).
     """
     _check_behavior(behavior, source)
     folder = _mwe_root() / behavior
@@ -228,7 +233,7 @@ def load_mwe(behavior: str, source: str = "all") -> list[dict[str, str]]:
 
 
 def _check_behavior(behavior: object, source: object) -> None:
-    """``behavior`` names a folder of ``data/mwe`` and ``source`` is a split it has."""
+    """``behavior`` names a folder of ``datasets/mwe`` and ``source`` is a split it has."""
     check_text(behavior, "behavior")
     if not isinstance(source, str) or source not in _SOURCES:
         raise SVFArgumentError(f"unknown source {show(source)}: source must be one of {', '.join(_SOURCES)}")
@@ -335,18 +340,19 @@ def mwe_item_pairs(items: Sequence[dict[str, str]], tokenizer: Any = None) -> li
 
 # --------------------------------------------------------------------------- splits
 
+#: The paper's train/val/test split (DESIGN.md §2), used as given where the data allows.
+DEFAULT_FRACTIONS = (0.4, 0.1, 0.5)
+#: Training pairs the scorer needs before its held-out accuracy levels off. Measured on the
+#: default model (layers 12-21, mean over layers, 200 held-out sentiment pairs): 0.62, 0.69,
+#: 0.73, 0.75, 0.76 at 20, 40, 80, 150, 300 training pairs; formality 0.93, 0.96, 0.98 at 20,
+#: 40, 80 (docs/EVALUATION.md).
+TRAIN_PAIRS_NEEDED = 80
+#: Smallest test share of the adaptive split: held-out accuracy still rests on a fifth of the data.
+MIN_TEST_SHARE = 0.2
 
-def split(
-    items: Sequence[T],
-    fractions: tuple[float, float, float] = (0.4, 0.1, 0.5),
-    seed: int = 0,
-) -> tuple[list[T], list[T], list[T]]:
-    """Deterministic shuffled train/val/test split (default 40/10/50, as in the paper).
 
-    The train and val sizes are ``floor(fraction * len(items))``; test takes the rest.
-    """
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise SVFArgumentError(f"items must be a sequence (a list, a tuple), got {show(items)}")
+def _check_fractions(fractions: object) -> tuple[float, float, float]:
+    """Three finite non-negative numbers summing to 1."""
     if (isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or len(fractions) != 3
             or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 0
                    for f in fractions)):
@@ -354,21 +360,90 @@ def split(
                                f"got {show(fractions)}")
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise SVFArgumentError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
-    check_int(seed, "seed")
+    return tuple(fractions)
+
+
+def split_sizes(n: int, fractions: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """``(train, val, test)`` sizes of ``n`` items.
+
+    With ``fractions``, train and val are ``floor(fraction * n)`` and test takes the rest. With
+    ``None`` (the adaptive rule): val is 10 % (at least 2); test is the paper's 50 % once that
+    leaves :data:`TRAIN_PAIRS_NEEDED` to train on (from 200 items on, so 40/10/50 exactly),
+    and below that shrinks to what leaves them, but not under 20 % (at least 2): 30 items
+    give 21/3/6, 100 give 70/10/20, 150 give 80/15/55.
+    """
+    check_int(n, "n", minimum=0)
+    if fractions is not None:
+        fractions = _check_fractions(fractions)
+        n_train = int(fractions[0] * n + 1e-9)
+        n_val = min(int(fractions[1] * n + 1e-9), n - n_train)
+        return n_train, n_val, n - n_train - n_val
+    n_val = min(n, max(2, int(DEFAULT_FRACTIONS[1] * n + 1e-9)))
+    paper_test = n - int(DEFAULT_FRACTIONS[0] * n + 1e-9) - int(DEFAULT_FRACTIONS[1] * n + 1e-9)
+    floor_test = max(2, int(MIN_TEST_SHARE * n + 1e-9))
+    n_test = min(n - n_val, paper_test, max(floor_test, n - n_val - TRAIN_PAIRS_NEEDED))
+    return n - n_val - n_test, n_val, n_test
+
+
+def _cut(items: Sequence[T], sizes: tuple[int, int, int],
+         seed: int) -> tuple[list[T], list[T], list[T]]:
+    """Shuffle ``items`` with ``seed`` and cut them into parts of ``sizes``."""
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    n = len(order)
-    n_train = int(fractions[0] * n + 1e-9)
-    n_val = min(int(fractions[1] * n + 1e-9), n - n_train)
     pick = [items[i] for i in order]
+    n_train, n_val, _ = sizes
     return pick[:n_train], pick[n_train : n_train + n_val], pick[n_train + n_val :]
 
 
-def min_split_size(fractions: Sequence[float], per_part: int = 2) -> int:
-    """Fewest items whose :func:`split` by ``fractions`` has at least ``per_part`` in each part
-    (training needs 2 pairs in each of train, val and test)."""
+def _check_split_items(items: object) -> None:
+    """``items`` is a sequence to split (a lone string is refused)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise SVFArgumentError(f"items must be a sequence (a list, a tuple), got {show(items)}")
+
+
+def split(
+    items: Sequence[T],
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> tuple[list[T], list[T], list[T]]:
+    """Deterministic shuffled train/val/test split (default 40/10/50, as in the paper).
+
+    The train and val sizes are ``floor(fraction * len(items))``; test takes the rest.
+    """
+    _check_split_items(items)
+    fractions = _check_fractions(fractions)
+    check_int(seed, "seed")
+    return _cut(items, split_sizes(len(items), fractions), seed)
+
+
+def training_split(
+    items: Sequence[T],
+    fractions: tuple[float, float, float] | None = None,
+    seed: int = 0,
+) -> tuple[list[T], list[T], list[T]]:
+    """The split training uses: :func:`split` by ``fractions``, or with ``None`` the adaptive
+    rule of :func:`split_sizes` (40/10/50 from 200 items on, more to train on below that).
+    The shuffle is :func:`split`'s, so both agree wherever their sizes do."""
+    _check_split_items(items)
+    check_int(seed, "seed")
+    return _cut(items, split_sizes(len(items), fractions), seed)
+
+
+def pairs_needed(fractions: Sequence[float] | None = None) -> int:
+    """Fewest items whose split by ``fractions`` (``None``: the adaptive rule) leaves
+    :data:`TRAIN_PAIRS_NEEDED` to train on (113 with the adaptive rule, 200 with 40/10/50)."""
+    for n in range(TRAIN_PAIRS_NEEDED, 100_000):
+        if split_sizes(n, fractions)[0] >= TRAIN_PAIRS_NEEDED:
+            return n
+    raise SVFArgumentError(f"fractions {show(fractions)} never give {TRAIN_PAIRS_NEEDED} items to "
+                           "train on")
+
+
+def min_split_size(fractions: Sequence[float] | None, per_part: int = 2) -> int:
+    """Fewest items whose split by ``fractions`` (``None``: the adaptive rule) has at least
+    ``per_part`` in each part (training needs 2 pairs in each of train, val and test)."""
     for n in range(per_part, 100_000):
-        if min(map(len, split(range(n), tuple(fractions)))) >= per_part:
+        if min(split_sizes(n, fractions)) >= per_part:
             return n
     raise SVFArgumentError(f"fractions {show(fractions)} never give {per_part} items to every part")
 

@@ -111,8 +111,11 @@ def parse_layers(text: str) -> list[int]:
 
 
 def concept_name(text: str) -> str:
-    """An argparse type for ``svf train --concept``: ``sentiment`` or ``mwe:<known behaviour>``."""
-    if text == "sentiment":
+    """A concept ``svf train`` ships data for: one of :data:`svf.concepts.CONCEPTS` or
+    ``mwe:<known behaviour>`` (an argparse type; ``svf train`` applies it without ``--data``)."""
+    from ..concepts import CONCEPTS
+
+    if text in CONCEPTS:
         return text
     if text.startswith("mwe:"):
         from ..data import available_behaviors
@@ -121,9 +124,22 @@ def concept_name(text: str) -> str:
         if text[4:] in known:
             return text
         if not known:
-            raise argparse.ArgumentTypeError(f"unknown concept {text!r}: no MWE behaviours found in data/mwe")
+            raise argparse.ArgumentTypeError(f"unknown concept {text!r}: no MWE behaviours found in svf/datasets/mwe")
         raise argparse.ArgumentTypeError(f"unknown MWE behaviour {text[4:]!r}: known are {', '.join(known)}")
-    raise argparse.ArgumentTypeError(f"unknown concept {text!r}: use 'sentiment' or 'mwe:<behaviour>'")
+    raise argparse.ArgumentTypeError(f"unknown concept {text!r}: use one of {', '.join(CONCEPTS)}, "
+                                     "'mwe:<behaviour>', or --data FILE for your own pairs")
+
+
+def pairs_file(text: str) -> str:
+    """An argparse type for ``svf train --data``: an existing file (its lines are checked when
+    it is read, before the model loads)."""
+    non_empty_text(text)
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return text
 
 
 def eval_concept(text: str) -> str:
@@ -140,7 +156,7 @@ PAIRS_WHY = " (the train/val/test split needs at least 2 pairs in each part)"
 
 @functools.cache
 def min_train_pairs() -> int:
-    """Fewest pairs ``svf train`` can train on (default ``TrainConfig.fractions``)."""
+    """Fewest pairs ``svf train`` can train on (the adaptive split of ``TrainConfig()``)."""
     from ..data import min_split_size
     from ..training import TrainConfig
 

@@ -92,7 +92,7 @@ TEXTS = st.lists(TEXT, max_size=6)
 
 _COUNTS = ("knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts", "long_tokens",
            "long_window", "multi_samples")
-_SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_strengths", "directions",
+_SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_strengths", "directions",
               "long_refresh", "mwe_behaviors")
 
 
@@ -104,7 +104,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
     kw = {
         "concepts": data.draw(st.lists(st.sampled_from(CONCEPTS), min_size=1, unique=True), label="concepts"),
         "sweep": data.draw(strengths, label="sweep"),
-        "gen_strengths": data.draw(strengths, label="gen_strengths"),
+        "gen_total_strengths": data.draw(strengths, label="gen_total_strengths"),
         "directions": list(data.draw(st.sampled_from([(1,), (-1,), (1, -1), (-1, 1)]), label="directions")),
         "n_pairs": data.draw(st.none() | st.integers(1, 60), label="n_pairs"),
         "n_completions": data.draw(st.integers(1, 8), label="n_completions"),
@@ -138,7 +138,8 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("steer_layers", [train[0], train[0]]),
         ("sweep", ()), ("sweep", (NAN,)), ("sweep", (0.1, INF)), ("sweep", (0.0,)), ("sweep", (-0.1,)),
         ("sweep", ("0.2",)), ("sweep", 0.2),
-        ("gen_strengths", ()), ("gen_strengths", (NAN,)), ("gen_strengths", (-1.0,)), ("gen_strengths", (True,)),
+        ("gen_total_strengths", ()), ("gen_total_strengths", (NAN,)), ("gen_total_strengths", (-1.0,)),
+        ("gen_total_strengths", (True,)),
         ("directions", (0,)), ("directions", (2,)), ("directions", (1, 1)), ("directions", ()),
         ("directions", (True,)), ("directions", (1.0,)), ("directions", 1), ("directions", "1"),
         ("n_pairs", 0), ("n_pairs", -1), ("n_pairs", 1.5), ("n_pairs", "10"), ("n_pairs", True),

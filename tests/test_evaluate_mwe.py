@@ -84,7 +84,7 @@ def test_run_mwe_end_to_end(llama, monkeypatch):
     assert len(base) == 1  # the unsteered test gaps are shared
     for r in rows:
         assert r["behavior"] == "synthetic" and r["n_test"] == 20
-        assert r["strength"] in (0.1, 0.5)
+        assert r["total_strength"] in (0.1, 0.5)
         for k in ("base_accuracy", "steered_accuracy", "steerable_rate", "anti_steerable"):
             assert 0.0 <= r[k] <= 1.0, (k, r)
         for k in ("mean_shift", "mean_slope"):

@@ -38,7 +38,7 @@ def _mwe_items(behavior: str, source: str = "all") -> list[dict]:
 def _tiny_config(**overrides) -> dict:
     base = {"train_layers": (0, 1, 2, 3), "steer_layers": (1, 2), "sweep": (0.2, 0.6), "knn_k": 4,
             "directions": (1, -1), "n_prompts": None, "gen_prompts": 5,
-            "train": TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_strengths": (0.5,),
+            "train": TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_total_strengths": (0.5,),
             "gen_samples": 2, "gen_tokens": 6, "long_refresh": (1, 2), "long_prompts": 2, "long_tokens": 16,
             "long_window": 8, "multi_samples": 1, "mwe_behaviors": ("toy-behaviour",), "mwe_items": None}
     base.update(overrides)
@@ -84,7 +84,7 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
         (c, m, d) for c in WORDS for m in STEERED_METHODS for d in (1, -1)}
     for r in lik:
         assert r["n_test"] == 7  # 10 prompts: 3 validation, 7 test
-        assert r["strength"] * r["direction"] in (0.2, 0.6)
+        assert r["total_strength"] * r["direction"] in (0.2, 0.6)
         assert 0.0 <= r["steerable_rate"] <= 1.0 and 0.0 <= r["anti_steerable"] <= 1.0
         assert torch.isfinite(torch.tensor([r["mean_shift"], r["mean_slope"]])).all()
     assert len(tables["slopes"]) == len(lik) * 7

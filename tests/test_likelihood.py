@@ -8,7 +8,7 @@ import torch
 from helpers import random_field
 
 from svf.eval.likelihood import completion_logprobs
-from svf.eval.methods import build_methods, steering, strength_unit
+from svf.eval.methods import build_methods, steering, total_strength_unit
 from svf.generation import format_prompts
 
 PROMPTS = ["hi", "tell me a story about a cat", "ok?"]
@@ -41,7 +41,7 @@ def test_steering_acts_where_generation_steers(tiny):
     model, tok = tiny
     field = random_field(model)
     methods = build_methods(field, field.steer_layers, field.steer_layers[0])
-    unit = strength_unit(field, field.steer_layers)
+    unit = total_strength_unit(field, field.steer_layers)
     prompt, completion = PROMPTS[1], "abcdefgh"
     base = completion_logprobs(model, tok, [prompt], [completion])
     p = tok(format_prompts(tok, [prompt])[0], add_special_tokens=False).input_ids
@@ -58,12 +58,13 @@ def test_steering_acts_where_generation_steers(tiny):
 
 
 def test_methods_split_total_displacement(tiny):
-    """A 2-layer method moves each layer by half the total; base and strength 0 steer nothing."""
+    """A 2-layer method moves each layer by half the total; base and total strength 0 steer
+    nothing."""
     model, _ = tiny
     field = random_field(model, steer_layers=(1, 2))
     methods = build_methods(field, (1, 2), 2)
     assert list(methods) == ["base", "caa-1", "caa-multi", "svf-1", "svf-shared"]
-    unit = strength_unit(field, (1, 2))
+    unit = total_strength_unit(field, (1, 2))
     assert unit == pytest.approx((field.mean_norm(1) + field.mean_norm(2)) / 2)
     ctx = steering(model, methods["caa-multi"], 0.4, unit)
     assert ctx.alphas == {1: pytest.approx(0.2 * unit), 2: pytest.approx(0.2 * unit)}

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import random_field
+from helpers import random_field, tiny_model
 
+import svf
 from svf.hf import decoder_layers
-from svf.steering import steer
+from svf.steering import Steering, steer
 from svf_kernels import FusedSteeringField, SVFArgumentError
 
 PROMPTS = ["the weather today", "a movie", "my friend said that it was"]
@@ -215,5 +216,92 @@ def test_scores_are_recorded_per_position(tiny):
         _generate(model, enc, n=3)
     got = s.scores_by_position()
     P = enc["input_ids"].shape[1]
-    assert [(b, t) for b, t, _ in got] == [(b, P - 1 + k) for k in range(3) for b in range(len(PROMPTS))]
+    want = [(b, P - 1 + k) for k in range(3) for b in range(len(PROMPTS))]
+    assert [(b, t) for b, t, _ in got] == want
     assert all(sc.shape == (1,) and torch.isfinite(sc).all() for _, _, sc in got)
+
+
+def _snapshot(model):
+    """Everything attach could change: layer objects, hooks, parameters and buffers."""
+    return ([id(m) for m in model.modules()],
+            [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def _unchanged(model, before) -> bool:
+    ids, hooks, state = _snapshot(model)
+    return (ids == before[0] and hooks == before[1] and state.keys() == before[2].keys()
+            and all(torch.equal(state[k], v) for k, v in before[2].items()))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_field_for_another_model_size_is_refused_before_anything_changes(kind):
+    """A field trained for another hidden size or layer count is refused by steer() and
+    steer_requests(), with the wording of load_field(..., model=...), and the model is left
+    untouched; a field for this model still steers it."""
+    model = tiny_model(kind, layers=4, d=64)
+    narrow = random_field(tiny_model(kind, layers=4, d=32), concept="narrow")
+    deep = random_field(tiny_model(kind, layers=6, d=64), layers=(0, 1, 2, 3), concept="deep")
+    before = _snapshot(model)
+    cases = ((narrow, "field 'narrow' is for hidden_size 32 but the model has 64"),
+             (deep, "field 'deep' is for a model with 6 layers but the model has 4"))
+    for field, message in cases:
+        with pytest.raises(SVFArgumentError, match=message):
+            steer(model, field, strength=1.0)
+        with pytest.raises(SVFArgumentError, match=message):
+            steer(model, [random_field(model), field], strength=1.0, layers=[1])
+        with pytest.raises(SVFArgumentError, match=message):
+            svf.steer_requests(model, {"mine": random_field(model), "foreign": field})
+        assert _unchanged(model, before)
+    with steer(model, random_field(model), strength=1.0):
+        pass
+    assert _unchanged(model, before)
+
+
+def test_attach_refuses_a_model_of_another_size(tiny):
+    """A Steering built for one model refuses, at attach(), a model of another hidden size or
+    layer count, leaving it untouched; so does a Steering built from a row field of another
+    width."""
+    model, _ = tiny
+    kind = "llama" if hasattr(model, "model") else "gpt2"
+    s = steer(model, random_field(model), strength=1.0)
+    for other, message in ((tiny_model(kind, vocab_size=model.config.vocab_size, d=32),
+                            "this steering is for hidden_size 64 but the model has 32"),
+                           (tiny_model(kind, vocab_size=model.config.vocab_size, layers=6),
+                            "this steering is for a model with 4 layers but the model has 6")):
+        before = _snapshot(other)
+        s.model = other
+        with pytest.raises(SVFArgumentError, match=message):
+            s.attach()
+        assert not s.attached and _unchanged(other, before)
+    small = tiny_model(kind, vocab_size=model.config.vocab_size, d=32)
+    with pytest.raises(SVFArgumentError,
+                       match="the field at layer 1 is for hidden_size 64 but the model has 32"):
+        Steering(small, {1: random_field(model).row_field(1)}, {1: 1.0})
+
+
+def test_set_row_inputs_updates_the_attached_wrapper(tiny):
+    model, tok = tiny
+    enc = _batch(tok)
+    field = random_field(model, steer_layers=(1,))
+    with steer(model, field, alpha=1.0) as s:
+        s.set_row_inputs(1, 2.5)
+        assert decoder_layers(model)[1].alpha == 2.5 and s.alphas[1] == 2.5
+        rec = Recorder(s, 1)
+        with torch.no_grad():
+            model(**enc)
+        norms = rec.deltas[0][:, -1].norm(dim=-1)
+        assert torch.allclose(norms, torch.full_like(norms, 2.5), rtol=1e-4)
+        per_row = torch.tensor([0.5, 1.0, 1.5])
+        s.set_row_inputs(1, per_row)
+        held = decoder_layers(model)[1].alpha
+        assert held is s.alphas[1] and held.tolist() == [0.5, 1.0, 1.5]
+        s.set_row_inputs(1, torch.tensor([3.0, 2.0, 1.0]))  # same shape: copied in place
+        assert decoder_layers(model)[1].alpha is held and held.tolist() == [3.0, 2.0, 1.0]
+        assert per_row.tolist() == [0.5, 1.0, 1.5]  # the caller's tensor is never written
+        with pytest.raises(SVFArgumentError, match="layer 0 is not steered"):
+            s.set_row_inputs(0, 1.0)
+        with pytest.raises(SVFArgumentError, match="field_ids must be given exactly"):
+            s.set_row_inputs(1, 1.0, torch.zeros(3, dtype=torch.long))
+        with pytest.raises(SVFArgumentError, match="alpha must be"):
+            s.set_row_inputs(1, float("nan"))

@@ -11,15 +11,15 @@ with a score of +inf (softmin weight exactly 0) and hidden units with zeros (no 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from svf_kernels import FieldTable, SVFArgumentError
+from svf_kernels import SVFArgumentError
 
 from .arguments import check_bool, check_number
+from .field_packing import check_fits_model, check_train_layers, field_table, mean_norm
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
 from .steering_field import SteeringField
@@ -30,23 +30,9 @@ FieldEntry = SteeringField | Sequence[SteeringField]
 def _concepts(name: str, entry: FieldEntry) -> list[SteeringField]:
     items = [entry] if isinstance(entry, SteeringField) else list(entry)
     if not items or not all(isinstance(f, SteeringField) for f in items):
-        raise SVFArgumentError(f"field {name!r} must be a SteeringField or a non-empty sequence of them")
+        raise SVFArgumentError(f"field {name!r} must be a SteeringField or a non-empty sequence "
+                               "of them")
     return items
-
-
-def _table(entries: list[list[SteeringField]], layer: int, tau: float, normalize: bool) -> FieldTable:
-    """The F entries' folded scorers at ``layer``, padded to common C and m."""
-    folded = [[f.scorer.fold(layer) for f in concepts] for concepts in entries]
-    F, d = len(folded), folded[0][0].A.shape[-1]
-    C = max(len(x) for x in folded)
-    m = max(x.A.shape[0] for concepts in folded for x in concepts)
-    A, c, w2 = torch.zeros(F, C, m, d), torch.zeros(F, C, m), torch.zeros(F, C, m)
-    b2 = torch.full((F, C), math.inf)  # padded concepts: score +inf, softmin weight 0
-    for f, concepts in enumerate(folded):
-        for k, x in enumerate(concepts):
-            mk = x.A.shape[0]
-            A[f, k, :mk], c[f, k, :mk], w2[f, k, :mk], b2[f, k] = x.A, x.c, x.w2, x.b2.reshape(())
-    return FieldTable(A, c, w2, b2, tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps)
 
 
 class BatchSteering:
@@ -70,10 +56,8 @@ class BatchSteering:
                 raise SVFArgumentError(f"field names must be non-empty strings, got {name!r}")
         self.names = list(fields)
         entries = [_concepts(n, fields[n]) for n in self.names]
-        d = entries[0][0].hidden_size
-        for name, concepts in zip(self.names, entries):
-            if any(f.hidden_size != d for f in concepts):
-                raise SVFArgumentError(f"field {name!r} has hidden size other than {d}")
+        for concepts in entries:
+            check_fits_model(concepts, model)  # so every field has the same hidden size too
         # The layers each entry steers: ``layers`` for all, else its first concept's own.
         layers = layer_list(layers) if layers is not None else None
         own = {n: tuple(layers) if layers is not None else tuple(e[0].steer_layers)
@@ -81,11 +65,10 @@ class BatchSteering:
         for name, concepts in zip(self.names, entries):
             if not own[name]:
                 raise SVFArgumentError(f"field {name!r} steers no layer")
-            for f in concepts:
-                outside = [i for i in own[name] if i not in f.train_layers]
-                if outside:
-                    raise SVFArgumentError(f"field {name!r}: layers {outside} are outside the "
-                                           f"training layers {list(f.train_layers)}")
+            try:
+                check_train_layers(concepts, own[name])
+            except SVFArgumentError as exc:
+                raise SVFArgumentError(f"field {name!r}: {exc}") from None
         self.layers = sorted({i for ls in own.values() for i in ls})
         check_layers(model, self.layers, "steering layers")
         device = next(model.parameters()).device
@@ -93,19 +76,20 @@ class BatchSteering:
         tables, self._id_map, self._norms = {}, {}, {}
         for i in self.layers:
             members = [g for g, n in enumerate(self.names) if i in own[n]]
-            tables[i] = _table([entries[g] for g in members], i, tau, normalize).to(device)
+            tables[i] = field_table([entries[g] for g in members], i, tau=tau,
+                                    normalize=normalize).to(device)
             id_map = torch.full((len(self.names) + 1,), -1, dtype=torch.long)  # [global id + 1]
             norms = torch.zeros(len(self.names) + 1)
             for local, g in enumerate(members):
                 id_map[g + 1] = local
-                norms[g + 1] = sum(f.mean_norm(i) for f in entries[g]) / len(entries[g])
+                norms[g + 1] = mean_norm(entries[g], i)
             self._id_map[i], self._norms[i] = id_map.to(device), norms.to(device)
-        # Per-layer per-row tensors, updated in place while the batch size stays (so a
-        # compiled forward keeps seeing the same tensors); empty until set_requests.
-        self._alpha = {i: torch.zeros(0, device=device) for i in self.layers}
-        self._ids = {i: torch.zeros(0, dtype=torch.long, device=device) for i in self.layers}
-        self.steering = Steering(model, tables, self._alpha, refresh=refresh, positions=positions,
-                                 field_ids=self._ids)
+        # Per-layer per-row tensors, empty until set_requests; Steering.set_row_inputs updates
+        # them in place while the batch size stays (a compiled forward keeps the same tensors).
+        alphas = {i: torch.zeros(0, device=device) for i in self.layers}
+        ids = {i: torch.zeros(0, dtype=torch.long, device=device) for i in self.layers}
+        self.steering = Steering(model, tables, alphas, refresh=refresh, positions=positions,
+                                 field_ids=ids)
 
     # -- per call -------------------------------------------------------------------------
     def set_requests(self, fields: Sequence[str | None], strengths: float | Sequence[float] = 0.0
@@ -113,7 +97,8 @@ class BatchSteering:
         """Row ``r`` of the next batches is steered by ``fields[r]`` (None: unsteered) at
         ``strengths[r]`` (one number: every row). Checked here, once, on the host."""
         if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
-            raise SVFArgumentError("fields must be a non-empty sequence of field names (or None), one per row")
+            raise SVFArgumentError("fields must be a non-empty sequence of field names (or None), "
+                                   "one per row")
         B = len(fields)
         index = {n: g for g, n in enumerate(self.names)}
         unknown = sorted({f for f in fields if f is not None and f not in index}, key=str)
@@ -122,8 +107,8 @@ class BatchSteering:
         if isinstance(strengths, (int, float)) and not isinstance(strengths, bool):
             strengths = [float(strengths)] * B
         if isinstance(strengths, str) or not isinstance(strengths, Sequence):
-            raise SVFArgumentError(f"strengths must be a number or a sequence of numbers, one per row, "
-                                   f"got {type(strengths).__name__}")
+            raise SVFArgumentError("strengths must be a number or a sequence of numbers, one per "
+                                   f"row, got {type(strengths).__name__}")
         strengths = list(strengths)
         if len(strengths) != B:
             raise SVFArgumentError(f"strengths has {len(strengths)} entries but fields has {B}")
@@ -133,19 +118,11 @@ class BatchSteering:
         g1 = g1.to(self.device)
         s = torch.tensor(strengths, dtype=torch.float32, device=self.device)
         for i in self.layers:
-            ids = self._id_map[i][g1]
-            alpha = s * self._norms[i][g1]
-            if self._ids[i].shape[0] == B:  # same batch size: in place, same tensors
-                self._ids[i].copy_(ids)
-                self._alpha[i].copy_(alpha)
-            else:
-                self._ids[i], self._alpha[i] = ids, alpha
-                wrapper = self.steering._wrappers.get(i)
-                if wrapper is not None:
-                    wrapper.field_ids, wrapper.alpha = ids, alpha
+            self.steering.set_row_inputs(i, s * self._norms[i][g1], self._id_map[i][g1])
         return self
 
-    def generate(self, *args, fields: Sequence[str | None], strengths: float | Sequence[float] = 0.0,
+    def generate(self, *args, fields: Sequence[str | None],
+                 strengths: float | Sequence[float] = 0.0,
                  **kwargs):
         """``model.generate(*args, **kwargs)`` with row ``r`` steered by ``fields[r]``."""
         self.set_requests(fields, strengths)

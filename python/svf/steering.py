@@ -21,10 +21,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from svf_kernels import FusedSteeringField, PackedField, RowField, SVFArgumentError
+from svf_kernels import FusedSteeringField, RowField, SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .hf import check_layers, check_model, decoder_layers, decoder_layers_path, layer_list
+from .field_packing import (
+    check_fits_model,
+    check_train_layers,
+    mean_norm,
+    model_mismatch,
+    packed_field,
+)
+from .hf import (
+    check_layers,
+    check_model,
+    decoder_layers,
+    decoder_layers_path,
+    hidden_size,
+    layer_list,
+    num_layers,
+)
 from .positions import PositionTracker
 from .steering_field import SteeringField
 
@@ -32,7 +47,12 @@ STEER_METHODS = ("svf", "caa")
 
 
 class Steering:
-    """Steer ``model`` with one row field per layer; ``alphas[layer]`` is the L2 displacement."""
+    """Steer ``model`` with one row field per layer; ``alphas[layer]`` is the L2 displacement.
+
+    The row fields must be as wide as the model's residual stream; the model's size is
+    recorded here and checked again by :meth:`attach`, so a steering never attaches to a model
+    of another hidden size or layer count.
+    """
 
     def __init__(
         self,
@@ -52,12 +72,19 @@ class Steering:
         missing = sorted(set(layer_fields) - set(alphas))
         if missing:
             raise SVFArgumentError(f"no alpha given for steering layers {missing}")
+        self.hidden_size, self.num_layers = hidden_size(model), num_layers(model)
+        for i, field in layer_fields.items():
+            width = getattr(field, "hidden_size", self.hidden_size)  # a custom RowField may not say
+            problem = model_mismatch(f"the field at layer {i}", width, None, model)
+            if problem:
+                raise SVFArgumentError(problem)
         self.model = model
         self.layer_fields = dict(sorted(layer_fields.items()))
         self.alphas = alphas
         self.tracker = PositionTracker(refresh, positions)
         if record_scores and positions == "last":
-            raise SVFArgumentError("record_scores needs the position tracker: use positions='default'")
+            raise SVFArgumentError("record_scores needs the position tracker: "
+                                   "use positions='default'")
         self.record_scores = record_scores
         self.field_ids = field_ids or {}
         self.trace: list[dict[str, torch.Tensor]] = []
@@ -74,7 +101,8 @@ class Steering:
         """Wrap the steering layers.
 
         Raises :class:`SVFArgumentError`, changing nothing, if this steering is already
-        attached or if another attached steering already steers one of its layers (steer
+        attached, if ``model`` is not of the hidden size and layer count this steering was
+        built for, or if another attached steering already steers one of its layers (steer
         with several fields in one call instead). Steerings of disjoint layers may be
         attached together: each steers its own layers as it would alone, and they detach in
         any order. An exception (or ``KeyboardInterrupt``) part way through puts back the
@@ -82,6 +110,10 @@ class Steering:
         """
         if self.attached:
             raise SVFArgumentError("this steering is already attached")
+        check_model(self.model)
+        problem = model_mismatch("this steering", self.hidden_size, self.num_layers, self.model)
+        if problem:
+            raise SVFArgumentError(problem)
         layers = decoder_layers(self.model)
         for i in self.layer_fields:
             if isinstance(layers[i], FusedSteeringField):
@@ -117,6 +149,39 @@ class Steering:
         self._restore()
         self._attached = False  # last: a detach interrupted part way can simply be called again
 
+    def set_row_inputs(self, layer: int, alpha: float | torch.Tensor,
+                       field_ids: torch.Tensor | None = None) -> None:
+        """Set ``layer``'s strength (a float or ``[B]`` per-row tensor) and, for a field table,
+        its ``[B]`` per-row field ids, for the next forward passes.
+
+        A tensor of the shape, dtype and device already held is copied into it in place, so a
+        compiled forward keeps reading the same tensors; any other value replaces it (a tensor
+        by a copy, so later calls never write into the caller's tensor), here and in the
+        attached wrapper.
+        """
+        if layer not in self.layer_fields:
+            raise SVFArgumentError(f"layer {layer!r} is not steered; steered: "
+                                   f"{list(self.layer_fields)}")
+        if (field_ids is None) != (layer not in self.field_ids):
+            raise SVFArgumentError("field_ids must be given exactly when the layer's field is a "
+                                   "FieldTable")
+        if isinstance(alpha, torch.Tensor):
+            if alpha.dim() != 1 or not alpha.is_floating_point():
+                raise SVFArgumentError(f"alpha must be a float or a [B] float tensor, got "
+                                       f"{alpha.dtype} {tuple(alpha.shape)}")
+        else:
+            check_number(alpha, "alpha")
+        if field_ids is not None and (not isinstance(field_ids, torch.Tensor)
+                                      or field_ids.dim() != 1 or field_ids.is_floating_point()
+                                      or field_ids.dtype == torch.bool):
+            raise SVFArgumentError("field_ids must be a [B] integer tensor")
+        self.alphas[layer] = _in_place(self.alphas[layer], alpha)
+        if field_ids is not None:
+            self.field_ids[layer] = _in_place(self.field_ids[layer], field_ids)
+        wrapper = self._wrappers.get(layer)
+        if wrapper is not None:
+            wrapper.alpha, wrapper.field_ids = self.alphas[layer], self.field_ids.get(layer)
+
     def _restore(self) -> None:
         layers = decoder_layers(self.model)
         for i, original in self._originals.items():
@@ -137,13 +202,15 @@ class Steering:
         return self.tracker.plan
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        ids = kwargs.get("input_ids", first)
         ref = ids if ids is not None else kwargs.get("inputs_embeds")
         if ref is None:
             raise SVFArgumentError("steering needs input_ids or inputs_embeds in the forward call")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         self._length = ref.shape[1]
-        self.tracker.start_forward(ids, ref.shape[0], ref.shape[1], kwargs.get("attention_mask"), cache)
+        self.tracker.start_forward(ids, ref.shape[0], ref.shape[1], kwargs.get("attention_mask"),
+                                   cache)
 
     def _record(self, module: FusedSteeringField, args: tuple, out: Any) -> None:
         plan, scores = self.tracker.plan, module.last_scores
@@ -172,9 +239,21 @@ class Steering:
         ]
 
 
+def _in_place(held: object, value: float | torch.Tensor) -> float | torch.Tensor:
+    """``held`` with ``value`` copied in when both are tensors of one shape, dtype and device;
+    else ``value`` (a copy of it if a tensor)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if (isinstance(held, torch.Tensor) and held.shape == value.shape and held.dtype == value.dtype
+            and held.device == value.device):
+        return held.copy_(value)
+    return value.clone()
+
+
 def _as_list(fields: SteeringField | Sequence[SteeringField]) -> list[SteeringField]:
     if not isinstance(fields, (SteeringField, Sequence)) or isinstance(fields, str):
-        raise SVFArgumentError(f"fields must be a SteeringField or a non-empty sequence of them, got {fields!r}")
+        raise SVFArgumentError(f"fields must be a SteeringField or a non-empty sequence of them, "
+                               f"got {fields!r}")
     items = [fields] if isinstance(fields, SteeringField) else list(fields)
     if not items or not all(isinstance(f, SteeringField) for f in items):
         raise SVFArgumentError("fields must be a SteeringField or a non-empty sequence of them")
@@ -197,12 +276,15 @@ def steer(
 ) -> Steering:
     """Build (not yet attached) steering of ``model`` by one or several concept fields.
 
-    ``strength`` is relative (``alpha = strength * mean_norm[layer]``, the training mean
-    activation norm); ``alpha`` is an absolute L2 displacement per layer; give one of them
-    (neither: the field's default strength). ``layers`` defaults to the first field's
-    steering layers; several fields at one layer combine by softmin (``tau``).
-    ``method="caa"`` steers the same layers with the fields' CAA vectors instead (summed
-    over fields), so the two methods differ only in the field.
+    ``strength`` is relative and per layer: every steered layer moves by
+    ``alpha = strength * mean_norm[layer]`` (the training mean activation norm there, averaged
+    over the fields), so steering more layers pushes more in total (docs/STEERING.md).
+    ``alpha`` is an absolute L2 displacement per layer. Give one of them (neither: the first
+    field's ``default_strength``). ``layers`` defaults to the first field's steering layers;
+    several fields at one layer combine by softmin (``tau``). ``method="caa"`` steers the same
+    layers with the fields' CAA vectors instead (summed over fields), so the two methods differ
+    only in the field. A field trained for another hidden size or layer count is refused here
+    (:class:`SVFArgumentError`), before anything is built.
     """
     check_model(model)
     items = _as_list(fields)
@@ -215,46 +297,28 @@ def steer(
     for name, value in (("strength", strength), ("alpha", alpha)):
         if value is not None:
             check_number(value, name)
-    d = items[0].hidden_size
-    if any(f.hidden_size != d for f in items):
-        raise SVFArgumentError("all fields must have the same hidden size")
+    check_fits_model(items, model)  # so every field has the same hidden size too
     layers = layer_list(layers) if layers is not None else list(items[0].steer_layers)
     if not layers:
         raise SVFArgumentError("layers is empty: give at least one layer to steer")
     if len(set(layers)) != len(layers):
         raise SVFArgumentError(f"layers has duplicates: {layers}")
-    for f in items:
-        outside = [i for i in layers if i not in f.train_layers]
-        if outside:
-            raise SVFArgumentError(
-                f"layers {outside} are outside the training layers {list(f.train_layers)} "
-                f"of field {f.concept!r}"
-            )
+    check_train_layers(items, layers)
     if strength is None and alpha is None:
         strength = items[0].default_strength
     layer_fields: dict[int, RowField] = {}
     alphas: dict[int, float] = {}
     for i in layers:
         if method == "svf":
-            folded = [f.scorer.fold(i) for f in items]
-            m = max(x.A.shape[0] for x in folded)  # scorers of other widths: pad units with
-            pad = [m - x.A.shape[0] for x in folded]  # zeros (they add exactly nothing)
-            layer_fields[i] = PackedField(
-                torch.stack([nn.functional.pad(x.A, (0, 0, 0, p)) for x, p in zip(folded, pad)]),
-                torch.stack([nn.functional.pad(x.c, (0, p)) for x, p in zip(folded, pad)]),
-                torch.stack([nn.functional.pad(x.w2, (0, p)) for x, p in zip(folded, pad)]),
-                torch.cat([x.b2 for x in folded]),
-                tau=tau, normalize=normalize, eps=items[0].scorer.config.eps,
-            )
+            layer_fields[i] = packed_field(items, i, tau=tau, normalize=normalize)
         else:
-            layer_fields[i] = items[0].row_field(i, "caa") if len(items) == 1 else _summed_caa(items, i)
-        if alpha is not None:
-            alphas[i] = float(alpha)
-        else:
-            alphas[i] = float(strength) * sum(f.mean_norm(i) for f in items) / len(items)
+            layer_fields[i] = (items[0].row_field(i, "caa") if len(items) == 1
+                               else _summed_caa(items, i))
+        alphas[i] = float(alpha) if alpha is not None else float(strength) * mean_norm(items, i)
     device = next(model.parameters()).device
     layer_fields = {i: f.to(device) for i, f in layer_fields.items()}
-    return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions, record_scores=record_scores)
+    return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions,
+                    record_scores=record_scores)
 
 
 def _summed_caa(items: list[SteeringField], layer: int) -> RowField:

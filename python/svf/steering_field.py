@@ -15,6 +15,10 @@ from .scorer import ConceptScorer, ScorerConfig
 
 _SCORER_TENSORS = ("R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2")
 
+#: Per-layer relative strength used when none is given (docs/STEERING.md); a saved artifact
+#: keeps the value stored in it.
+DEFAULT_STRENGTH = 0.15
+
 
 @dataclass
 class SteeringField:
@@ -22,6 +26,8 @@ class SteeringField:
 
     ``mean_norms[i]`` is the mean L2 norm of training layer ``train_layers[i]`` (for relative
     strengths); ``caa[i]`` the CAA mean-difference vector there (the static baseline).
+    ``default_strength`` is the per-layer relative strength :func:`svf.steer` uses when given
+    neither ``strength`` nor ``alpha``.
     """
 
     scorer: ConceptScorer
@@ -31,7 +37,7 @@ class SteeringField:
     steer_layers: tuple[int, ...]
     mean_norms: torch.Tensor
     caa: torch.Tensor
-    default_strength: float = 0.5
+    default_strength: float = DEFAULT_STRENGTH
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,6 @@ import torch
 
 from ..arguments import check_int
 from ..data import TEST_PROMPTS, min_split_size, sentiment_pairs
-from ..eval.judges import vader_compound
 from ..generation import generate
 from ..models import load_model
 from ..steering import steer
@@ -20,7 +19,7 @@ from ..training import TrainConfig, train_field
 
 DEMO_TRAIN_LAYERS = tuple(range(12, 22))
 DEMO_STEER_LAYERS = (16, 18, 20)
-DEMO_STRENGTH = 0.15
+DEMO_STRENGTH = 0.15  # relative strength per steered layer, as svf.steer takes it
 DEMO_FRACTIONS = (0.5, 0.17, 0.33)
 
 DEMO_RUNS = (
@@ -50,6 +49,9 @@ def run_demo(
     check_int(max_new_tokens, "max_new_tokens", minimum=1)
     check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)
     check_int(width, "width", minimum=2)
+    # the judge needs the 'eval' extra: fail before minutes of training, not after
+    from ..eval.judges import vader_compound
+
     torch.manual_seed(seed)
     t0 = time.time()
     model, tok = load_model()

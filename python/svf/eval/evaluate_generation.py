@@ -1,10 +1,10 @@
 """Open-ended, long-form and multi-attribute evaluation.
 
-Continuations are sampled under each method at *matched total displacement* (the strength is
-a total over the layers a method steers, :func:`svf.eval.methods.steering`), judged by judges
+Continuations are sampled under each method at *matched total displacement* (a total strength,
+split over the layers a method steers, :func:`svf.eval.methods.steering`), judged by judges
 independent of the steered model (scores in [-1, 1], + = the concept's positive side), and
 scored for fluency (perplexity under the *unsteered* model) and repetition (distinct-2).
-Strengths are fixed in the configuration, the same for every method, so nothing here is
+Total strengths are fixed in the configuration, the same for every method, so nothing here is
 chosen on test prompts.
 """
 
@@ -53,53 +53,54 @@ def _judged_row(base: Mapping[str, torch.Tensor], steered: Mapping[str, torch.Te
 
 
 def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
-               strengths: Sequence[float], judges: Mapping[str, Judge], *, n_prompts: int | None = None,
-               samples: int = 3,
-               max_new_tokens: int = 48, chat: bool = True, seed: int = 0,
-               examples: list | None = None) -> list[dict]:
-    """Every method, both directions, every strength, on the concept's first ``n_prompts`` test
-    prompts (all when None): per judge
-    the mean score, the shift in the requested direction, and the shares of samples moved the
-    right / wrong way from their prompt's unsteered mean; fluency and repetition."""
+               total_strengths: Sequence[float], judges: Mapping[str, Judge], *,
+               n_prompts: int | None = None, samples: int = 3, max_new_tokens: int = 48,
+               chat: bool = True, seed: int = 0, examples: list | None = None) -> list[dict]:
+    """Every method, both directions, every total strength, on the concept's first
+    ``n_prompts`` test prompts (all when None): per judge the mean score, the shift in the
+    requested direction, and the shares of samples moved the right / wrong way from their
+    prompt's unsteered mean; fluency and repetition."""
     prompts = concept.test_prompts[:n_prompts]
     kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
     base_cont = sample(model, tokenizer, prompts, **kw)
     base = {name: _scores(j, base_cont) for name, j in judges.items()}
-    rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "strength": 0.0,
+    rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "total_strength": 0.0,
              **{f"{name}_score": float(b.mean()) for name, b in base.items()},
              **_fluency(model, base_cont), "n_prompts": len(prompts),
              "samples": samples}]
     if examples is not None:
-        examples.append({"concept": concept.name, "method": "base", "direction": 0, "strength": 0.0,
+        examples.append({"concept": concept.name, "method": "base", "direction": 0, "total_strength": 0.0,
                          "prompt": prompts[0], "text": base_cont.texts[0]})
-    todo = [(m, d, s) for m in methods.values() if m.fields for d in (1, -1) for s in strengths]
-    for method, direction, strength in tqdm(todo, desc=f"open-ended {concept.name}"):
-        with steering(model, method, direction * strength, unit):
+    todo = [(m, d, s) for m in methods.values() if m.fields for d in (1, -1) for s in total_strengths]
+    for method, direction, total in tqdm(todo, desc=f"open-ended {concept.name}"):
+        with steering(model, method, direction * total, unit):
             cont = sample(model, tokenizer, prompts, **kw)
         scores = {name: _scores(j, cont) for name, j in judges.items()}
         rows.append({"concept": concept.name, "method": method.name,
                      "layers": "+".join(map(str, method.layers)), "direction": direction,
-                     "strength": strength, **_judged_row(base, scores, direction),
+                     "total_strength": total, **_judged_row(base, scores, direction),
                      **_fluency(model, cont), "n_prompts": len(prompts), "samples": samples})
         if examples is not None:
             examples.append({"concept": concept.name, "method": method.name, "direction": direction,
-                             "strength": strength, "prompt": prompts[0], "text": cont.texts[0]})
+                             "total_strength": total, "prompt": prompts[0], "text": cont.texts[0]})
     return rows
 
 
 def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
-              strength: float, judge: Judge, *, refreshes: Sequence[int] = (1, 2, 4),
+              total_strength: float, judge: Judge, *, refreshes: Sequence[int] = (1, 2, 4),
               n_prompts: int = 16, length: int = 256, window: int = 32, chat: bool = True,
               seed: int = 0) -> list[dict]:
-    """``length``-token continuations (end of sequence suppressed) toward the concept, scored
-    per ``window``-token window: judge score and unsteered perplexity, for the unsteered model,
-    static CAA on the SVF layers, and shared-space SVF at each refresh interval K."""
+    """``length``-token continuations (end of sequence suppressed) toward the concept at
+    ``total_strength``, scored per ``window``-token window: judge score and unsteered
+    perplexity, for the unsteered model, static CAA on the SVF layers, and shared-space SVF at
+    each refresh interval K."""
     prompts = concept.test_prompts[:n_prompts]
     runs = [("base", methods["base"], 1), ("caa-multi", methods["caa-multi"], 1)]
     runs += [(f"svf-shared K={k}", methods["svf-shared"], k) for k in refreshes]
     rows = []
     for label, method, k in tqdm(runs, desc=f"long-form {concept.name}"):
-        with steering(model, method, strength if method.fields else 0.0, unit, refresh=k):
+        total = total_strength if method.fields else 0.0
+        with steering(model, method, total, unit, refresh=k):
             cont = sample(model, tokenizer, prompts, samples=1, max_new_tokens=length,
                           min_new_tokens=length, chat=chat, seed=seed)
         nll = token_nll(model, cont)
@@ -109,7 +110,7 @@ def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method],
                 continue
             texts = tokenizer.batch_decode([p for p, _ in pieces], skip_special_tokens=True)
             rows.append({"concept": concept.name, "run": label, "method": method.name, "refresh": k,
-                         "strength": strength if method.fields else 0.0, "window": w, "start": a,
+                         "total_strength": total, "window": w, "start": a,
                          "score": sum(judge(texts)) / len(texts),
                          "ppl_median": median(perplexity(x) for _, x in pieces),
                          "distinct2": distinct_n([p for p, _ in pieces], 2), "n": len(pieces)})
@@ -117,7 +118,7 @@ def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method],
 
 
 def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layers: Sequence[int],
-                    unit: float, strength: float, judges: Mapping[str, Judge],
+                    unit: float, total_strength: float, judges: Mapping[str, Judge],
                     prompts: Sequence[str], *, combos: Sequence[Sequence[str]],
                     samples: int = 2, max_new_tokens: int = 48, chat: bool = True,
                     seed: int = 0) -> list[dict]:
@@ -127,15 +128,15 @@ def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layer
     kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
     base_cont = sample(model, tokenizer, prompts, **kw)
     base = {c: _scores(judges[c], base_cont) for c in fields}
-    rows = [{"combo": "", "method": "base", "strength": 0.0, **_fluency(model, base_cont),
+    rows = [{"combo": "", "method": "base", "total_strength": 0.0, **_fluency(model, base_cont),
              **{f"{c}_score": float(base[c].mean()) for c in fields}}]
-    per_layer = strength * unit / len(layers)
+    per_layer = total_strength * unit / len(layers)  # as svf.eval.methods.steering splits it
     todo = [(combo, m) for combo in combos for m in ("svf", "caa")]
     for combo, method in tqdm(todo, desc="multi-attribute"):
         with steer(model, [fields[c] for c in combo], alpha=per_layer, layers=layers, method=method):
             cont = sample(model, tokenizer, prompts, **kw)
         row = {"combo": "+".join(combo), "method": "softmin-svf" if method == "svf" else "summed-caa",
-               "strength": strength, **_fluency(model, cont)}
+               "total_strength": total_strength, **_fluency(model, cont)}
         for c in combo:
             s = _scores(judges[c], cont)
             shares = moved_shares(base[c], s, 1)

@@ -1,9 +1,10 @@
 """Likelihood steerability of every method (the likelihood measure of docs/DESIGN.md §8).
 
-Per method: a strength sweep on the validation prompts picks the strength (largest mean gap
-shift in the requested direction); the test prompts are then read once, at strengths
-``0, s/2, s`` (and their negatives for the other direction), for the mean gap shift, the
-steerable rate, the per-input slope and the anti-steerable fraction.
+Per method: a sweep of total strengths (:mod:`svf.eval.methods`: a total displacement split
+over the method's layers) on the validation prompts picks the total strength T (largest mean
+gap shift in the requested direction); the test prompts are then read once, at total strengths
+``0, T/2, T`` (negative for the other direction), for the mean gap shift, the steerable rate,
+the per-input slope and the anti-steerable fraction.
 """
 
 from __future__ import annotations
@@ -26,27 +27,29 @@ class LikelihoodResult:
 
     method: str
     direction: int
-    sweep: list[float]  # validation strengths (signed)
-    val_shift: list[float]  # mean validation gap shift per sweep strength (requested direction)
-    strength: float  # chosen on validation
-    test_strengths: list[float]
-    test_gaps: torch.Tensor  # [len(test_strengths), P_test]
+    sweep: list[float]  # validation total strengths (signed)
+    val_shift: list[float]  # mean validation gap shift per sweep entry (requested direction)
+    total_strength: float  # chosen on validation
+    test_total_strengths: list[float]
+    test_gaps: torch.Tensor  # [len(test_total_strengths), P_test]
     stats: dict  # from metrics.steerability on the test gaps
 
     def row(self) -> dict:
         s = self.stats
-        return {"method": self.method, "direction": self.direction, "strength": self.strength,
+        return {"method": self.method, "direction": self.direction,
+                "total_strength": self.total_strength,
                 "mean_shift": float(s["mean_shift"]), "steerable_rate": float(s["steerable_rate"]),
                 "anti_steerable": float(s["anti_steerable"]), "mean_slope": float(s["mean_slope"]),
                 "n_test": int(self.test_gaps.shape[1])}
 
 
 def gaps(model, tokenizer, concept: Concept, prompts: Sequence[str], method: Method,
-         strengths: Sequence[float], unit: float, *, chat: bool = True,
+         total_strengths: Sequence[float], unit: float, *, chat: bool = True,
          batch_size: int = 32) -> torch.Tensor:
-    """``[len(strengths), len(prompts)]`` likelihood gaps (positive minus negative completions)."""
+    """``[len(total_strengths), len(prompts)]`` likelihood gaps (positive minus negative
+    completions), one row per total strength."""
     rows = []
-    for s in strengths:
+    for s in total_strengths:
         with steering(model, method, s, unit):  # one prompt pass serves both completion sets
             lp = completion_logprobs(model, tokenizer, prompts, [*concept.positive, *concept.negative],
                                      chat=chat, batch_size=batch_size)
@@ -63,9 +66,9 @@ def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: fl
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction}")
     if not method.fields:
-        raise ValueError("the base method has no strength to sweep")
+        raise ValueError("the base method has no total strength to sweep")
     if not sweep or any(s <= 0 for s in sweep):
-        raise ValueError(f"sweep must be positive strengths, got {list(sweep)}")
+        raise ValueError(f"sweep must be positive total strengths, got {list(sweep)}")
     val_p, test_p = concept.validation_prompts, concept.test_prompts
     signed = [direction * s for s in sweep]
     if base_val is None:
@@ -73,14 +76,14 @@ def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: fl
     val = gaps(model, tokenizer, concept, val_p, method, signed, unit, chat=chat, batch_size=batch_size)
     shift = [float(direction * (g - base_val).mean()) for g in val]
     best = signed[max(range(len(signed)), key=shift.__getitem__)]
-    test_strengths = [0.0, best / 2, best]
+    test_totals = [0.0, best / 2, best]
     if base_test is None:
         base_test = gaps(model, tokenizer, concept, test_p, method, [0.0], unit, chat=chat, batch_size=batch_size)[0]
-    rest = gaps(model, tokenizer, concept, test_p, method, test_strengths[1:], unit, chat=chat, batch_size=batch_size)
+    rest = gaps(model, tokenizer, concept, test_p, method, test_totals[1:], unit, chat=chat, batch_size=batch_size)
     test = torch.cat([base_test[None], rest])
-    # slopes over |strength|; with direction -1 the requested movement is downward
-    stats = steerability([abs(s) for s in test_strengths], test, direction=direction)
-    return LikelihoodResult(method.name, direction, signed, shift, best, test_strengths, test, stats)
+    # slopes over |total strength|; with direction -1 the requested movement is downward
+    stats = steerability([abs(s) for s in test_totals], test, direction=direction)
+    return LikelihoodResult(method.name, direction, signed, shift, best, test_totals, test, stats)
 
 
 def evaluate_all(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,

@@ -1,9 +1,9 @@
 """MWE A/B behaviour questions, the paper's protocol (DESIGN.md §8, "MCQ").
 
 Per behaviour the items are split 40/10/50 (train/validation/test): one shared field is
-trained on the train split's contrastive pairs; per steered method the strength is chosen on
-validation (largest mean gap shift toward the behaviour) and the test split is read once, at
-strengths ``0, s/2, s``. The gap is ``logit(matching answer) - logit(other answer)`` at the
+trained on the train split's contrastive pairs; per steered method the total strength T
+(:mod:`svf.eval.methods`) is chosen on validation (largest mean gap shift toward the behaviour)
+and the test split is read once, at total strengths ``0, T/2, T``. The gap is ``logit(matching answer) - logit(other answer)`` at the
 answer position: the last token the two renderings share (DESIGN.md §4 steers exactly there).
 """
 
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_mwe, mwe_item_pairs, split
 from ..training import TrainConfig, train_field
-from .methods import Method, build_methods, steering, strength_unit
+from .methods import Method, build_methods, steering, total_strength_unit
 from .metrics import mcq_accuracy, mcq_gap, steerability
 
 __all__ = ["ab_gaps", "run_mwe"]
@@ -70,9 +70,9 @@ def ab_gaps(model: nn.Module, tokenizer, items: Sequence[Mapping[str, str]], *,
     return out
 
 
-def _gaps_at(model, tokenizer, items, method: Method, strength: float, unit: float,
+def _gaps_at(model, tokenizer, items, method: Method, total_strength: float, unit: float,
              batch_size: int) -> torch.Tensor:
-    with steering(model, method, strength, unit):
+    with steering(model, method, total_strength, unit):
         return ab_gaps(model, tokenizer, items, batch_size=batch_size)
 
 
@@ -82,11 +82,12 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
             train_config: TrainConfig | None = None, seed: int = 0, model_name: str = "",
             batch_size: int = 16) -> list[dict]:
     """Every behaviour, every steered method, toward the behaviour: one row per (behaviour,
-    method) with the chosen strength and the test accuracy, shift, rates and slope."""
+    method) with the total strength chosen on validation and the test accuracy, shift, rates
+    and slope."""
     if not behaviors:
         raise ValueError("no behaviours")
     if not sweep or any(not s > 0 for s in sweep):
-        raise ValueError(f"sweep must be positive strengths, got {list(sweep)}")
+        raise ValueError(f"sweep must be positive total strengths, got {list(sweep)}")
     if not steer_layers:
         raise ValueError("no steer_layers")
     if n_items is not None and n_items < 1:
@@ -108,7 +109,7 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
                                 train_layers=train_layers, steer_layers=steer_layers,
                                 config=config, model_name=model_name, progress=False)
         methods = build_methods(shared, steer_layers, steer_layers[len(steer_layers) // 2])
-        unit = strength_unit(shared, steer_layers)
+        unit = total_strength_unit(shared, steer_layers)
         base_val = ab_gaps(model, tokenizer, val, batch_size=batch_size)
         base_test = ab_gaps(model, tokenizer, test, batch_size=batch_size)
         base_acc = mcq_accuracy(base_test)
@@ -117,13 +118,13 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
             shift = [float((_gaps_at(model, tokenizer, val, method, s, unit, batch_size)
                             - base_val).mean()) for s in sweep]
             best = float(sweep[max(range(len(sweep)), key=shift.__getitem__)])
-            strengths = [0.0, best / 2, best]
+            totals = [0.0, best / 2, best]
             test_gaps = torch.stack([base_test] + [
-                _gaps_at(model, tokenizer, test, method, s, unit, batch_size) for s in strengths[1:]])
-            stats = steerability([abs(s) for s in strengths], test_gaps, direction=1)
+                _gaps_at(model, tokenizer, test, method, s, unit, batch_size) for s in totals[1:]])
+            stats = steerability([abs(s) for s in totals], test_gaps, direction=1)
             rows.append({
                 "behavior": behavior, "method": name, "layers": "+".join(map(str, method.layers)),
-                "strength": best, "n_test": len(test), "base_accuracy": base_acc,
+                "total_strength": best, "n_test": len(test), "base_accuracy": base_acc,
                 "steered_accuracy": mcq_accuracy(test_gaps[-1]),
                 "mean_shift": stats["mean_shift"], "steerable_rate": stats["steerable_rate"],
                 "anti_steerable": stats["anti_steerable"], "mean_slope": stats["mean_slope"],

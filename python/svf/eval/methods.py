@@ -1,9 +1,11 @@
 """The steering methods the evaluation compares, as per-layer row fields behind one interface.
 
 Every method is a map ``layer -> RowField`` plus the layers it steers; they differ only in the
-field. Strength is a *total* displacement, ``strength * unit`` (``unit``: the mean residual norm
-over the steered layers), split evenly over a method's layers, so a 4-layer method does not
-get 4x the push of a 1-layer one. Negative strength steers away from the concept.
+field. The evaluation compares methods at a ``total_strength`` T: a *total* displacement
+``T * unit`` (``unit``: the mean training residual norm over the steered layers), split evenly
+over a method's L layers (each moves ``T * unit / L``), so a 4-layer method does not get 4x the
+push of a 1-layer one. Negative T steers away from the concept. This differs from the per-layer
+``strength`` of :func:`svf.steer` (docs/STEERING.md).
 """
 
 from __future__ import annotations
@@ -67,16 +69,18 @@ def build_methods(
     return {name: out[name] for name in EVAL_METHODS if name in out}
 
 
-def strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:
-    """The mean training residual norm over ``layers``: strength 1.0 moves this far in total."""
+def total_strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:
+    """The mean training residual norm over ``layers``: total strength 1.0 moves this far in
+    total, summed over the steered layers."""
     return sum(shared.mean_norm(i) for i in layers) / len(layers)
 
 
-def steering(model, method: Method, strength: float, unit: float, *, refresh: int = 1):
+def steering(model, method: Method, total_strength: float, unit: float, *, refresh: int = 1):
     """Context manager that steers ``model`` by ``method`` at total displacement
-    ``strength * unit`` (a no-op for ``base`` or strength 0); ``refresh``: recompute the
-    direction every ``refresh`` generated tokens (DESIGN.md §4)."""
-    if not method.fields or strength == 0:
+    ``total_strength * unit``, each of its layers by an equal share (a no-op for ``base`` or
+    total strength 0); ``refresh``: recompute the direction every ``refresh`` generated tokens
+    (DESIGN.md §4)."""
+    if not method.fields or total_strength == 0:
         return nullcontext()
-    per_layer = strength * unit / len(method.fields)
+    per_layer = total_strength * unit / len(method.fields)
     return Steering(model, dict(method.fields), dict.fromkeys(method.fields, per_layer), refresh=refresh)

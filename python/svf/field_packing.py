@@ -1,0 +1,95 @@
+"""Pack trained fields into the kernels' row fields for one layer (DESIGN.md §2-§3).
+
+:func:`svf.steer` packs one entry (the concepts combined at a layer) into a
+:class:`PackedField` ``[C, m, d]``; :func:`svf.steer_requests` packs F entries into a
+:class:`FieldTable` ``[F, C, m, d]``. Both fold each scorer at the layer and pad hidden units
+with zeros (they add exactly nothing); a table pads missing concepts with ``b2 = +inf`` (score
++inf, softmin weight exactly 0). The checks and the per-entry mean norm live here too, so both
+paths accept the same fields and give the same strengths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from svf_kernels import FieldTable, PackedField, SVFArgumentError
+
+from .hf import hidden_size, num_layers
+from .steering_field import SteeringField
+
+
+def _folded(fields: Sequence[SteeringField], layer: int, m: int | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fields' folded scorers at ``layer``, hidden units zero-padded to ``m`` (default: the
+    widest), stacked: ``A [C, m, d]``, ``c [C, m]``, ``w2 [C, m]``, ``b2 [C]``."""
+    folded = [f.scorer.fold(layer) for f in fields]
+    m = max(x.A.shape[0] for x in folded) if m is None else m
+    pad = [m - x.A.shape[0] for x in folded]
+    return (torch.stack([nn.functional.pad(x.A, (0, 0, 0, p)) for x, p in zip(folded, pad)]),
+            torch.stack([nn.functional.pad(x.c, (0, p)) for x, p in zip(folded, pad)]),
+            torch.stack([nn.functional.pad(x.w2, (0, p)) for x, p in zip(folded, pad)]),
+            torch.cat([x.b2.reshape(1) for x in folded]))
+
+
+def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.0,
+                 normalize: bool = True) -> PackedField:
+    """One entry's concepts at ``layer`` as one :class:`PackedField` (softmin over concepts)."""
+    A, c, w2, b2 = _folded(fields, layer)
+    return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps)
+
+
+def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: float = 1.0,
+                normalize: bool = True) -> FieldTable:
+    """F entries at ``layer`` as one :class:`FieldTable`, padded to common C and m."""
+    m = max(f.scorer.W1.shape[0] for concepts in entries for f in concepts)  # hidden units
+    C = max(len(concepts) for concepts in entries)
+    A, c, w2, b2 = [], [], [], []
+    for concepts in entries:
+        parts = _folded(concepts, layer, m)
+        extra = C - len(concepts)
+        A.append(nn.functional.pad(parts[0], (0, 0, 0, 0, 0, extra)))
+        c.append(nn.functional.pad(parts[1], (0, 0, 0, extra)))
+        w2.append(nn.functional.pad(parts[2], (0, 0, 0, extra)))
+        b2.append(nn.functional.pad(parts[3], (0, extra), value=math.inf))
+    return FieldTable(torch.stack(A), torch.stack(c), torch.stack(w2), torch.stack(b2),
+                      tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps)
+
+
+def mean_norm(fields: Sequence[SteeringField], layer: int) -> float:
+    """The entry's mean training activation norm at ``layer``, averaged over its fields: the
+    unit of the relative strength (``alpha = strength * mean_norm``)."""
+    return sum(f.mean_norm(layer) for f in fields) / len(fields)
+
+
+def check_train_layers(fields: Sequence[SteeringField], layers: Sequence[int]) -> None:
+    """Every steering layer must be one the fields were trained on (their scorers know no
+    other layer)."""
+    for f in fields:
+        outside = [i for i in layers if i not in f.train_layers]
+        if outside:
+            raise SVFArgumentError(f"layers {outside} are outside the training layers "
+                                   f"{list(f.train_layers)} of field {f.concept!r}")
+
+
+def model_mismatch(what: str, width: int, layer_count: int | None, model: nn.Module) -> str | None:
+    """Why something made for ``width`` / ``layer_count`` does not fit ``model`` (worded as
+    :func:`svf.artifacts.load_field` words it), or None when it fits."""
+    if width != hidden_size(model):
+        return f"{what} is for hidden_size {width} but the model has {hidden_size(model)}"
+    if layer_count is not None and layer_count != num_layers(model):
+        return (f"{what} is for a model with {layer_count} layers but the model has "
+                f"{num_layers(model)}")
+    return None
+
+
+def check_fits_model(fields: Sequence[SteeringField], model: nn.Module) -> None:
+    """Every field was trained for ``model``'s hidden size and layer count; else
+    :class:`SVFArgumentError` naming the field and both sizes."""
+    for f in fields:
+        problem = model_mismatch(f"field {f.concept!r}", f.hidden_size, f.num_layers, model)
+        if problem:
+            raise SVFArgumentError(problem)

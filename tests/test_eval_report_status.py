@@ -1,0 +1,157 @@
+"""The ``svf eval`` report says in its first lines whether the run finished.
+
+A run that stops part way (Ctrl-C, an exception) still writes what it measured, so its report
+must not read as a complete one: its title says it stopped before the end, with the stage, the
+reason and the stages that have no results. A report written while the run is going says so
+too (a killed run leaves that one). Only a run whose every stage finished says "complete".
+The stages here are stand-ins (instant); the orchestration and report writing are the real ones.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from helpers import tiny_model
+
+from svf.concepts import Concept
+from svf.data import ContrastivePair
+from svf.eval import evaluate_mwe, evaluation
+from svf.training import TrainConfig
+
+CONCEPTS = ("sentiment", "formality")
+STAGES = ["mwe", "sentiment: train + choose layers", "sentiment: likelihood", "sentiment: open-ended",
+          "sentiment: long-form", "formality: train + choose layers", "formality: likelihood",
+          "formality: open-ended", "multi-attribute"]
+TINY = {"concepts": CONCEPTS, "train_layers": (0, 1, 2, 3), "steer_layers": (1, 2), "n_prompts": None,
+        "train": TrainConfig(r=8, de=3, m=12, max_epochs=1, patience=1),
+        "mwe_behaviors": ("toy-behaviour",), "mwe_items": None}
+
+
+class Stages:
+    """Instant stand-ins for the stages; ``fail`` maps a stage name to the exception it raises."""
+
+    def __init__(self, fail: dict[str, BaseException] | None = None) -> None:
+        self.fail, self.reports_seen = fail or {}, {}
+        self.out: Path | None = None
+
+    def enter(self, stage: str) -> None:
+        if self.out is not None and (self.out / "README.md").is_file():
+            self.reports_seen[stage] = (self.out / "README.md").read_text()
+        if stage in self.fail:
+            raise self.fail[stage]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def concept(name, n_pairs=None, n_completions=2):
+            pairs = tuple(ContrastivePair(f"yes {i}", f"no {i}") for i in range(8))
+            return Concept(name, pairs, tuple(f"prompt {i}" for i in range(10)), ("yes",), ("no",))
+
+        def run_mwe(*args, **kwargs):
+            self.enter("mwe")
+            return [{"behavior": "toy-behaviour", "method": "svf-shared", "accuracy": 0.5}]
+
+        def prepare(model, tokenizer, concept, *args, **kwargs):
+            self.enter(f"{concept.name}: train + choose layers")
+            return evaluation.Prepared(methods={}, unit=1.0, shared=None, info={})
+
+        def evaluate_all(model, tokenizer, concept, *args, **kwargs):
+            self.enter(f"{concept.name}: likelihood")
+            return []
+
+        def concept_judges(concept):
+            return {"embed": lambda texts: [0.0] * len(texts)}, {"embed_heldout_accuracy": 1.0}
+
+        def open_ended(model, tokenizer, concept, *args, **kwargs):
+            self.enter(f"{concept.name}: open-ended")
+            return []
+
+        def long_form(model, tokenizer, concept, *args, **kwargs):
+            self.enter(f"{concept.name}: long-form")
+            return []
+
+        def multi_attribute(*args, **kwargs):
+            self.enter("multi-attribute")
+            return []
+
+        monkeypatch.setattr(evaluation, "load_concept", concept)
+        monkeypatch.setattr(evaluate_mwe, "load_mwe", lambda behavior, source="all": [])
+        monkeypatch.setattr(evaluate_mwe, "run_mwe", run_mwe)
+        for name, stub in [("prepare", prepare), ("evaluate_all", evaluate_all), ("concept_judges", concept_judges),
+                           ("open_ended", open_ended), ("long_form", long_form),
+                           ("multi_attribute", multi_attribute)]:
+            monkeypatch.setattr(evaluation, name, stub)
+
+
+@pytest.fixture
+def tiny(char_tok):
+    return tiny_model("llama", vocab_size=len(char_tok)), char_tok
+
+
+def _run(tiny, tmp_path: Path, monkeypatch, fail: dict[str, BaseException] | None = None) -> tuple[Stages, str]:
+    stages = Stages(fail)
+    stages.out = tmp_path
+    stages.install(monkeypatch)
+    model, tok = tiny
+    cfg = evaluation.quick_config(**TINY)
+    if fail:
+        with pytest.raises(type(next(iter(fail.values())))):
+            evaluation.run_eval(model, tok, cfg, tmp_path)
+    else:
+        evaluation.run_eval(model, tok, cfg, tmp_path)
+    return stages, (tmp_path / "README.md").read_text()
+
+
+def test_complete_run_says_complete(tiny, tmp_path, monkeypatch):
+    _, report = _run(tiny, tmp_path, monkeypatch)
+    lines = report.splitlines()
+    assert lines[0] == "# svf eval report: complete"
+    assert "stopped" not in report and "incomplete" not in report
+    assert f"Every stage finished ({len(STAGES)} of {len(STAGES)})" in lines[2]
+    for stage in STAGES:  # the stages the status counts are the ones the run times
+        assert f"- {stage}: " in report
+
+
+@pytest.mark.parametrize(("stage", "exc", "reason"), [
+    ("formality: likelihood", KeyboardInterrupt(), "interrupted (KeyboardInterrupt)"),
+    ("sentiment: long-form", RuntimeError("judge failed\nsecond line of the message"),
+     "RuntimeError: judge failed"),
+    ("mwe", ValueError("bad item"), "ValueError: bad item"),
+])
+def test_stopped_run_says_so_first(tiny, tmp_path, monkeypatch, stage, exc, reason):
+    _, report = _run(tiny, tmp_path, monkeypatch, fail={stage: exc})
+    lines = report.splitlines()
+    assert lines[0] == "# svf eval report: stopped before the end"
+    missing = STAGES[STAGES.index(stage):]
+    assert lines[2].startswith(f"**The run stopped during stage `{stage}`: {reason}.**")
+    assert "second line" not in report
+    assert lines[2].endswith("Stages with no results: " + ", ".join(f"`{s}`" for s in missing) + ".")
+    assert "complete" not in lines[0] + lines[2]
+    if stage != "mwe":  # what finished before the stop is still reported
+        with open(tmp_path / "mwe.csv") as f:
+            assert [r["behavior"] for r in csv.DictReader(f)] == ["toy-behaviour"]
+        assert "## MWE A/B questions" in report
+
+
+def test_report_written_while_running_says_incomplete(tiny, tmp_path, monkeypatch):
+    """A run killed outright (no exception to catch) leaves its last rewrite: not complete."""
+    stages, _ = _run(tiny, tmp_path, monkeypatch)
+    during = stages.reports_seen["formality: train + choose layers"]  # rewritten after the first concept
+    lines = during.splitlines()
+    assert lines[0] == "# svf eval report: incomplete, written while the run was going"
+    assert lines[2].startswith("**Written after 5 of 9 stages, before stage `formality: train + choose layers`.**")
+    assert "complete" not in lines[0].replace("incomplete", "")
+
+
+def test_cli_interrupted_eval_exits_130_with_a_stopped_report(tiny, tmp_path, monkeypatch, capsys):
+    from svf.cli import commands as cli
+
+    Stages({"sentiment: open-ended": KeyboardInterrupt()}).install(monkeypatch)
+    monkeypatch.setattr(cli, "_load_model", lambda name: tiny)
+    real_quick = evaluation.quick_config
+    monkeypatch.setattr(evaluation, "quick_config", lambda **kw: real_quick(**{**TINY, **kw}))
+    assert cli.main(["eval", "--quick", "--concepts", *CONCEPTS, "--out", str(tmp_path)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    report = (tmp_path / "README.md").read_text().splitlines()
+    assert report[0] == "# svf eval report: stopped before the end"
+    assert report[2].startswith("**The run stopped during stage `sentiment: open-ended`: interrupted")

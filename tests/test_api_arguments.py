@@ -329,7 +329,8 @@ def test_every_public_callable_is_covered():
     covered = {"train_field", "generate", "load_model", "SteeringField", "TrainConfig", "ScorerConfig",
                "steer", "steer_requests", "Steering", "BatchSteering",  # test_argument_properties.py
                "ConceptScorer", "ContrastivePair", "TrainReport",  # built from checked configs / plain data
-               "sentiment_pairs", "mwe_pairs",  # test_eval_arguments.py
+               "sentiment_pairs", "mwe_pairs", "load_concept",  # test_eval_arguments.py
+               "Concept",  # plain data, returned by load_concept
                "load_pairs",  # test_own_data.py
                "ArtifactError", "SVFArgumentError"}
     public = {n for n in svf.__all__ if callable(getattr(svf, n))}

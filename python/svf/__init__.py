@@ -10,18 +10,22 @@ from svf_kernels import SVFArgumentError
 
 from .artifacts import ArtifactError
 from .batch_steering import BatchSteering, steer_requests
+from .concepts import CONCEPTS, Concept, load_concept
 from .data import NEUTRAL_PROMPTS, ContrastivePair, mwe_pairs, sentiment_pairs
 from .generation import generate
 from .models import load_model
+from .pair_data import load_pairs
 from .scorer import ConceptScorer, ScorerConfig
 from .steering import Steering, steer
 from .steering_field import SteeringField
 from .training import TrainConfig, TrainReport, train_field
 
 __all__ = [
+    "CONCEPTS",
     "NEUTRAL_PROMPTS",
     "ArtifactError",
     "BatchSteering",
+    "Concept",
     "ConceptScorer",
     "ContrastivePair",
     "SVFArgumentError",
@@ -31,7 +35,9 @@ __all__ = [
     "TrainConfig",
     "TrainReport",
     "generate",
+    "load_concept",
     "load_model",
+    "load_pairs",
     "mwe_pairs",
     "sentiment_pairs",
     "steer",

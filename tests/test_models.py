@@ -159,6 +159,19 @@ def test_load_model_local_tiny_llama(tmp_path):
     assert next(model16.parameters()).dtype == torch.bfloat16
 
 
+def test_load_model_writes_nothing_to_stderr(tmp_path, capfd):
+    """No weight-loading progress bar: the commands that load a model report their own
+    progress; transformers' own bar setting is as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    d = _tiny_llama_dir(tmp_path / "tiny")
+    bars = hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    models.load_model(d)
+    assert capfd.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled() == bars
+
+
 def test_load_model_keeps_existing_pad_token(tmp_path):
     d = _tiny_llama_dir(tmp_path / "tiny")
     _tiny_tokenizer(with_pad=True).save_pretrained(d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -10,6 +12,21 @@ from torch import nn
 from svf_kernels import SVFArgumentError
 
 _LAYER_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "layers", "h")
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' weight-loading progress bar off for the block (loading takes about a second
+    and the commands report their own progress); the caller's setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _get(obj: Any, path: str) -> Any:

@@ -26,6 +26,7 @@ import torch
 from svf_kernels import SVFArgumentError
 
 from .arguments import check_device, check_float_dtype, check_path
+from .hf import quiet_loading
 
 __all__ = [
     "DEFAULT_GGUF_FILE",
@@ -230,8 +231,9 @@ def load_model(
                                    "not a Hugging Face model directory")
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:  # not a model directory, unknown hub id, offline, ...
         kind = ("a local directory" if Path(source).is_dir() else "a file, not a model directory"
                 if Path(source).exists() else "no such local path, tried as a hub id")

@@ -32,6 +32,7 @@ from ..arguments import (
     check_path,
     check_texts,
 )
+from ..hf import quiet_loading
 from ..optional import require
 
 # Both judges' packages come with the 'eval' extra: without it, importing this module fails
@@ -63,19 +64,10 @@ def _quiet_encoder() -> Iterator[None]:
     """Keep the encoder's load and encode off stderr (``svf eval`` reports its own progress):
     transformers' weight-loading bar is off, and sentence-transformers' deprecation warnings
     (e.g. of the legacy ``pooling_mode_*`` keys the packaged model's config uses) are ignored."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            for category in (FutureWarning, DeprecationWarning):
-                warnings.filterwarnings("ignore", category=category,
-                                        module=r"sentence_transformers\b")
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_loading(), warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"sentence_transformers\b")
+        yield
 
 
 @lru_cache(maxsize=1)

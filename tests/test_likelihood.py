@@ -113,3 +113,17 @@ def test_completion_logprobs_rejects(tiny, prompts, completions, match):
     model, tok = tiny
     with pytest.raises(ValueError, match=match):
         completion_logprobs(model, tok, prompts, completions, chat=False)
+
+
+def test_cache_is_read_without_deprecation_messages(tiny, monkeypatch):
+    """The KV cache is read and passed by the names the installed transformers expects: no
+    deprecation message is logged during an evaluation (transformers logs its deprecations
+    through ``Logger.warning_once``, recorded here instead of printed once per process)."""
+    import logging
+
+    said: list[str] = []
+    monkeypatch.setattr(logging.Logger, "warning_once",
+                        lambda self, msg, *args, **kwargs: said.append(str(msg)), raising=False)
+    model, tok = tiny
+    completion_logprobs(model, tok, PROMPTS[:2], COMPLETIONS[:2])
+    assert not [m for m in said if "deprecated" in m], said

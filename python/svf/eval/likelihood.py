@@ -22,6 +22,14 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
+def _output_cache(out) -> object:
+    """The KV cache of a forward's output: its ``cache`` field in newer transformers (reading the
+    deprecated ``past_key_values`` there logs a deprecation), ``past_key_values`` before."""
+    if "cache" in out:
+        return out["cache"]
+    return out.past_key_values
+
+
 def _cache_kwarg(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: ``cache`` (newer transformers) or the
     deprecated ``past_key_values``."""
@@ -69,7 +77,7 @@ def completion_logprobs(
             prompt[r, P - len(p_ids[i]) :], pmask[r, P - len(p_ids[i]) :] = torch.tensor(p_ids[i]), 1
         prompt, pmask = prompt.to(device), pmask.to(device)
         first = model(input_ids=prompt, attention_mask=pmask, position_ids=_positions(pmask), use_cache=True)
-        cache = first.past_key_values
+        cache = _output_cache(first)
         cache.batch_repeat_interleave(n_c)
         pmask_r = pmask.repeat_interleave(n_c, 0)
         comp = comp1.repeat(len(rows), 1).to(device)

@@ -94,3 +94,24 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     n_new = namespace["out"].shape[1] - namespace["enc"]["input_ids"].shape[1]
     plain = generate(namespace["model"], namespace["tokenizer"], [namespace["prompt"]], max_new_tokens=n_new)
     assert plain == [unsteered]
+
+
+def test_readme_svf_commands_parse(tmp_path, monkeypatch):
+    """Every ``svf ...`` line of the README's bash blocks is a valid command line (options and
+    values the CLI accepts), so the README matches ``svf --help``. Files the commands read are
+    made empty-but-valid in a temporary directory; nothing is run."""
+    import shlex
+
+    from svf.cli.commands import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    lines = [line.split("#", 1)[0].strip()
+             for language, _, code in _fenced_blocks(README.read_text()) if language == "bash"
+             for line in code.splitlines() if line.strip().startswith("svf ")]
+    assert len(lines) >= 4
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        if "--data" in argv:  # the JSONL file it names must exist to parse
+            (tmp_path / argv[argv.index("--data") + 1]).write_text(
+                '{"positive": "a", "negative": "b"}\n')
+        parse_args(argv)  # exits with status 2 (SystemExit) on anything the CLI refuses

@@ -35,7 +35,7 @@ from .data import TRAIN_PAIRS_NEEDED, min_split_size, pairs_needed, training_spl
 from .hf import check_layers, check_model, hidden_size, layer_list, num_layers
 from .pair_data import as_pairs
 from .scorer import ConceptScorer, ScorerConfig
-from .steering_field import SteeringField
+from .steering_field import DEFAULT_STRENGTH, SteeringField
 
 #: Held-out scorer accuracy under which a layer counts as undertrained (0.5 is chance).
 MIN_HELDOUT_ACCURACY = 0.6
@@ -63,7 +63,7 @@ class TrainConfig:
     patience: int = 4
     fractions: tuple[float, float, float] | None = None
     seed: int = 0
-    default_strength: float = 0.15
+    default_strength: float = DEFAULT_STRENGTH
 
     def __post_init__(self) -> None:
         self.validate()

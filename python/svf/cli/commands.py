@@ -20,6 +20,7 @@ from ..artifacts import ArtifactError
 from ..concepts import CONCEPTS
 from ..data import TRAIN_PAIRS_NEEDED, pairs_needed
 from ..optional import MissingExtraError
+from ..steering_field import DEFAULT_STRENGTH
 from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
     MAX_LAYER,
     PAIRS_WHY,
@@ -49,7 +50,7 @@ def _load_model(name: str | None):
 def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
     """The pairs of a concept the project ships (``--concept`` without ``--data``)."""
     from .. import data
-    from ..concepts import CONCEPTS, load_concept
+    from ..concepts import load_concept
 
     if concept == "sentiment":
         return data.sentiment_pairs(n, seed=seed)
@@ -63,7 +64,6 @@ def _concept_pairs(concept: str, n: int | None, seed: int, tokenizer):
 
 def _file_pairs(path: str, n: int | None):
     """The first ``n`` (default: all) pairs of a ``--data`` file, enough of them to train on."""
-    from ..data import pairs_needed
     from ..pair_data import load_pairs
 
     pairs = load_pairs(path)[:n]
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "field.safetensors (written by svf train)")
     g.add_argument("--prompt", type=non_empty_text, required=True,
                    help="the text to continue (a user turn of the chat template unless --no-chat)")
-    g.add_argument("--strength", type=finite_float, default=0.15,
+    g.add_argument("--strength", type=finite_float, default=DEFAULT_STRENGTH,
                    help="steering strength per steered layer, in units of that layer's mean "
                    "activation norm (docs/STEERING.md); negative steers away from the concept "
                    "(default: %(default)s)")

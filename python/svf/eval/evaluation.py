@@ -450,13 +450,9 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
     opens with ``status`` (complete, stopped or still running) when given."""
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
-    plots = {"gap_vs_alpha.png": (report_plots.gap_vs_alpha, tables["sweeps"]),
-             "slopes.png": (report_plots.slope_histograms, tables["slopes"]),
-             "open_ended.png": (report_plots.open_ended_tradeoff, tables["open_ended"]),
-             "long_form.png": (report_plots.long_form_curves, tables["long_form"])}
-    for fname, (draw, rows) in plots.items():
-        if rows:
-            draw(rows, out / fname)
+    for fname, (table, draw) in report_plots.PLOTS.items():
+        if tables.get(table):
+            draw(tables[table], out / fname)
     (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")
     facts = [f"- command: `{command or ' '.join(sys.argv)}`", f"- model: {model_name or 'unknown'}",
@@ -478,7 +474,7 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
         if tables.get(key):
             parts += [f"## {title}", "", _markdown(tables[key], keys), ""]
             (out / f"{key}.md").write_text(_markdown(tables[key], keys) + "\n")
-    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in plots if (out / f).is_file()]
+    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in report_plots.PLOTS if (out / f).is_file()]
     (out / "README.md").write_text("\n".join(parts) + "\n")
 
 

@@ -91,7 +91,7 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
         assert f"{name or 'unsteered'}: {row}" in out
     assert not namespace["serving"].attached
     # the unsteered row is exactly plain greedy generation of the same prompt
-    n_new = namespace["out"].shape[1] - namespace["enc"]["input_ids"].shape[1]
+    n_new = namespace["out"].shape[1] - namespace["ids"].shape[1]
     plain = generate(namespace["model"], namespace["tokenizer"], [namespace["prompt"]], max_new_tokens=n_new)
     assert plain == [unsteered]
 

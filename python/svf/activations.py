@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .hf import check_layers, decoder_layers, layer_output
+from .tokenization import encode_texts, pad_id, pad_left
 
 
 class _StopForward(Exception):
     """Raised after the last needed layer so the rest of the model is not run."""
-
-
-@contextmanager
-def _truncating_left(tokenizer) -> Iterator[None]:
-    """Truncate from the left while inside: a text over the limit keeps its own last tokens,
-    so its last token is the one whose activation is read. The tokenizer's setting comes back."""
-    before = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        yield
-    finally:
-        tokenizer.truncation_side = before
 
 
 @torch.no_grad()
@@ -42,9 +30,11 @@ def last_token_activations(
 ) -> torch.Tensor:
     """``[len(texts), len(layers), d]`` float32: each layer's output at the last real token.
 
-    Texts are tokenised as given (apply a chat template first if wanted), batched by length
-    to limit padding; the forward pass stops after the deepest requested layer. A text over
-    ``max_length`` tokens is cut from the left: its last ``max_length`` tokens are read.
+    Texts are tokenised as given (apply a chat template first if wanted) with the tokenizer's
+    leading special tokens once (:func:`svf.tokenization.encode_texts`), batched by length to
+    limit padding; the forward pass stops after the deepest requested layer. A text over
+    ``max_length`` tokens is cut from the left: the leading special tokens and the text's last
+    tokens, ``max_length`` in all, are read.
     """
     layers = list(layers)
     check_layers(model, layers)
@@ -54,6 +44,7 @@ def last_token_activations(
     out: torch.Tensor | None = None
     captured: dict[int, torch.Tensor] = {}
     last = max(layers)
+    pad = pad_id(tokenizer)
 
     def hook_for(i: int):
         def hook(module, args, output):
@@ -68,15 +59,12 @@ def last_token_activations(
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
             idx = order[s : s + batch_size]
-            with _truncating_left(tokenizer):
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                truncation=True, max_length=max_length, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            mask = enc["attention_mask"]
+            ids, mask = pad_left(encode_texts(tokenizer, [texts[i] for i in idx], max_length), pad)
+            ids, mask = ids.to(device), mask.to(device)
             pos = torch.arange(mask.shape[1], device=device).expand_as(mask)
             last_real = torch.where(mask.bool(), pos, -1).amax(1)
             try:
-                model(**enc, use_cache=False)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
             except _StopForward:
                 pass
             rows = torch.arange(len(idx), device=device)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from svf_kernels import SVFArgumentError
 
 from .arguments import check_int, check_optional_int, check_text, show
+from .tokenization import resolve_chat
 
 __all__ = [
     "NEUTRAL_PROMPTS",
@@ -277,17 +278,19 @@ def _answer_stub(label: str) -> str:
 def render_mwe(question: str, answer: str, tokenizer: Any = None) -> str:
     """Render a question followed by the start of an answer (``"(A"``, ``"Yes"``, ...).
 
-    Without a tokenizer (or one without a chat template) the text is
-    ``f"{question}\\nAnswer: {answer}"``.  With a chat template the question is the user
-    turn and the answer the start of the assistant turn, rendered with
-    ``continue_final_message=True`` so the text ends right after the answer (no
-    end-of-turn token).  For a fixed question two answers then give texts that share
-    everything up to the answer, so the last token (the letter) is the one that differs.
+    Without a tokenizer (or one without a chat template: logged once per tokenizer, see
+    :func:`svf.tokenization.resolve_chat`) the text is ``f"{question}\\nAnswer: {answer}"``.
+    With a chat template the question is the user turn and the answer the start of the
+    assistant turn, rendered with ``continue_final_message=True`` so the text ends right after
+    the answer (no end-of-turn token).  For a fixed question two answers then give texts that
+    share everything up to the answer, so the last token (the letter) is the one that differs.
+    The text holds the special tokens the template writes; the tokenizer's own leading ones
+    are added once when it is encoded (:func:`svf.tokenization.encode_texts`).
     """
     check_text(question, "question", allow_empty=True)
     check_text(answer, "answer")
     _check_chat_tokenizer(tokenizer)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+    if tokenizer is None or not resolve_chat(tokenizer, None):
         return f"{question}\nAnswer: {answer}"
     messages = [
         {"role": "user", "content": question},

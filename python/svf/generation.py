@@ -15,19 +15,9 @@ from .arguments import check_bool, check_int, check_texts, check_tokenizer
 from .hf import check_model
 from .steering import steer
 from .steering_field import SteeringField
+from .tokenization import check_chat, encode_prompts, format_prompts, pad_id
 
-
-def format_prompts(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[str]:
-    """Render prompts as a user turn of the chat template (when the tokenizer has one)."""
-    check_tokenizer(tokenizer)
-    prompts = check_texts(prompts, "prompts")
-    check_bool(chat, "chat")
-    if chat and getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-            for p in prompts
-        ]
-    return list(prompts)
+__all__ = ["TokenProgress", "format_prompts", "generate", "generate_ids", "position_scores"]
 
 
 @torch.no_grad()
@@ -37,27 +27,31 @@ def generate(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 40,
-    chat: bool = True,
+    chat: bool | None = None,
     do_sample: bool = False,
     seed: int = 0,
     **kwargs,
 ) -> list[str]:
-    """Continuations of ``prompts`` (left-padded batch), decoded without special tokens."""
+    """Continuations of ``prompts`` (left-padded batch), decoded without special tokens.
+
+    ``chat``: render each prompt as a user turn of the chat template (None: when the tokenizer
+    has one); prompts get the tokenizer's leading special tokens once (:mod:`svf.tokenization`).
+    """
     check_model(model)
     check_tokenizer(tokenizer)
     prompts = check_texts(prompts, "prompts")
     check_int(max_new_tokens, "max_new_tokens", minimum=1)
-    check_bool(chat, "chat")
+    check_chat(chat)
     check_bool(do_sample, "do_sample")
     check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
-    texts = format_prompts(tokenizer, prompts, chat)
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+    ids, mask = encode_prompts(tokenizer, prompts, chat)
+    device = next(model.parameters()).device
     if do_sample:
         torch.manual_seed(seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, **kwargs)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         max_new_tokens=max_new_tokens, do_sample=do_sample,
+                         pad_token_id=pad_id(tokenizer), **kwargs)
+    return tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
 
 
 class TokenProgress(BaseStreamer):

@@ -73,7 +73,11 @@ class PositionTracker:
     ) -> StepPlan:
         """Compute and store the plan for a forward pass over ``[batch, length]`` tokens."""
         B, T = batch, length
-        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        # A 2-D padding mask, or None: generate with a static cache passes prepared masks (a dict
+        # of them, one per attention kind, for models with sliding-window and global layers),
+        # and then every row's last token is the last column (left padding).
+        is_2d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
+        mask = attention_mask if is_2d else None
         s0 = _past_length(cache, mask, T)
         self.past_length = s0
         if self.positions == "all":

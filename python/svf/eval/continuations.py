@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..generation import format_prompts
+from ..tokenization import check_chat, encode_prompts, pad_id
 
 
 @dataclass
@@ -51,28 +51,30 @@ def sample(
     samples: int = 3,
     max_new_tokens: int = 48,
     min_new_tokens: int = 0,
-    chat: bool = True,
+    chat: bool | None = None,
     seed: int = 0,
     temperature: float = 0.7,
     top_p: float = 0.9,
     batch_size: int = 96,
 ) -> Continuations:
     """``samples`` sampled continuations of each prompt (batches of ``batch_size`` rows, each
-    batch seeded from ``seed`` and its index, so every method sees the same seeds)."""
+    batch seeded from ``seed`` and its index, so every method sees the same seeds). Prompts are
+    rendered and encoded as :func:`svf.generate` does (``chat``, None: the chat template when
+    the tokenizer has one)."""
+    check_chat(chat)
     if not prompts:
         raise ValueError("no prompts")
     if samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"samples, max_new_tokens and batch_size must be >= 1, got "
                          f"{samples}, {max_new_tokens}, {batch_size}")
-    texts = [t for t in format_prompts(tokenizer, prompts, chat) for _ in range(samples)]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    pad = pad_id(tokenizer)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(samples)], chat)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = _stop_ids(model, tokenizer)
     tokens: list[list[int]] = []
-    for k, start in enumerate(range(0, len(texts), batch_size)):
-        ids = enc["input_ids"][start : start + batch_size].to(device)
-        mask = enc["attention_mask"][start : start + batch_size].to(device)
+    for k, start in enumerate(range(0, len(prompt_ids), batch_size)):
+        ids = prompt_ids[start : start + batch_size].to(device)
+        mask = prompt_mask[start : start + batch_size].to(device)
         torch.manual_seed(seed * 1_000_003 + k)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              min_new_tokens=min_new_tokens, do_sample=True, temperature=temperature,
@@ -81,7 +83,7 @@ def sample(
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             tokens.append(row[:cut])
     decoded = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return Continuations(enc["input_ids"], enc["attention_mask"], tokens, decoded, samples)
+    return Continuations(prompt_ids, prompt_mask, tokens, decoded, samples)
 
 
 @torch.no_grad()

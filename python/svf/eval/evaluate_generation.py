@@ -55,7 +55,7 @@ def _judged_row(base: Mapping[str, torch.Tensor], steered: Mapping[str, torch.Te
 def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
                total_strengths: Sequence[float], judges: Mapping[str, Judge], *,
                n_prompts: int | None = None, samples: int = 3, max_new_tokens: int = 48,
-               chat: bool = True, seed: int = 0, examples: list | None = None) -> list[dict]:
+               chat: bool | None = None, seed: int = 0, examples: list | None = None) -> list[dict]:
     """Every method, both directions, every total strength, on the concept's first
     ``n_prompts`` test prompts (all when None): per judge the mean score, the shift in the
     requested direction, and the shares of samples moved the right / wrong way from their
@@ -88,7 +88,7 @@ def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method]
 
 def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
               total_strength: float, judge: Judge, *, refreshes: Sequence[int] = (1, 2, 4),
-              n_prompts: int = 16, length: int = 256, window: int = 32, chat: bool = True,
+              n_prompts: int = 16, length: int = 256, window: int = 32, chat: bool | None = None,
               seed: int = 0) -> list[dict]:
     """``length``-token continuations (end of sequence suppressed) toward the concept at
     ``total_strength``, scored per ``window``-token window: judge score and unsteered
@@ -120,7 +120,7 @@ def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method],
 def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layers: Sequence[int],
                     unit: float, total_strength: float, judges: Mapping[str, Judge],
                     prompts: Sequence[str], *, combos: Sequence[Sequence[str]],
-                    samples: int = 2, max_new_tokens: int = 48, chat: bool = True,
+                    samples: int = 2, max_new_tokens: int = 48, chat: bool | None = None,
                     seed: int = 0) -> list[dict]:
     """Several concepts at once: SVF's softmin composition (DESIGN.md §2) against the sum of
     the concepts' unit CAA vectors, at the same total displacement; per component concept,

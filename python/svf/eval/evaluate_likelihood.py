@@ -44,7 +44,7 @@ class LikelihoodResult:
 
 
 def gaps(model, tokenizer, concept: Concept, prompts: Sequence[str], method: Method,
-         total_strengths: Sequence[float], unit: float, *, chat: bool = True,
+         total_strengths: Sequence[float], unit: float, *, chat: bool | None = None,
          batch_size: int = 32) -> torch.Tensor:
     """``[len(total_strengths), len(prompts)]`` likelihood gaps (positive minus negative
     completions), one row per total strength."""
@@ -59,7 +59,7 @@ def gaps(model, tokenizer, concept: Concept, prompts: Sequence[str], method: Met
 
 
 def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: float,
-                    sweep: Sequence[float], direction: int, *, chat: bool = True,
+                    sweep: Sequence[float], direction: int, *, chat: bool | None = None,
                     base_val: torch.Tensor | None = None, base_test: torch.Tensor | None = None,
                     batch_size: int = 32) -> LikelihoodResult:
     """Sweep ``direction * sweep`` on validation, pick the best, then measure on test once."""
@@ -87,7 +87,7 @@ def evaluate_method(model, tokenizer, concept: Concept, method: Method, unit: fl
 
 
 def evaluate_all(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
-                 sweep: Sequence[float], *, chat: bool = True, batch_size: int = 32,
+                 sweep: Sequence[float], *, chat: bool | None = None, batch_size: int = 32,
                  directions: Sequence[int] = (1, -1)) -> list[LikelihoodResult]:
     """Every method in each direction; the unsteered gaps are computed once and shared."""
     base = methods["base"]

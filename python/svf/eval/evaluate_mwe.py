@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import load_mwe, mwe_item_pairs, split
+from ..tokenization import encode_texts, pad_id
 from ..training import TrainConfig, train_field
 from .methods import Method, build_methods, steering, total_strength_unit
 from .metrics import mcq_accuracy, mcq_gap, steerability
@@ -27,10 +28,10 @@ MWE_FRACTIONS = (0.4, 0.1, 0.5)
 
 
 def _answer_ids(item: Mapping[str, str], tokenizer) -> tuple[list[int], int, int]:
-    """The shared prefix's token ids and the first token of each answer after it."""
+    """The shared prefix's token ids (with the tokenizer's leading special tokens, as training
+    reads the pair texts) and the first token of each answer after it."""
     pair = mwe_item_pairs([item], tokenizer)[0]
-    m = tokenizer(pair.positive, add_special_tokens=False).input_ids
-    o = tokenizer(pair.negative, add_special_tokens=False).input_ids
+    m, o = encode_texts(tokenizer, [pair.positive, pair.negative])
     k = next((i for i, (a, b) in enumerate(zip(m, o)) if a != b), min(len(m), len(o)))
     if k == 0 or k == len(m) or k == len(o):
         raise ValueError(f"the two answers of {item['question'][:60]!r} do not tokenize to a shared "
@@ -50,7 +51,7 @@ def ab_gaps(model: nn.Module, tokenizer, items: Sequence[Mapping[str, str]], *,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
     enc = [_answer_ids(it, tokenizer) for it in items]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))  # less padding per batch
     out = torch.empty(len(enc))
     for start in range(0, len(order), batch_size):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..generation import format_prompts
+from ..tokenization import check_chat, encode_continuations, encode_texts, format_prompts, pad_id
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -43,21 +43,25 @@ def completion_logprobs(
     prompts: Sequence[str],
     completions: Sequence[str],
     *,
-    chat: bool = True,
+    chat: bool | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> torch.Tensor:
     """``[len(prompts), len(completions)]``: mean per-token log-likelihood of each completion
-    (its own tokens only) after each prompt, under whatever steering is attached."""
+    (its own tokens only) after each prompt, under whatever steering is attached.
+
+    Prompts are rendered and encoded as :func:`svf.generate` does (``chat``: the chat template,
+    None: when the tokenizer has one; the tokenizer's leading special tokens once); completions
+    get no special tokens."""
+    check_chat(chat)
     if not prompts or not completions:
         raise ValueError(f"need prompts and completions, got {len(prompts)} and {len(completions)}")
     device = next(model.parameters()).device
-    texts = format_prompts(tokenizer, prompts, chat)
-    p_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    c_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in completions]
+    p_ids = encode_texts(tokenizer, format_prompts(tokenizer, prompts, chat))
+    c_ids = encode_continuations(tokenizer, completions)
     if any(len(c) == 0 for c in c_ids) or any(len(p) == 0 for p in p_ids):
         raise ValueError("every prompt and completion must tokenize to at least one token")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     n_c = len(completions)
     C = max(len(c) for c in c_ids)
     comp1 = torch.full((n_c, C), pad, dtype=torch.long)

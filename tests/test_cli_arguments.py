@@ -105,16 +105,7 @@ def _valid(data, command: str, fs: Path) -> tuple[dict[str, str | list[str] | No
         concepts = [*CONCEPTS, *(f"mwe:{b}" for b in BEHAVIORS)]
         maybe("--concept", st.sampled_from(concepts))
         maybe("--model", NON_BLANK)
-        layers = data.draw(layer_lists(increasing=True), label="layers")
-        if data.draw(st.booleans(), label="give --layers"):
-            opts["--layers"] = data.draw(layer_text(layers), label="--layers text")
-            want["layers"] = layers
-        else:
-            layers = list(range(8, 18))
-        if data.draw(st.booleans(), label="give --steer-layers"):
-            steer = sorted(data.draw(st.sets(st.sampled_from(layers), min_size=1), label="steer"))
-            opts["--steer-layers"] = data.draw(layer_text(steer), label="--steer-layers text")
-            want["steer_layers"] = steer
+        _window(data, opts, want)
         maybe("--pairs", st.integers(TRAIN_MIN_PAIRS, 10**6))
         maybe("--max-epochs", st.integers(1, 10**4))
         maybe("--seed", st.integers(SEED_LO, SEED_HI))
@@ -144,6 +135,7 @@ def _valid(data, command: str, fs: Path) -> tuple[dict[str, str | list[str] | No
         maybe("--prompts", st.integers(1, 10**3))
         maybe("--max-new-tokens", st.integers(1, 10**6))
         maybe("--seed", st.integers(SEED_LO, SEED_HI))
+        _window(data, opts, want)
     else:  # eval
         for flag in ("--quick", "--no-mwe"):
             if data.draw(st.booleans(), label=flag):
@@ -157,7 +149,23 @@ def _valid(data, command: str, fs: Path) -> tuple[dict[str, str | list[str] | No
         if data.draw(st.booleans(), label="give --out"):
             out = fs / data.draw(st.sampled_from(["existing", "fresh", "fresh/deeper"]), label="eval out")
             opts["--out"] = want["out"] = str(out)
+        _window(data, opts, want)
     return opts, want
+
+
+def _window(data, opts: dict, want: dict) -> None:
+    """Maybe ``--layers`` (strictly increasing) and maybe ``--steer-layers`` (without repeats; a
+    subset of ``--layers`` when that is given, else checked against the model's derived window
+    once it is loaded); neither given: ``None``, derived from the model's depth."""
+    want["layers"] = want["steer_layers"] = None
+    layers = data.draw(layer_lists(increasing=True), label="layers")
+    if data.draw(st.booleans(), label="give --layers"):
+        opts["--layers"] = data.draw(layer_text(layers), label="--layers text")
+        want["layers"] = layers
+    if data.draw(st.booleans(), label="give --steer-layers"):
+        steer = sorted(data.draw(st.sets(st.sampled_from(layers), min_size=1), label="steer"))
+        opts["--steer-layers"] = data.draw(layer_text(steer), label="--steer-layers text")
+        want["steer_layers"] = steer
 
 
 def _argv(command: str, opts: dict[str, str | list[str] | None]) -> list[str]:
@@ -195,20 +203,25 @@ BAD_LAYERS = st.one_of(
 def _break(data, command: str, opts: dict, fs: Path) -> tuple[str, str | list[str]]:
     """(option, bad value) for one option of this command."""
     choices: dict[str, st.SearchStrategy] = {}
+    layers = cli.parse_layers(opts["--layers"]) if "--layers" in opts else None
+    windows = {
+        "--layers": st.one_of(BAD_LAYERS,
+                              st.lists(st.integers(0, 40), min_size=2, max_size=6)  # not increasing
+                              .filter(lambda v: v != sorted(set(v))).map(lambda v: ",".join(map(str, v)))),
+        "--steer-layers": st.one_of(BAD_LAYERS,
+                                    st.integers(0, 40).map(lambda i: f"{i},{i}"),  # a repeat
+                                    *([] if layers is None else [  # outside --layers
+                                        st.integers(0, cli.MAX_LAYER).filter(lambda i: i not in layers)
+                                        .map(lambda i: ",".join(map(str, sorted({*layers[:2], i}))))])),
+    }
     if command == "train":
-        layers = cli.parse_layers(opts.get("--layers", "8-17"))
         choices = {
             "--concept": st.one_of(TEXT.filter(lambda t: t not in CONCEPTS
                                                and not t.startswith("mwe:")),
                                    TEXT.map(lambda t: f"mwe:{t}").filter(lambda t: t[4:] not in BEHAVIORS),
                                    st.sampled_from(["mwe:", "Sentiment", "sentiment ", "mwe"])),
             "--model": st.sampled_from(["", "   ", "a\0b"]),
-            "--layers": st.one_of(BAD_LAYERS,
-                                  st.lists(st.integers(0, 40), min_size=2, max_size=6)  # not increasing
-                                  .filter(lambda v: v != sorted(set(v))).map(lambda v: ",".join(map(str, v)))),
-            "--steer-layers": st.one_of(BAD_LAYERS,
-                                        st.integers(0, cli.MAX_LAYER).filter(lambda i: i not in layers)
-                                        .map(lambda i: ",".join(map(str, sorted({*layers[:2], i}))))),
+            **windows,
             "--pairs": _below(TRAIN_MIN_PAIRS),
             "--max-epochs": _below(1),
             "--seed": st.one_of(st.integers(SEED_HI + 1, 10**30).map(str), st.integers(-(10**30), SEED_LO - 1).map(str),
@@ -233,6 +246,7 @@ def _break(data, command: str, opts: dict, fs: Path) -> tuple[str, str | list[st
             "--prompts": _below(1),
             "--max-new-tokens": _below(1),
             "--seed": st.integers(SEED_HI + 1, 10**40).map(str) | BAD_INT,
+            **windows,
         }
     else:
         choices = {
@@ -243,6 +257,7 @@ def _break(data, command: str, opts: dict, fs: Path) -> tuple[str, str | list[st
             "--model": st.sampled_from(["", "\t"]),
             "--out": st.sampled_from(["", "afile", "afile/sub", "existing/../afile"]).map(
                 lambda p: str(fs / p) if p else p),
+            **windows,
         }
     option = data.draw(st.sampled_from(sorted(choices)), label="broken option")
     return option, data.draw(choices[option], label=f"bad {option}")
@@ -263,7 +278,7 @@ def _no_model(*args, **kwargs):
 @contextlib.contextmanager
 def _nothing_loaded():
     with mock.patch.object(cli, "_load_model", _no_model), mock.patch.object(models, "load_model", _no_model), \
-            mock.patch.object(models, "prepare_default_model", _no_model):
+            mock.patch.object(models, "prepare_model", _no_model):
         yield
 
 
@@ -394,7 +409,7 @@ def test_prepare_errors(monkeypatch, capsys, exc, code):
     def fail(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(models, "prepare_default_model", fail)
+    monkeypatch.setattr(models, "prepare_model", fail)
     assert cli.main(["prepare"]) == code
     err = capsys.readouterr().err
     assert err.startswith("svf prepare: ") and err.count("\n") == 1
@@ -466,3 +481,55 @@ def test_train_with_a_model_directory_without_config(tmp_path):
     code, stdout, err = _run(["train", "--model", str(tmp_path / "not-a-model"), "--pairs", "40", "--out", str(out)])
     assert code == 2 and "svf train: error:" in err and "not-a-model" in err and "config.json" in err, err
     assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize(("argv", "named", "loaded"), [
+    (["--layers", "2-5"], "argument --layers: layers [4, 5] out of range: the model has 4 decoder layers", True),
+    (["--steer-layers", "0"], ("argument --steer-layers: layers [0] are not among the training layers [2] "
+                               "derived from the model's 4 decoder layers"), True),
+    (["--steer-layers", "9"], "argument --steer-layers: layers [9] out of range", True),
+    (["--layers", "1-3", "--steer-layers", "3,7"], "argument --steer-layers: layers [7] are not among --layers",
+     False),
+    (["--layers", "3,1"], "argument --layers: layers must be strictly increasing", False),
+    (["--layers", "1-3", "--steer-layers", "2,2"], "argument --steer-layers: layers must not repeat", False),
+    (["--layers", "x"], "argument --layers: bad layer list 'x'", False),
+])
+@pytest.mark.parametrize("command", ["eval", "demo"])
+def test_eval_and_demo_layers_are_checked(tiny_dir, tmp_path, monkeypatch, command, argv, named, loaded):
+    """``svf eval --quick`` and ``svf demo`` with bad ``--layers`` / ``--steer-layers``: status 2 and
+    a message naming the option, nothing written; argparse refuses what it can see without the
+    model (usage and message), the rest is one line once the model is loaded (the demo's model
+    is the tiny one here)."""
+    from svf.cli import demo
+
+    monkeypatch.setattr(demo, "load_model", lambda: models.load_model(tiny_dir))
+    out = tmp_path / "report"
+    extra = ["--quick", "--model", str(tiny_dir), "--out", str(out)] if command == "eval" else []
+    if loaded:
+        code, _, err = _run([command, *extra, *argv])
+        assert err.count("\n") == 1
+    else:
+        with _nothing_loaded():
+            code, _, err = _run([command, *extra, *argv])
+    assert code == 2 and f"svf {command}: error: {named}" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_eval_layer_options_parse():
+    args = cli.parse_args(["eval", "--quick", "--layers", "7-12", "--steer-layers", "9,11,12"], PARSER)
+    assert (args.layers, args.steer_layers, args.quick) == ([7, 8, 9, 10, 11, 12], [9, 11, 12], True)
+    args = cli.parse_args(["eval", "--quick"], PARSER)
+    assert args.layers is None and args.steer_layers is None  # derived from the model once loaded
+    args = cli.parse_args(["demo", "--steer-layers", "16,18"], PARSER)
+    assert args.layers is None and args.steer_layers == [16, 18]
+    args = cli.parse_args(["train", "--out", "x.safetensors"], PARSER)
+    assert args.layers is None and args.steer_layers is None
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_layer_help_says_the_default_is_derived(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "derived from the model's depth" in text and "12-21 of the default model's 30 layers" in text
+    assert "--steer-layers" in text

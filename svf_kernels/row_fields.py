@@ -99,7 +99,7 @@ class PackedField(RowField):
         try:
             a = self._alpha(alpha, rows.shape[0])
             return field_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], a, self.tau,
-                                   self.normalize, "gelu_tanh", self.eps, None)
+                                   self.normalize, "gelu_tanh", self.eps, None, None, None, 1.0)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             check_field_args(rows, b["A"], b["c"], b["w2"], b["b2"],
@@ -179,7 +179,8 @@ class FieldTable(RowField):
             if not isinstance(alpha, torch.Tensor):
                 alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
-                                         self.tau, self.normalize, "gelu_tanh", self.eps)
+                                         self.tau, self.normalize, "gelu_tanh", self.eps, None,
+                                         None, 1.0)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             check_table_args(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids,

@@ -117,12 +117,14 @@ def test_table_B_matches_float64_reference(kernel, dtype, C, N):
     base, hidden = _strided_rows(N, dtype, dev, gen)
     alpha = (0.25 + torch.rand(N, generator=gen)).to(dev)
     before = hidden.clone()
+    before_base = base.clone()
     truth_h, truth_s = truth_table(hidden, A, c, w2, b2, ids, alpha, tau=0.7, B=B)
     ref_h = hidden.clone()
     ref_s = field_table_update_reference(ref_h, A, c, w2, b2, ids, alpha, 0.7, B=B)
 
     s = field_table_update_(hidden, A, c, w2, b2, ids, alpha, tau=0.7, check_ids=False, B=B)
 
+    assert torch.equal(base[:, [0, 2]], before_base[:, [0, 2]]), "other positions were touched"
     steered = ((ids >= 0) & (ids < F)).cpu()
     assert torch.equal(bits(hidden.cpu()[~steered]), bits(before.cpu()[~steered]))
     assert torch.isnan(s.cpu()[~steered]).all()

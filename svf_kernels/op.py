@@ -157,7 +157,8 @@ def check_field_args(
         _check_like("B", B, A, hidden)
     if target is not None:
         _check_target(target, hidden)
-    _check_positive("band", band)
+    if band.__class__ is not float or not 0.0 < band < math.inf:  # the common case costs one test
+        _check_positive("band", band)
 
 
 def _check_like(name: str, t: object, A: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -254,7 +255,8 @@ def field_update_(
     in the direction of ``alpha``. See :mod:`svf_kernels.reference` for the exact arithmetic.
     """
     alpha = _alpha_tensor(alpha, hidden)
-    target = _target_tensor(target, hidden)
+    if target is not None:
+        target = _target_tensor(target, hidden)
     check_field_args(hidden, A, c, w2, b2, alpha, tau, activation, eps, rows, B, target, band)
     return field_update_op(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), activation,
                            float(eps), rows, B, target, float(band))
@@ -338,7 +340,8 @@ def field_table_update_(
     :func:`field_update_`. See :func:`svf_kernels.reference.field_table_update_reference`.
     """
     alpha = _alpha_tensor(alpha, hidden)
-    target = _target_tensor(target, hidden)
+    if target is not None:
+        target = _target_tensor(target, hidden)
     check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, activation, eps, B, target, band)
     if check_ids and field_ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(field_ids.min()), int(field_ids.max())

@@ -3,12 +3,18 @@
 Providers: ``paper`` (autograd of the unfolded scorer, as the published method does it),
 ``torch`` (the reference backend) and every compiled backend available for the device
 (``cpu``; on a GPU ``cuda`` and ``triton``), the last two through the public
-``svf_kernels.field_update_`` with ``SVF_BACKEND`` set, as users call them. Shapes: d in {576, 2048, 4096}, m = 64,
-C in {1, 3}, rows N in {1, 16, 256, 4096}.
+``svf_kernels.field_update_`` with ``SVF_BACKEND`` set, as users call them. Each compiled
+backend also runs as ``<backend>+B``: the same call with a second folded matrix ``B`` for the
+direction (``field_update_(..., B=B)``), so the cost of reading B is measured side by side.
+Shapes: d in {576, 2048, 4096}, m = 64, C in {1, 3}, rows N in {1, 16, 256, 4096}.
 
     python -m pytest benchmarks/bench_kernels.py --benchmark-json benchmarks/results/kernels_cpu.json
     python benchmarks/report_kernels.py benchmarks/results/kernels_cpu.json   # CSV, plot, table
     SVF_BENCH_DEVICE=cuda SVF_BENCH_DTYPE=bfloat16 python -m pytest benchmarks/bench_kernels.py ...
+    # with and without B only, decode shapes:
+    python -m pytest benchmarks/bench_kernels.py -k "cpu and (-576- or -2048-) and (-1] or -16])" \
+        --benchmark-json benchmarks/results/kernels_b_cpu.json
+    python benchmarks/report_kernels.py benchmarks/results/kernels_b_cpu.json
 """
 
 from __future__ import annotations
@@ -31,9 +37,8 @@ D = [576, 2048, 4096]
 C = [1, 3]
 N = [1, 16, 256, 4096]
 M = 64
-PROVIDERS = ["paper", "torch"] + [
-    b for b in svf_kernels.available_backends(DEVICE.type) if b != "torch"
-]
+COMPILED = [b for b in svf_kernels.available_backends(DEVICE.type) if b != "torch"]
+PROVIDERS = ["paper", "torch"] + [p for b in COMPILED for p in (b, f"{b}+B")]
 
 
 def _sync():
@@ -77,11 +82,20 @@ def test_field_update(benchmark, monkeypatch, provider, d, c, n):
             _paper_step(scorers, hidden, 1e-3)
             _sync()
     else:  # the public op, as users call it (argument checks + dispatcher + backend)
-        monkeypatch.setenv("SVF_BACKEND", provider)
+        backend, _, option = provider.partition("+")
+        monkeypatch.setenv("SVF_BACKEND", backend)
         alpha = torch.full((n,), 1e-3, device=DEVICE)
+        if option == "B":  # a second matrix of A's shape and scale for the direction
+            gen = torch.Generator(device="cpu").manual_seed(d + c)
+            B = (torch.randn(packed[0].shape, generator=gen) * packed[0].std().item()).to(DEVICE)
+            benchmark.extra_info["bytes"] += c * M * d * 4
 
-        def step():
-            svf_kernels.field_update_(hidden, *packed, alpha)
-            _sync()
+            def step():
+                svf_kernels.field_update_(hidden, *packed, alpha, B=B)
+                _sync()
+        else:
+            def step():
+                svf_kernels.field_update_(hidden, *packed, alpha)
+                _sync()
     with torch.no_grad():
         benchmark(step)

@@ -40,11 +40,13 @@ bool compiled_serves(const char* name, const at::Tensor& hidden, c10::string_vie
 at::Tensor python_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                            const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
                            double tau, bool normalize, c10::string_view activation, double eps,
-                           const std::optional<at::Tensor>& rows) {
+                           const std::optional<at::Tensor>& rows,
+                           const std::optional<at::Tensor>& B,
+                           const std::optional<at::Tensor>& target, double band) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_update_python", "");
   std::vector<c10::IValue> stack{hidden, A, c, w2, b2, alpha, tau, normalize,
-                                 std::string(activation), eps, rows};
+                                 std::string(activation), eps, rows, B, target, band};
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
 }
@@ -52,21 +54,27 @@ at::Tensor python_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Te
 at::Tensor field_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
                                double tau, bool normalize, c10::string_view activation, double eps,
-                               const std::optional<at::Tensor>& rows) {
+                               const std::optional<at::Tensor>& rows,
+                               const std::optional<at::Tensor>& B,
+                               const std::optional<at::Tensor>& target, double band) {
   if (!compiled_serves("cpu", hidden, activation)) {
-    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows);
+    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B,
+                           target, band);
   }
-  return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt);
+  return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
+                          B, target, band);
 }
 
 at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                  const at::Tensor& w2, const at::Tensor& b2,
                                  const at::Tensor& field_ids, const at::Tensor& alpha, double tau,
-                                 bool normalize, c10::string_view activation, double eps) {
+                                 bool normalize, c10::string_view activation, double eps,
+                                 const std::optional<at::Tensor>& B,
+                                 const std::optional<at::Tensor>& target, double band) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_table_update_python", "");
   std::vector<c10::IValue> stack{hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 std::string(activation), eps};
+                                 std::string(activation), eps, B, target, band};
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
 }
@@ -75,37 +83,44 @@ at::Tensor field_table_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, co
                                      const at::Tensor& w2, const at::Tensor& b2,
                                      const at::Tensor& field_ids, const at::Tensor& alpha,
                                      double tau, bool normalize, c10::string_view activation,
-                                     double eps) {
+                                     double eps, const std::optional<at::Tensor>& B,
+                                     const std::optional<at::Tensor>& target, double band) {
   if (!compiled_serves("cpu", hidden, activation)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 activation, eps);
+                                 activation, eps, B, target, band);
   }
   return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
-                          field_ids);
+                          field_ids, B, target, band);
 }
 
 #ifdef SVF_WITH_CUDA
 at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
                                 double tau, bool normalize, c10::string_view activation, double eps,
-                                const std::optional<at::Tensor>& rows) {
+                                const std::optional<at::Tensor>& rows,
+                                const std::optional<at::Tensor>& B,
+                                const std::optional<at::Tensor>& target, double band) {
   if (!compiled_serves("cuda", hidden, activation)) {
-    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows);
+    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B,
+                           target, band);
   }
-  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt);
+  return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
+                           B, target, band);
 }
 
 at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
                                       const at::Tensor& c, const at::Tensor& w2,
                                       const at::Tensor& b2, const at::Tensor& field_ids,
                                       const at::Tensor& alpha, double tau, bool normalize,
-                                      c10::string_view activation, double eps) {
+                                      c10::string_view activation, double eps,
+                                      const std::optional<at::Tensor>& B,
+                                      const std::optional<at::Tensor>& target, double band) {
   if (!compiled_serves("cuda", hidden, activation)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 activation, eps);
+                                 activation, eps, B, target, band);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
-                           field_ids);
+                           field_ids, B, target, band);
 }
 #endif
 

@@ -25,8 +25,9 @@ from .errors import SVFArgumentError
 class Backend:
     """A named implementation of the op and the device types it serves.
 
-    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, field_ids=None)``
-    serves both ops: one field (``field_ids`` None) and the field table (``A [F, C, m, d]``).
+    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, field_ids=None,
+    B=None, target=None, band=1.0)`` serves both ops: one field (``field_ids`` None) and the field
+    table (``A [F, C, m, d]``); calls without ``B`` and ``target`` pass none of the three.
     """
 
     name: str

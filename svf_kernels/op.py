@@ -1,7 +1,8 @@
 """``svf_kernels.field_update_``: the public op, registered with ``torch.library``.
 
 The Python wrapper checks arguments (shapes, dtypes, devices; host-side, shape-only so it
-traces under ``torch.compile``), turns a float ``alpha`` into a per-row tensor, and calls
+traces under ``torch.compile``), turns a float ``alpha`` (and a float ``target``) into a per-row
+tensor, and calls
 ``torch.ops.svf.field_update_``. The registered op has one Python kernel that picks the
 backend at one dispatch point (:mod:`svf_kernels.dispatch`), and a shape-only fake
 implementation so ``torch.compile(fullgraph=True)`` traces through it. When the extension is
@@ -24,16 +25,20 @@ from .reference import ACTIVATIONS, STORAGE_DTYPES
 # more than the whole decode-time kernel.
 SCHEMA = (
     "field_update_(Tensor(a!) hidden, Tensor A, Tensor c, Tensor w2, Tensor b2, Tensor alpha, "
-    "float tau, bool normalize, str activation, float eps, Tensor? rows) -> Tensor"
+    "float tau, bool normalize, str activation, float eps, Tensor? rows, Tensor? B, "
+    "Tensor? target, float band) -> Tensor"
 )
 _LIB = torch.library.Library("svf", "DEF")
 _LIB.define(SCHEMA)
 
 
-def _dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows):
+def _dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B, target, band):
     """The op's one kernel for every device: hand over to the backend chosen for ``hidden``."""
-    return select_backend(hidden.device, hidden.dtype, activation).impl(
-        hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
+    backend = select_backend(hidden.device, hidden.dtype, activation)
+    if B is None and target is None:
+        return backend.impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
+    return backend.impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows,
+                        B=B, target=target, band=band)
 
 
 _LIB.impl("field_update_", _dispatch, "CompositeExplicitAutograd")
@@ -45,7 +50,8 @@ _LIB.impl("_field_update_python", _dispatch, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("svf::field_update_", lib=_LIB)
-def _field_update_fake(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows):
+def _field_update_fake(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B,
+                       target, band):
     """Shape-only implementation for torch.compile / FakeTensor: scores are float32 [N, C]."""
     return hidden.new_empty((hidden.shape[0], A.shape[0]), dtype=torch.float32)
 
@@ -55,15 +61,21 @@ field_update_op = torch.ops.svf.field_update_.default
 # The field-table variant (DESIGN.md §3, last paragraph): F fields stacked, one per-row id.
 TABLE_SCHEMA = (
     "field_table_update_(Tensor(a!) hidden, Tensor A, Tensor c, Tensor w2, Tensor b2, "
-    "Tensor field_ids, Tensor alpha, float tau, bool normalize, str activation, float eps) -> Tensor"
+    "Tensor field_ids, Tensor alpha, float tau, bool normalize, str activation, float eps, "
+    "Tensor? B, Tensor? target, float band) -> Tensor"
 )
 _LIB.define(TABLE_SCHEMA)
 
 
-def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps):
+def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps, B,
+                    target, band):
     """The table op's one kernel: the same backend choice, with ``field_ids``."""
-    return select_backend(hidden.device, hidden.dtype, activation).impl(
-        hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, None, field_ids)
+    backend = select_backend(hidden.device, hidden.dtype, activation)
+    if B is None and target is None:
+        return backend.impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, None,
+                            field_ids)
+    return backend.impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, None,
+                        field_ids, B=B, target=target, band=band)
 
 
 _LIB.impl("field_table_update_", _table_dispatch, "CompositeExplicitAutograd")
@@ -72,7 +84,8 @@ _LIB.impl("_field_table_update_python", _table_dispatch, "CompositeExplicitAutog
 
 
 @torch.library.register_fake("svf::field_table_update_", lib=_LIB)
-def _field_table_update_fake(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps):
+def _field_table_update_fake(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, activation, eps,
+                             B, target, band):
     """Shape-only implementation: scores are float32 [N, C]."""
     return hidden.new_empty((hidden.shape[0], A.shape[1]), dtype=torch.float32)
 
@@ -92,6 +105,9 @@ def check_field_args(
     activation: str,
     eps: float,
     rows: torch.Tensor | None,
+    B: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    band: float = 1.0,
 ) -> None:
     """Validate the op's arguments against DESIGN.md §3; raise SVFArgumentError naming one.
 
@@ -137,6 +153,41 @@ def check_field_args(
             raise SVFArgumentError(f"rows must have shape ({n},), got {tuple(rows.shape)}")
         if rows.device != device:
             raise SVFArgumentError(f"rows is on {rows.device} but hidden is on {device}")
+    if B is not None:
+        _check_like("B", B, A, hidden)
+    if target is not None:
+        _check_target(target, hidden)
+    if band.__class__ is not float or not 0.0 < band < math.inf:  # the common case costs one test
+        _check_positive("band", band)
+
+
+def _check_like(name: str, t: object, A: torch.Tensor, hidden: torch.Tensor) -> None:
+    """``t`` (B) is a tensor of A's shape on hidden's device, float32 or the hidden dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise SVFArgumentError(f"{name} must be a tensor or None, got {type(t).__name__}")
+    if t.shape != A.shape:
+        raise SVFArgumentError(f"{name} must have the shape of A {tuple(A.shape)}, got {tuple(t.shape)}")
+    if t.device != hidden.device:
+        raise SVFArgumentError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    if t.dtype not in _PARAM_DTYPES and t.dtype != hidden.dtype:
+        raise SVFArgumentError(
+            f"{name} dtype must be float32 or the hidden dtype ({hidden.dtype}), got {t.dtype}"
+        )
+
+
+def _check_target(target: object, hidden: torch.Tensor) -> None:
+    """``target`` is an ``[N]`` float32 / float64 / hidden-dtype tensor on hidden's device."""
+    if not isinstance(target, torch.Tensor):
+        raise SVFArgumentError(f"target must be None, a float or an [N] tensor, got {type(target).__name__}")
+    n = hidden.shape[0]
+    if target.shape != (n,):
+        raise SVFArgumentError(f"target must be a float or a [{n}] tensor, got shape {tuple(target.shape)}")
+    if target.dtype not in _PARAM_DTYPES and target.dtype != hidden.dtype:
+        raise SVFArgumentError(
+            f"target dtype must be float32, float64 or the hidden dtype ({hidden.dtype}), got {target.dtype}"
+        )
+    if target.device != hidden.device:
+        raise SVFArgumentError(f"target is on {target.device} but hidden is on {hidden.device}")
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -153,10 +204,25 @@ def _alpha_tensor(alpha: object, hidden: torch.Tensor) -> torch.Tensor:
         return alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise SVFArgumentError(f"alpha must be a finite number or an [N] tensor, got {alpha!r}")
+    return _row_tensor(float(alpha), hidden)
+
+
+def _target_tensor(target: object, hidden: torch.Tensor) -> torch.Tensor | None:
+    """A float target as the op's ``[N]`` tensor (NaN: no target; infinities are limits that
+    never / always gate); None and tensors pass (a tensor is checked with the op's arguments)."""
+    if target is None or isinstance(target, torch.Tensor):
+        return target
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise SVFArgumentError(f"target must be None, a float or an [N] tensor, got {target!r}")
+    return _row_tensor(float(target), hidden)
+
+
+def _row_tensor(value: float, hidden: torch.Tensor) -> torch.Tensor:
+    """``value`` for every row of ``hidden``: float32 (float64 for float64 hidden), its device."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1:
-        return torch.full((0,), float(alpha))  # hidden's own check names the problem
+        return torch.full((0,), value)  # hidden's own check names the problem
     dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    return torch.full((hidden.shape[0],), float(alpha), dtype=dt, device=hidden.device)
+    return torch.full((hidden.shape[0],), value, dtype=dt, device=hidden.device)
 
 
 _HIDDEN_DTYPES = (*STORAGE_DTYPES, torch.float64)  # float64: reference checks only
@@ -176,14 +242,24 @@ def field_update_(
     activation: str = "gelu_tanh",
     eps: float = 1e-6,
     rows: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    target: float | torch.Tensor | None = None,
+    band: float = 1.0,
 ) -> torch.Tensor:
     """Move each row of ``hidden`` ``[N, d]`` along the field, in place; return scores ``[N, C]``.
 
-    See :mod:`svf_kernels.reference` for the exact arithmetic.
+    ``B`` (the shape of ``A``): the direction's matrix, ``g_i = B_i.T @ (act'(z_i) * w2_i)``
+    (None: ``A``, the gradient). ``target`` (a float or ``[N]``; NaN: no target for that row)
+    with ``band > 0``: each row's strength is ``alpha`` times a gate that falls linearly to 0
+    over the last ``band`` score units before the row's soft-minimum score reaches its target
+    in the direction of ``alpha``. See :mod:`svf_kernels.reference` for the exact arithmetic.
     """
     alpha = _alpha_tensor(alpha, hidden)
-    check_field_args(hidden, A, c, w2, b2, alpha, tau, activation, eps, rows)
-    return field_update_op(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), activation, float(eps), rows)
+    if target is not None:
+        target = _target_tensor(target, hidden)
+    check_field_args(hidden, A, c, w2, b2, alpha, tau, activation, eps, rows, B, target, band)
+    return field_update_op(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), activation,
+                           float(eps), rows, B, target, float(band))
 
 
 def check_table_args(
@@ -197,6 +273,9 @@ def check_table_args(
     tau: float,
     activation: str,
     eps: float,
+    B: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    band: float = 1.0,
 ) -> None:
     """Validate the table op's arguments (shapes, dtypes, devices); raise SVFArgumentError.
 
@@ -215,8 +294,11 @@ def check_table_args(
             raise SVFArgumentError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and A.shape[3] != hidden.shape[1]:
         raise SVFArgumentError(f"A must be [F, C, m, {hidden.shape[1]}], got {tuple(A.shape)}")
-    # Everything else is the one-field contract, checked on field 0's slices.
-    check_field_args(hidden, A[0], c[0], w2[0], b2[0], alpha, tau, activation, eps, None)
+    # Everything else is the one-field contract, checked on field 0's slices (B: in full below).
+    check_field_args(hidden, A[0], c[0], w2[0], b2[0], alpha, tau, activation, eps, None, None,
+                     target, band)
+    if B is not None:
+        _check_like("B", B, A, hidden)
     if not isinstance(field_ids, torch.Tensor) or field_ids.dtype not in _ID_DTYPES:
         raise SVFArgumentError(
             f"field_ids must be an int64 or int32 tensor, got {getattr(field_ids, 'dtype', type(field_ids))}"
@@ -225,8 +307,8 @@ def check_table_args(
         raise SVFArgumentError(f"field_ids must have shape ({hidden.shape[0]},), got {tuple(field_ids.shape)}")
     if field_ids.device != hidden.device:
         raise SVFArgumentError(f"field_ids is on {field_ids.device} but hidden is on {hidden.device}")
-    for name, t in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
-        if not t.is_contiguous():
+    for name, t in (("A", A), ("B", B), ("c", c), ("w2", w2), ("b2", b2)):
+        if t is not None and not t.is_contiguous():
             raise SVFArgumentError(f"{name} of a field table must be contiguous")
 
 
@@ -244,6 +326,9 @@ def field_table_update_(
     activation: str = "gelu_tanh",
     eps: float = 1e-6,
     check_ids: bool = True,
+    B: torch.Tensor | None = None,
+    target: float | torch.Tensor | None = None,
+    band: float = 1.0,
 ) -> torch.Tensor:
     """Move row ``r`` of ``hidden`` ``[N, d]`` by field ``field_ids[r]`` of a table, in place.
 
@@ -251,13 +336,16 @@ def field_table_update_(
     ``field_ids [N]`` (int64/int32): ``-1`` leaves the row bit-identical (scores NaN).
     ``check_ids`` reads the ids to reject values outside ``[-1, F)`` (one device sync; pass
     False in a compiled or CUDA-graph region, where the kernels treat them as -1).
-    See :func:`svf_kernels.reference.field_table_update_reference`.
+    ``B [F, C, m, d]``, ``target`` (float or ``[N]``, per row) and ``band`` as in
+    :func:`field_update_`. See :func:`svf_kernels.reference.field_table_update_reference`.
     """
     alpha = _alpha_tensor(alpha, hidden)
-    check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, activation, eps)
+    if target is not None:
+        target = _target_tensor(target, hidden)
+    check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, activation, eps, B, target, band)
     if check_ids and field_ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(field_ids.min()), int(field_ids.max())
         if lo < -1 or hi >= A.shape[0]:
             raise SVFArgumentError(f"field_ids must lie in [-1, {A.shape[0]}), got values in [{lo}, {hi}]")
     return field_table_update_op(hidden, A, c, w2, b2, field_ids, alpha, float(tau), bool(normalize),
-                                 activation, float(eps))
+                                 activation, float(eps), B, target, float(band))

@@ -4,6 +4,8 @@ A row field maps rows ``[n, d]`` and strengths to an in-place update and per-row
 :class:`PackedField` is SVF's folded scorer (it calls the fused op); :class:`ConstantField`
 is a static steering vector (CAA and friends), so methods differ only in the field;
 :class:`FieldTable` holds several SVF fields and moves each row by its own (batched serving).
+Both SVF fields optionally hold a second folded matrix ``B`` for the direction and targets with
+a band for closed-loop strength (the op's ``B``, ``target`` and ``band``, DESIGN.md §3).
 """
 
 from __future__ import annotations
@@ -30,23 +32,34 @@ class RowField(nn.Module):
         raise NotImplementedError
 
 
-def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, eps: float) -> None:
-    """Folded scorer parameters as fp32 contiguous buffers, plus the op's scalar settings."""
+def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, eps: float,
+                  B=None, band: float = 1.0) -> None:
+    """Folded scorer parameters as fp32 contiguous buffers (``B``: None or a buffer like ``A``),
+    plus the op's scalar settings."""
     _check_positive("tau", tau)
     _check_positive("eps", eps)
+    _check_positive("band", band)
     if not isinstance(normalize, bool):
         raise SVFArgumentError(f"normalize must be True or False, got {normalize!r}")
-    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
+    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2), ("B", B)):
+        if name == "B" and value is None:
+            continue
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise SVFArgumentError(f"{name} must be a floating-point tensor, got "
                                    f"{getattr(value, 'dtype', type(value).__name__)}")
-    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2)):
-        module.register_buffer(name, value.detach().float().contiguous())
+    for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2), ("B", B)):
+        module.register_buffer(name, None if value is None else value.detach().float().contiguous())
     module.tau, module.normalize, module.eps = float(tau), bool(normalize), float(eps)
+    module.band = float(band)
 
 
 class PackedField(RowField):
-    """SVF at one layer: folded parameters of C concepts (``A [C, m, d]``, ``c``, ``w2``, ``b2``)."""
+    """SVF at one layer: folded parameters of C concepts (``A [C, m, d]``, ``c``, ``w2``, ``b2``).
+
+    ``B`` (``A``'s shape, optional): the direction's matrix (None: ``A``, the gradient).
+    ``target`` (None or a float; NaN: none) and ``band``: every row's strength is gated by how
+    far its soft-minimum score still is from ``target`` (DESIGN.md §2).
+    """
 
     def __init__(
         self,
@@ -58,19 +71,29 @@ class PackedField(RowField):
         tau: float = 1.0,
         normalize: bool = True,
         eps: float = 1e-6,
+        B: torch.Tensor | None = None,
+        target: float | None = None,
+        band: float = 1.0,
     ) -> None:
         super().__init__()
         if isinstance(A, torch.Tensor) and A.dim() == 2:  # one concept given unstacked
             A, c, w2, b2 = A[None], c[None], w2[None], b2.reshape(1)
-        _store_folded(self, A, c, w2, b2.reshape(-1), tau, normalize, eps)
+            if isinstance(B, torch.Tensor) and B.dim() == 2:
+                B = B[None]
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+            raise SVFArgumentError(f"target must be None or a float, got {target!r}")
+        _store_folded(self, A, c, w2, b2.reshape(-1), tau, normalize, eps, B, band)
+        self.target = None if target is None else float(target)
         d = self.A.shape[-1]
         # Parameters are checked once here; per call only the rows need checking.
         check_field_args(torch.zeros(1, d), self.A, self.c, self.w2, self.b2, torch.zeros(1),
-                         self.tau, "gelu_tanh", self.eps, None)
+                         self.tau, "gelu_tanh", self.eps, None, self.B, None, self.band)
         self._alpha_cache: tuple[float, int, torch.Tensor] | None = None
+        self._target_cache: tuple[int, torch.Tensor] | None = None
 
-    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the cached alpha moves too
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the cached tensors move too
         self._alpha_cache = None
+        self._target_cache = None
         return super()._apply(fn, recurse)
 
     def _alpha(self, alpha: float, n: int) -> torch.Tensor:
@@ -82,6 +105,17 @@ class PackedField(RowField):
             self._alpha_cache = cached
         return cached[2]
 
+    def _target(self, n: int) -> torch.Tensor | None:
+        """The ``[n]`` target tensor (None without a target), kept while n stays."""
+        if self.target is None:
+            return None
+        cached = self._target_cache
+        if cached is None or cached[0] != n:
+            device = self._buffers["A"].device
+            cached = (n, torch.full((n,), self.target, dtype=torch.float32, device=device))
+            self._target_cache = cached
+        return cached[1]
+
     @property
     def hidden_size(self) -> int:
         return self.A.shape[-1]
@@ -91,20 +125,23 @@ class PackedField(RowField):
             return field_update_(
                 rows, self.A, self.c, self.w2, self.b2, alpha,
                 tau=self.tau, normalize=self.normalize, eps=self.eps,
+                B=self.B, target=self.target, band=self.band,
             )
         # The decoding hot path (once per layer per token): the parameters were checked at
         # construction and the kernels check the rows, so no Python checks run unless the op
         # fails; the buffers are read from ``_buffers`` directly (Module.__getattr__ is slow).
         b = self._buffers
         try:
-            a = self._alpha(alpha, rows.shape[0])
-            return field_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], a, self.tau,
-                                   self.normalize, "gelu_tanh", self.eps, None)
+            n = rows.shape[0]
+            return field_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
+                                   self.tau, self.normalize, "gelu_tanh", self.eps, None, b["B"],
+                                   self._target(n), self.band)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
-            check_field_args(rows, b["A"], b["c"], b["w2"], b["b2"],
-                             self._alpha(alpha, getattr(rows, "shape", (0,))[0]), self.tau,
-                             "gelu_tanh", self.eps, None)
+            n = getattr(rows, "shape", (0,))[0]
+            check_field_args(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
+                             self.tau, "gelu_tanh", self.eps, None, b["B"], self._target(n),
+                             self.band)
             raise
 
 
@@ -144,6 +181,9 @@ class FieldTable(RowField):
     ``apply_(rows, alpha, field_ids)`` moves row ``r`` by field ``field_ids[r]`` (``-1``: not
     at all) in one launch of ``field_table_update_``. Ids are not read on the host here (the
     caller validates them once per batch), so the call traces and never synchronises.
+    ``B [F, C, m, d]`` (optional): each field's direction matrix. ``targets [F]`` (optional;
+    NaN: that field has no target) and ``band``: each row's strength is gated by its field's
+    target; the per-row targets are gathered on the device at every call.
     """
 
     def __init__(
@@ -156,11 +196,25 @@ class FieldTable(RowField):
         tau: float = 1.0,
         normalize: bool = True,
         eps: float = 1e-6,
+        B: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        band: float = 1.0,
     ) -> None:
         super().__init__()
-        _store_folded(self, A, c, w2, b2, tau, normalize, eps)
+        _store_folded(self, A, c, w2, b2, tau, normalize, eps, B, band)
         check_table_args(torch.zeros(1, self.A.shape[-1]), self.A, self.c, self.w2, self.b2,
-                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, "gelu_tanh", self.eps)
+                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, "gelu_tanh",
+                         self.eps, self.B, None, self.band)
+        F = self.A.shape[0]
+        if targets is not None:
+            if (not isinstance(targets, torch.Tensor) or not targets.is_floating_point()
+                    or targets.shape != (F,)):
+                raise SVFArgumentError(
+                    f"targets must be None or a [{F}] float tensor (one target per field, NaN: "
+                    f"none), got {getattr(targets, 'dtype', type(targets).__name__)} "
+                    f"{tuple(getattr(targets, 'shape', ()))}")
+            targets = targets.detach().float().contiguous()
+        self.register_buffer("targets", targets)
 
     @property
     def hidden_size(self) -> int:
@@ -175,13 +229,18 @@ class FieldTable(RowField):
         if field_ids is None:
             raise SVFArgumentError("a FieldTable needs field_ids: one field index (or -1) per row")
         b = self._buffers
+        target = None
         try:
             if not isinstance(alpha, torch.Tensor):
                 alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
+            if b["targets"] is not None:  # each row's field's target, gathered on the device
+                target = b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1))
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
-                                         self.tau, self.normalize, "gelu_tanh", self.eps)
+                                         self.tau, self.normalize, "gelu_tanh", self.eps, b["B"],
+                                         target, self.band)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             check_table_args(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids,
-                             _alpha_tensor(alpha, rows), self.tau, "gelu_tanh", self.eps)
+                             _alpha_tensor(alpha, rows), self.tau, "gelu_tanh", self.eps, b["B"],
+                             target, self.band)
             raise

@@ -36,15 +36,25 @@ def to_f64(*ts):
     return tuple(None if t is None else (t if t.dtype == torch.bool else t.double()) for t in ts)
 
 
-def truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, rows=None):
+def _per_row(value, n):
+    """A float strength / target as the ``[n]`` float64 CPU tensor the reference takes."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        value = torch.full((n,), float(value))
+    return value.double().cpu()
+
+
+def truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, rows=None, B=None,
+          target=None, band=1.0):
     """float64 reference on float64 copies; returns (new hidden, scores)."""
     h64, A64, c64, w64, b64 = to_f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
+    B64 = None if B is None else B.cpu().double()
     rows = None if rows is None else rows.cpu()
     h64 = h64.clone()
-    if not isinstance(alpha, torch.Tensor):
-        alpha = torch.full((hidden.shape[0],), float(alpha))
-    s64 = field_update_reference(h64, A64, c64, w64, b64, alpha.double().cpu(), tau, normalize,
-                                 "gelu_tanh", eps, rows)
+    n = hidden.shape[0]
+    s64 = field_update_reference(h64, A64, c64, w64, b64, _per_row(alpha, n), tau, normalize,
+                                 "gelu_tanh", eps, rows, B64, _per_row(target, n), band)
     return h64, s64
 
 
@@ -55,14 +65,16 @@ def make_table(F: int, C: int, d: int, m: int, dtype: torch.dtype, gen: torch.Ge
     return tuple(torch.stack(parts) for parts in zip(*fields))
 
 
-def truth_table(hidden, A, c, w2, b2, field_ids, alpha, *, tau=1.0, normalize=True, eps=1e-6):
+def truth_table(hidden, A, c, w2, b2, field_ids, alpha, *, tau=1.0, normalize=True, eps=1e-6,
+                B=None, target=None, band=1.0):
     """float64 table reference on float64 copies; returns (new hidden, scores)."""
     h64, A64, c64, w64, b64 = to_f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
+    B64 = None if B is None else B.cpu().double()
     h64 = h64.clone()
-    if not isinstance(alpha, torch.Tensor):
-        alpha = torch.full((hidden.shape[0],), float(alpha))
+    n = hidden.shape[0]
     s64 = field_table_update_reference(h64, A64, c64, w64, b64, field_ids.cpu(),
-                                       alpha.double().cpu(), tau, normalize, "gelu_tanh", eps)
+                                       _per_row(alpha, n), tau, normalize, "gelu_tanh", eps, B64,
+                                       _per_row(target, n), band)
     return h64, s64
 
 

@@ -15,6 +15,7 @@ from test_batch_steering import REQUESTS, STRENGTHS, _batch, _fields
 from transformers import CompileConfig
 
 import svf
+import svf_kernels
 
 STATIC = {"max_new_tokens": 8, "do_sample": False, "cache_implementation": "static"}
 
@@ -52,6 +53,42 @@ def test_batch_steering_compiles_fullgraph_and_matches_eager():
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not torch._dynamo.utils.counters["graph_break"]
     # ...and the steering really acted: unsteered static decoding gives other tokens
+    plain = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)
+    assert not torch.equal(plain, eager)
+
+
+@torch.no_grad()
+def test_batch_steering_with_B_and_targets_compiles_fullgraph(monkeypatch):
+    """The same compiled decode with every layer's FieldTable given a direction matrix B and
+    per-field targets: the per-row targets are gathered and the gates computed on the device,
+    so the whole model still traces as one graph, and the tokens equal eager ones."""
+    from svf import batch_steering
+    from svf_kernels import FieldTable
+
+    plain_table = batch_steering.field_table
+
+    def table_with_options(entries, layer, **kw):
+        t = plain_table(entries, layer, **kw)
+        gen = torch.Generator().manual_seed(layer)
+        B = t.A * (0.5 + torch.rand(t.A.shape[:-1], generator=gen)).unsqueeze(-1)
+        targets = torch.tensor([0.0, float("nan"), -0.5])[: t.num_fields]
+        return FieldTable(t.A, t.c, t.w2, t.b2, tau=t.tau, normalize=t.normalize, eps=t.eps,
+                          B=B, targets=targets, band=2.0)
+
+    monkeypatch.setattr(batch_steering, "field_table", table_with_options)
+    model = tiny_model("llama")
+    _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
+    config = _compile_config("aot_eager")
+    with svf.steer_requests(model, _fields(model), positions="last") as batch:
+        wrapped = [m for m in model.modules() if isinstance(m, svf_kernels.FusedSteeringField)]
+        assert wrapped and all(m.field.B is not None and m.field.targets is not None
+                               for m in wrapped)
+        batch.set_requests(REQUESTS, [3 * s for s in STRENGTHS])
+        eager = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)
+        compiled = model.generate(input_ids=ids, attention_mask=mask, compile_config=config, **STATIC)
+        assert torch.equal(compiled, eager)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
     plain = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)
     assert not torch.equal(plain, eager)
 

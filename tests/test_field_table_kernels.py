@@ -341,15 +341,21 @@ def test_direct_cpp_call_checks():
         _C.field_update_cpu(h, A, c[:2], w2, b2, alpha, 1.0, True, 1e-6, None, ids)
 
 
+@pytest.mark.parametrize("options", [False, True], ids=["plain", "B-target"])
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(compiler):
-    """Traced (fake impl; check_ids skips its host read), functionalised and compiled, no breaks."""
+def test_torch_compile_fullgraph(compiler, options):
+    """Traced (fake impl; check_ids skips its host read), functionalised and compiled, no breaks;
+    with a B table and per-row targets too."""
     gen = torch.Generator().manual_seed(90)
     A, c, w2, b2 = make_table(3, 2, 65, 16, torch.float32, gen)
     ids = torch.tensor([2, -1, 0, 1, 2])
+    kw = {}
+    if options:
+        kw = {"B": torch.randn(A.shape, generator=gen) / 65**0.5,
+              "target": torch.tensor([float("nan"), 0.0, 1e30, -1e30, 0.5]), "band": 0.5}
 
     def step(h):
-        s = field_table_update_(h, A, c, w2, b2, ids, 0.3, tau=0.5)
+        s = field_table_update_(h, A, c, w2, b2, ids, 0.3, tau=0.5, **kw)
         return h * 2, s
 
     h1 = torch.randn(5, 65, generator=gen)
@@ -365,7 +371,8 @@ def test_torch_compile_fullgraph(compiler):
 
 def _op_args(gen, dtype=torch.float32):
     h, A, c, w2, b2, ids = _small(gen, dtype=dtype)
-    return h, (A, c, w2, b2, ids, torch.full((h.shape[0],), 0.4), 1.0, True, "gelu_tanh", 1e-6)
+    return h, (A, c, w2, b2, ids, torch.full((h.shape[0],), 0.4), 1.0, True, "gelu_tanh", 1e-6,
+               None, None, 1.0)
 
 
 def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
@@ -378,7 +385,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
     forbid_python_dispatch(monkeypatch)
     gen = torch.Generator().manual_seed(91)
     h, args = _op_args(gen)
-    A, c, w2, b2, ids, alpha, tau, normalize, _, eps = args
+    A, c, w2, b2, ids, alpha, tau, normalize, _, eps, _, _, _ = args
     h_kernel = h.clone()
     s_kernel = _C.field_update_cpu(h_kernel, A, c, w2, b2, alpha, tau, normalize, eps, None, ids)
     s = op_module.field_table_update_op(h, *args)

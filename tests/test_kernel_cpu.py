@@ -78,15 +78,21 @@ def test_direct_call_rejects_float64():
         _C.field_update_cpu(h, A, c, w2, b2, torch.ones(2), 1.0, True, 1e-6, None)
 
 
+@pytest.mark.parametrize("options", [False, True], ids=["plain", "B-target"])
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_uses_cpu_backend(compiler):
-    """Traced (fake impl), functionalised (the in-place update) and compiled without breaks."""
+def test_torch_compile_fullgraph_uses_cpu_backend(compiler, options):
+    """Traced (fake impl), functionalised (the in-place update) and compiled without breaks;
+    with B and a per-row target tensor too (the gate is computed in the kernel)."""
     assert select_backend(torch.device("cpu")).name == "cpu"
     gen = torch.Generator().manual_seed(9)
     A, c, w2, b2 = make_field(3, 65, 16, torch.float32, gen)
+    kw = {}
+    if options:
+        kw = {"B": torch.randn(A.shape, generator=gen) / 65**0.5,
+              "target": torch.tensor([float("nan"), -1e30, 1e30, 0.0, 0.5]), "band": 0.5}
 
     def step(h):
-        s = field_update_(h, A, c, w2, b2, 0.3, tau=0.5)
+        s = field_update_(h, A, c, w2, b2, 0.3, tau=0.5, **kw)
         return h * 2, s
 
     h1 = torch.randn(5, 65, generator=gen)
@@ -123,7 +129,8 @@ def test_large_single_row_split_across_threads(monkeypatch, dtype):
 def _op_args(gen, n=3, d=40, dtype=torch.float32):
     A, c, w2, b2 = make_field(2, d, 8, torch.float32, gen)
     h = torch.randn(n, d, generator=gen).to(dtype)
-    return h, (A, c, w2, b2, torch.full((n,), 0.4), 1.0, True, "gelu_tanh", 1e-6, None)
+    return h, (A, c, w2, b2, torch.full((n,), 0.4), 1.0, True, "gelu_tanh", 1e-6, None, None, None,
+               1.0)
 
 
 def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):

@@ -11,6 +11,7 @@ Triton is in the ``dev`` extra: a missing triton fails these tests rather than s
 
 from __future__ import annotations
 
+import math
 import os
 
 if __name__ == "__main__":  # the checks' own process: before any triton import
@@ -28,7 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from svf_kernels.reference import field_table_update_reference, field_update_reference
+from svf_kernels.reference import (
+    field_table_update_reference,
+    field_update_reference,
+    soft_min_score,
+)
 
 # Absolute error floors per storage dtype (hidden ~ N(0, 1)): the kernel may also be up to 2x
 # the torch reference's own error in that dtype, whichever is larger.
@@ -202,7 +207,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
 
 
-def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0, out=None):
+def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0, out=None,
+                   B=None, target=None, band=1.0):
     """Kernel vs float64 table reference and the reference in the storage dtype.
 
     Checks the contract's exact parts (rows with an id outside [0, F): bit-identical, NaN
@@ -212,12 +218,15 @@ def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0,
     dt = hidden.dtype
     F = A.shape[0]
     h64 = hidden.double()
+    kw64 = {"B": None if B is None else B.double(),
+            "target": None if target is None else target.double(), "band": band}
     s64 = field_table_update_reference(h64, A.double(), c.double(), w2.double(), b2.double(),
-                                       ids, alpha.double(), tau, normalize)
+                                       ids, alpha.double(), tau, normalize, **kw64)
     h_ref = hidden.clone()
-    s_ref = field_table_update_reference(h_ref, A, c, w2, b2, ids, alpha, tau, normalize)
+    kw = {"B": B, "target": target, "band": band}
+    s_ref = field_table_update_reference(h_ref, A, c, w2, b2, ids, alpha, tau, normalize, **kw)
     h_k = hidden.clone() if out is None else out
-    s_k = _run_triton(h_k, A, c, w2, b2, alpha, tau=tau, normalize=normalize, field_ids=ids)
+    s_k = _run_triton(h_k, A, c, w2, b2, alpha, tau=tau, normalize=normalize, field_ids=ids, **kw)
     assert s_k.dtype == torch.float32 and s_k.shape == s_ref.shape == (hidden.shape[0], A.shape[1])
     assert h_k.dtype == dt
     bad = (ids < 0) | (ids >= F)
@@ -228,7 +237,9 @@ def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0,
 
     def err(x, y):
         x, y = x[ok], y[ok]
-        return (x.double() - y).abs().nan_to_num(0.0).max().item() if x.numel() else 0.0
+        fin = torch.isfinite(y)  # a padded concept scores +inf in both
+        assert torch.equal(fin, torch.isfinite(x.double())), "non-finite values differ"
+        return (x.double()[fin] - y[fin]).abs().max().item() if fin.any() else 0.0
 
     e = {
         "h_kernel": err(h_k, h64), "h_ref": err(h_ref, h64),
@@ -437,6 +448,105 @@ def check_table_nonfinite_contract_scores_nan():
             assert torch.equal(_bits(h_k[~bad]), _bits(h_c[~bad])), f"{label}: other rows differ"
             assert torch.equal(s_k[~bad], s_c[~bad]), f"{label}: other scores differ"
             assert bool(torch.isfinite(h_k[[0, 4, 6, 7]]).all()), f"{label}: non-finite written"
+
+
+# ---------------------------------------------------------------- B and target (both ops)
+
+
+def _gate_targets(s_mix, alpha, offsets, band):
+    """Per-row targets whose gate is clamp(offset, 0, 1) (NaN offset: no target)."""
+    off = torch.tensor(offsets, dtype=torch.float64)
+    return (s_mix.double() + torch.sign(alpha.double()) * off * band).float()
+
+
+def check_B_and_target():
+    """B (not A) for the direction and per-row targets with partial, reached and NaN gates;
+    C in {1, 3}, three dtypes: within 2x the torch reference's error of float64 truth; rows whose
+    target is reached bit-identical; a NaN target or a gate of 1 equal to the untargeted call bit
+    for bit; scores always the scores before the update."""
+    offsets = [0.3, -0.2, math.nan, 2.0, 0.6, -1.0, 0.85]
+    for C in (1, 3):
+        A, c, w2, b2 = _field(C, 12, 77, seed=70 + C)
+        B = _field(C, 12, 77, seed=80 + C)[0]
+        for dt in DTYPES:
+            label = f"B/target C={C} {dt}"
+            hidden = torch.randn(7, 77, generator=torch.Generator().manual_seed(71)).to(dt)
+            alpha = torch.tensor([0.8, 0.8, 0.8, -0.6, -0.6, 1.2, 1.0])
+            s64 = field_update_reference(hidden.double(), A.double(), c.double(), w2.double(),
+                                         b2.double(), torch.zeros(7, dtype=torch.float64), 0.7)
+            band = 1.5
+            target = _gate_targets(soft_min_score(s64, 0.7), alpha, offsets, band)
+            kw = {"B": B, "target": target, "band": band}
+            h64 = hidden.double()
+            t64 = field_update_reference(h64, A.double(), c.double(), w2.double(), b2.double(),
+                                         alpha.double(), 0.7, B=B.double(),
+                                         target=target.double(), band=band)
+            h_ref = hidden.clone()
+            s_ref = field_update_reference(h_ref, A, c, w2, b2, alpha, 0.7, **kw)
+            h_k = hidden.clone()
+            s_k = _run_triton(h_k, A, c, w2, b2, alpha, tau=0.7, **kw)
+            h_plain = hidden.clone()
+            s_plain = _run_triton(h_plain, A, c, w2, b2, alpha, tau=0.7, B=B)
+            h0 = hidden.clone()
+            s_0 = _run_triton(h0, A, c, w2, b2, torch.zeros(7), tau=0.7, B=B)
+            e_h = (h_k.double() - h64).abs().max().item()
+            e_r = (h_ref.double() - h64).abs().max().item()
+            assert e_h <= max(2 * e_r, HIDDEN_FLOOR[dt]), f"{label}: hidden {e_h:.3g} ({e_r:.3g})"
+            e_s = (s_k.double() - t64.double()).abs().max().item()
+            assert e_s <= max(2 * (s_ref.double() - t64.double()).abs().max().item(), 1e-5), label
+            assert torch.equal(s_k, s_0) and torch.equal(s_plain, s_0), f"{label}: scores"
+            for r in (1, 5):  # target reached
+                assert torch.equal(_bits(h_k[r]), _bits(hidden[r])), f"{label}: row {r} moved"
+            for r in (2, 3):  # no target / gate 1
+                assert torch.equal(_bits(h_k[r]), _bits(h_plain[r])), f"{label}: row {r}"
+            if dt == torch.float32:
+                step = (h_k.double() - hidden.double()).norm(dim=-1)
+                gate = torch.tensor([0.3, 0.0, 1.0, 1.0, 0.6, 0.0, 0.85], dtype=torch.float64)
+                want = alpha.double().abs() * gate
+                assert bool(((step - want).abs() < 1e-4).all()), f"{label}: {step} vs {want}"
+                h_no_b = hidden.clone()
+                _run_triton(h_no_b, A, c, w2, b2, alpha, tau=0.7)
+                assert bool((h_no_b != h_plain).any(-1).all()), f"{label}: B made no difference"
+        if C == 1:  # a target equal to the row's own score: gate 0, bit-identical
+            hidden = torch.randn(3, 77, generator=torch.Generator().manual_seed(72))
+            s_0 = _run_triton(hidden.clone(), A, c, w2, b2, torch.zeros(3))
+            h_k = hidden.clone()
+            _run_triton(h_k, A, c, w2, b2, torch.ones(3), target=s_0[:, 0].clone())
+            assert torch.equal(h_k, hidden), "a target equal to the score must stop the row"
+
+
+def check_table_B_and_target():
+    """The table op with a B table, per-row targets and a +inf padded concept: against the
+    float64 table reference; unsteered rows bit-identical with NaN scores; a row whose target is
+    reached bit-identical with its real scores (the padded one +inf)."""
+    F, C, m, d = 3, 2, 12, 37
+    A, c, w2, b2 = _table(F, C, m, d, seed=73)
+    B = _table(F, C, m, d, seed=74)[0]
+    for t in (A, B, c, w2):
+        t[2, 1] = 0.0
+    b2[2, 1] = math.inf  # field 2: one real concept, one padded
+    ids = torch.tensor([0, 1, 2, -1, 2, 0, 1, 3, 2], dtype=torch.int32)
+    offsets = [0.4, 0.7, 0.25, 0.5, -0.3, math.nan, -0.5, 0.5, 3.0]
+    alpha = torch.tensor([0.9, -0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, -0.5])
+    band = 0.7
+    for dt in DTYPES:
+        label = f"table B/target {dt}"
+        hidden = torch.randn(9, d, generator=torch.Generator().manual_seed(75)).to(dt)
+        s64 = field_table_update_reference(hidden.double(), A.double(), c.double(), w2.double(),
+                                           b2.double(), ids, torch.zeros(9, dtype=torch.float64))
+        target = _gate_targets(soft_min_score(s64, 1.0), alpha, offsets, band)
+        kw = {"B": B, "target": target, "band": band}
+        e, (h_k, s_k, *_rest) = _compare_table(hidden, A, c, w2, b2, ids, alpha, **kw)
+        _assert_close(e, dt, label)
+        assert bool(torch.isposinf(s_k[[2, 4, 8], 1]).all()), f"{label}: padded score"
+        for r in (4, 6):  # target reached
+            assert torch.equal(_bits(h_k[r]), _bits(hidden[r])), f"{label}: row {r} moved"
+        assert bool(torch.isfinite(s_k[[4, 6]]).any(-1).all()), f"{label}: reached rows' scores"
+        if dt == torch.float32:
+            step = (h_k.double() - hidden.double()).norm(dim=-1)
+            want = torch.tensor([0.36, 0.63, 0.225, 0.0, 0.0, 0.9, 0.0, 0.0, 0.5],
+                                dtype=torch.float64)
+            assert bool(((step - want).abs() < 1e-4).all()), f"{label}: {step} vs {want}"
 
 
 def _main() -> int:

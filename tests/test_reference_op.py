@@ -5,6 +5,7 @@ import torch
 
 from svf.scorer import ConceptScorer, ScorerConfig
 from svf_kernels import SVFArgumentError, field_direction, field_update_
+from svf_kernels.reference import gelu_tanh, soft_min_score
 
 
 def _scorers(C, d=37, layers=(3, 4, 5), seed=0):
@@ -61,6 +62,74 @@ def test_op_update_is_alpha_times_unit_autograd_direction(C):
         expect = want / want.norm(dim=-1, keepdim=True) if normalize else want
         rel = ((moved - h) - 0.7 * expect).norm(dim=-1) / (0.7 * expect).norm(dim=-1)
         assert rel.max() < 1e-9
+
+
+def _autograd_preconditioned(A, c, w2, b2, B, h, tau, eps):
+    """The direction with B, computed independently of the reference's closed form: autograd
+    gives u = d softmin / d z (softmin weights and act'(z) * w2 included), then G = sum_i
+    B_i.T @ u_i, and autograd again pulls G back through the RMS norm (J^T G)."""
+    h = h.clone().requires_grad_(True)
+    hn = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    z = (torch.einsum("nd,cmd->ncm", hn, A) + c).detach().requires_grad_(True)
+    s = (gelu_tanh(z) * w2).sum(-1) + b2
+    (u,) = torch.autograd.grad((-tau * torch.logsumexp(-s / tau, dim=-1)).sum(), z)
+    G = torch.einsum("ncm,cmd->nd", u, B)
+    (v,) = torch.autograd.grad(hn, h, grad_outputs=G)
+    return s.detach(), v
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_direction_with_B_float64(C, tau):
+    """B = A: exactly the B = None arithmetic (the gradient, as above); another B: the
+    preconditioned direction B.T @ (act'(z) * w2) through the RMS norm, to ~1e-12."""
+    scorers = _scorers(C, seed=3)
+    A, c, w2, b2 = _packed(scorers, 4)
+    eps = scorers[0].config.eps
+    h = torch.randn(9, 37, dtype=torch.float64) * 3
+    s_none, v_none = field_direction(h, A, c, w2, b2, tau=tau, eps=eps)
+    s_a, v_a = field_direction(h, A, c, w2, b2, tau=tau, eps=eps, B=A)
+    assert torch.equal(v_a, v_none) and torch.equal(s_a, s_none)
+    _, want_grad = _autograd_field(scorers, h, 4, tau)
+    assert ((v_a - want_grad).norm(dim=-1) / want_grad.norm(dim=-1)).max() <= 1e-9
+    B = torch.randn(A.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want_scores, want = _autograd_preconditioned(A, c, w2, b2, B, h, tau, eps)
+    scores, v = field_direction(h, A, c, w2, b2, tau=tau, eps=eps, B=B)
+    assert torch.allclose(scores, want_scores, rtol=1e-12, atol=1e-12)
+    assert torch.equal(scores, s_none), "B does not change the scores"
+    rel = (v - want).norm(dim=-1) / want.norm(dim=-1)
+    assert rel.max() <= 1e-9, rel.max()
+    assert ((v - v_none).norm(dim=-1) / v_none.norm(dim=-1)).min() > 0.1, "B made no difference"
+    for normalize in (True, False):
+        moved = h.clone()
+        field_update_(moved, A, c, w2, b2, -0.7, tau=tau, normalize=normalize, eps=eps, B=B)
+        expect = want / want.norm(dim=-1, keepdim=True) if normalize else want
+        rel = ((moved - h) + 0.7 * expect).norm(dim=-1) / (0.7 * expect).norm(dim=-1)
+        assert rel.max() < 1e-9
+
+
+def test_target_gate_float64():
+    """float64: each row moves by exactly alpha * gate along the untargeted direction, the gate
+    being clamp(sign(alpha) (target - s_mix) / band, 0, 1) of the soft-minimum score."""
+    A, c, w2, b2 = _rand_field(C=3, dtype=torch.float64)
+    h = torch.randn(6, 33, dtype=torch.float64)
+    tau, band = 0.6, 0.8
+    s0 = field_update_(h.clone(), A, c, w2, b2, 0.0, tau=tau)  # float32, as returned
+    s64, _ = field_direction(h, A, c, w2, b2, tau=tau)  # the float64 scores the gate sees
+    s_mix = soft_min_score(s64, tau)
+    smin = s64.min(-1).values
+    assert torch.equal(soft_min_score(s64[:, :1], tau), s64[:, 0])  # C = 1: exactly s_1
+    assert (s_mix <= smin).all() and (s_mix >= smin - tau * torch.log(torch.tensor(3.0))).all()
+    alpha = torch.tensor([1.0, 1.0, -1.0, -1.0, 2.0, 0.5], dtype=torch.float64)
+    offset = torch.tensor([0.2, 0.9, 0.35, -0.1, 1.7, float("nan")], dtype=torch.float64)
+    target = s_mix + torch.sign(alpha) * offset * band
+    plain = h.clone()
+    field_update_(plain, A, c, w2, b2, alpha, tau=tau)
+    moved = h.clone()
+    s = field_update_(moved, A, c, w2, b2, alpha, tau=tau, target=target, band=band)
+    gate = torch.where(offset.isnan(), 1.0, offset.clamp(0, 1)).unsqueeze(1)
+    torch.testing.assert_close(moved - h, gate * (plain - h), rtol=1e-12, atol=1e-12)
+    assert torch.equal(moved[3], h[3]) and torch.equal(s, s0)
 
 
 def test_folded_and_unfolded_scores_agree():
@@ -205,15 +274,18 @@ def test_unknown_backend_is_refused(monkeypatch):
         field_update_(torch.randn(2, 33), A, c, w2, b2, 1.0)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("options", [False, True], ids=["plain", "B-target"])
+def test_torch_compile_fullgraph(options):
     A, c, w2, b2 = _rand_field()
+    kw = {"B": A.flip(-1).contiguous(), "target": 0.5, "band": 2.0} if options else {}
 
     def step(h):
-        s = field_update_(h, A, c, w2, b2, 0.3)
+        s = field_update_(h, A, c, w2, b2, 0.3, **kw)
         return h * 2, s
 
     h1, h2 = torch.randn(5, 33), None
     h2 = h1.clone()
+    torch._dynamo.reset()
     out_c, s_c = torch.compile(step, fullgraph=True, backend="eager")(h1)
     out_e, s_e = step(h2)
     assert torch.equal(out_c, out_e) and torch.equal(s_c, s_e)

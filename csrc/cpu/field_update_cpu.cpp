@@ -4,12 +4,15 @@
 //   x = float(h); rms = sqrt(sum(x*x)/d + eps); hn = x / rms
 //   z = A_flat @ hn + c                  (A_flat = A.reshape(C*m, d))
 //   s_i = w2_i . gelu(z_i) + b2_i;  weights = softmax(-s / tau)
-//   g = A_flat^T (weights_i * gelu'(z_i) * w2_i)
+//   g = B_flat^T (weights_i * gelu'(z_i) * w2_i)   (B: the direction's matrix; A itself, the
+//                                         same pointer, when the caller gives no B)
 //   v = (g - hn * dot(hn, g) / d) / rms  (the RMS-norm Jacobian is linear in g, so the softmin
 //                                         sum over concepts is taken before projecting)
-//   dir = v / max(||v||, FLT_MIN) or v;  h += alpha * dir   (in place, when kept; ||v|| of a
+//   a = alpha[r], or with a target a = alpha[r] * gate (gated_alpha: the soft minimum of the
+//                                         scores against target[r], linear over the last band)
+//   dir = v / max(||v||, FLT_MIN) or v;  h += a * dir   (in place, when kept; ||v|| of a
 //                                         tiny v is measured on v * 2^100, see kTinyNorm)
-// A row is left bit-identical when rows[r] is False, alpha[r] == 0, or the input or the new row
+// A row is left bit-identical when rows[r] is False, a == 0, or the input or the new row
 // (as stored in T: an fp16/bf16 overflow counts) is not finite. Its scores are still computed,
 // except for a row skipped because of non-finite values (non-finite input, or a row that would
 // move but whose new row is not finite): all its C scores are NaN.
@@ -51,9 +54,11 @@ constexpr float kTinyNorm = 0x1p-50f;
 constexpr float kNormUp = 0x1p+100f;
 constexpr float kNormDown = 0x1p-100f;
 
-// The parameters of one field: A [C*m, d], c, w2 [C*m], b2 [C] (fp32, contiguous).
+// The parameters of one field: A, B [C*m, d], c, w2 [C*m], b2 [C] (fp32, contiguous; B is A
+// itself when the caller gives no separate B).
 struct Field {
   const float* A;
+  const float* B;
   const float* c;
   const float* w2;
   const float* b2;
@@ -68,6 +73,9 @@ struct Problem {
   int64_t F;
   const int64_t* ids64;
   const int32_t* ids32;
+  // Per-row target scores (NaN: none for that row), or nullptr: no targets; the gate's band.
+  const float* target;
+  float band;
 
   // Row r's field id, or -1 when it has none (an id outside [0, F)).
   int64_t field_of(int64_t r) const {
@@ -77,7 +85,8 @@ struct Problem {
   }
   Field field(int64_t f) const {
     const int64_t cm = C * m;
-    return Field{f0.A + f * cm * d, f0.c + f * cm, f0.w2 + f * cm, f0.b2 + f * C};
+    return Field{f0.A + f * cm * d, f0.B + f * cm * d, f0.c + f * cm, f0.w2 + f * cm,
+                 f0.b2 + f * C};
   }
 };
 
@@ -126,6 +135,24 @@ constexpr float overflow_at<c10::Half>() { return 0x1.ffep+15f; }  // 65520 = fp
 
 inline void nan_scores(float* scores, int64_t C) {
   for (int64_t i = 0; i < C; ++i) scores[i] = NAN;
+}
+
+// The row's strength with a target: alpha * gate, gate = clamp(sign(alpha) (target - s_mix) /
+// band, 0, 1), s_mix = smin - tau log(sum_i exp(-(s_i - smin) / tau)) (C = 1: exactly s_1; a
+// +inf score weighs 0). A NaN target (no target for the row) or alpha == 0: alpha itself; a
+// gate of 0: 0. NaN propagates (a NaN gate gives a NaN strength: the update is not finite).
+inline float gated_alpha(float a, const float* s, int64_t C, float tau, float target,
+                         float band) {
+  if (std::isnan(target) || a == 0.f) return a;
+  float smin = s[0];
+  for (int64_t i = 1; i < C; ++i) smin = std::fmin(smin, s[i]);
+  float total = 0.f;
+  for (int64_t i = 0; i < C; ++i) total += std::exp(-(s[i] - smin) / tau);
+  const float smix = smin - tau * std::log(total);
+  const float sgn = a > 0.f ? 1.f : (a < 0.f ? -1.f : a);
+  const float t = sgn * (target - smix) / band;
+  const float gate = t < 0.f ? 0.f : (t > 1.f ? 1.f : t);
+  return gate == 0.f ? 0.f : a * gate;
 }
 
 // z[u] = A[u, :] . hn + c[u] for u in [u0, u1).
@@ -185,10 +212,11 @@ SVF_MATVEC_CLONES void matvec_t(const float* __restrict__ A, const float* __rest
   }
 }
 
-// One row. `inner_parallel` splits the two mat-vecs across threads (few large rows).
+// One row. `inner_parallel` splits the two mat-vecs across threads (few large rows). `target`:
+// the row's target score (read only when p.target is set).
 template <typename T>
-void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bool active,
-                float* scores, Scratch& w, bool inner_parallel) {
+void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, float target,
+                bool active, float* scores, Scratch& w, bool inner_parallel) {
   const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
   float* __restrict__ x = w.x;
   float* __restrict__ hn = w.hn;
@@ -232,7 +260,9 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bo
     nan_scores(scores, C);
     return;
   }
-  if (!active || a == 0.f) return;
+  if (!active) return;
+  if (p.target != nullptr) a = gated_alpha(a, w.s, C, p.tau, target, p.band);
+  if (a == 0.f) return;
 
   // Softmin weights, folded into the coefficients.
   float mx = -INFINITY;
@@ -248,9 +278,9 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, bo
   }
 
   if (inner_parallel) {
-    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(f.A, coef, g, nu, d, k0, k1); });
+    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(f.B, coef, g, nu, d, k0, k1); });
   } else {
-    matvec_t(f.A, coef, g, nu, d, 0, d);
+    matvec_t(f.B, coef, g, nu, d, 0, d);
   }
 
   // Project through the RMS-norm Jacobian.
@@ -302,7 +332,8 @@ inline void one_row(const Problem& p, T* base, int64_t stride, int64_t r, const 
     nan_scores(s, p.C);
     return;
   }
-  update_row<T>(p, p.field(f), base + r * stride, alpha[r], rows == nullptr || rows[r], s, w,
+  update_row<T>(p, p.field(f), base + r * stride, alpha[r],
+                p.target != nullptr ? p.target[r] : 0.f, rows == nullptr || rows[r], s, w,
                 inner_parallel);
 }
 
@@ -336,7 +367,8 @@ using svf::as_f32;
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                             double eps, c10::optional<at::Tensor> rows,
-                            c10::optional<at::Tensor> field_ids) {
+                            c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
+                            c10::optional<at::Tensor> target, double band) {
   TORCH_CHECK(hidden.device().is_cpu(), "field_update_cpu: hidden must be a CPU tensor");
   TORCH_CHECK(hidden.dim() == 2, "field_update_cpu: hidden must be [N, d], got ", hidden.sizes());
   const auto st = hidden.scalar_type();
@@ -367,6 +399,17 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
     TORCH_CHECK(t->device().is_cpu(), "field_update_cpu: all tensors must be on the CPU");
   }
   TORCH_CHECK(tau > 0, "field_update_cpu: tau must be > 0");
+  const bool has_b = B.has_value() && B->defined();
+  if (has_b) {
+    TORCH_CHECK(B->sizes() == A.sizes() && B->device().is_cpu(),
+                "field_update_cpu: B must have the shape of A (", A.sizes(), ") on the CPU");
+  }
+  const bool has_target = target.has_value() && target->defined();
+  if (has_target) {
+    TORCH_CHECK(target->numel() == n && target->device().is_cpu(),
+                "field_update_cpu: target must be a [N] tensor on the CPU");
+    TORCH_CHECK(std::isfinite(band) && band > 0, "field_update_cpu: band must be finite and > 0");
+  }
 
   at::Tensor rows_b;
   const bool* rows_ptr = nullptr;
@@ -396,13 +439,17 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
   // (F * C * m * d elements): callers that care pass fp32 tables, as the library does.
   const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
   const at::Tensor alpha32 = as_f32(alpha);
+  // Without B the direction reads A itself (the same pointer: no extra memory traffic).
+  const at::Tensor B32 = has_b ? as_f32(*B) : A32;
+  const at::Tensor target32 = has_target ? as_f32(*target) : at::Tensor();
   at::Tensor scores = at::empty({n, C}, hidden.options().dtype(at::kFloat));
   if (n == 0) return scores;
 
-  const Problem p{Field{A32.data_ptr<float>(), c32.data_ptr<float>(), w232.data_ptr<float>(),
-                        b232.data_ptr<float>()},
+  const Problem p{Field{A32.data_ptr<float>(), B32.data_ptr<float>(), c32.data_ptr<float>(),
+                        w232.data_ptr<float>(), b232.data_ptr<float>()},
                   C, m, d, static_cast<float>(tau), static_cast<float>(eps), normalize,
-                  F, ids64, ids32};
+                  F, ids64, ids32, has_target ? target32.data_ptr<float>() : nullptr,
+                  static_cast<float>(band)};
   const float* alpha_ptr = alpha32.data_ptr<float>();
   float* scores_ptr = scores.data_ptr<float>();
   switch (st) {

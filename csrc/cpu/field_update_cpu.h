@@ -10,7 +10,11 @@
 // field_ids: optional [N] int64/int32 (then rows must be None): a field table, A [F, C, m, d],
 // c, w2 [F, C, m], b2 [F, C]; row r is moved by field field_ids[r] exactly as the one-field call
 // would move it; an id outside [0, F) leaves the row untouched (no compute) with NaN scores.
+// B: optional, the shape of A: the direction's matrix (g_i = B_i^T (...)); None: A itself.
+// target: optional [N] target scores (NaN: none for that row); band > 0: the row's strength is
+// alpha * clamp(sign(alpha) (target - s_mix) / band, 0, 1) (see svf_kernels/reference.py).
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                             double eps, c10::optional<at::Tensor> rows,
-                            c10::optional<at::Tensor> field_ids);
+                            c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
+                            c10::optional<at::Tensor> target, double band);

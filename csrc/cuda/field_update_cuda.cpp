@@ -17,7 +17,8 @@ using svf::as_f32;
 at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                              at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                              double eps, c10::optional<at::Tensor> rows,
-                             c10::optional<at::Tensor> field_ids) {
+                             c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
+                             c10::optional<at::Tensor> target, double band) {
   TORCH_CHECK(hidden.is_cuda(), "field_update_cuda: hidden must be a CUDA tensor");
   TORCH_CHECK(hidden.dim() == 2, "field_update_cuda: hidden must be [N, d]");
   TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1,
@@ -50,6 +51,17 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
   for (const at::Tensor* t : {&A, &c, &w2, &b2, &alpha}) {
     TORCH_CHECK(t->device() == dev, "field_update_cuda: all tensors must be on ", dev);
   }
+  const bool has_b = B.has_value() && B->defined();
+  if (has_b) {
+    TORCH_CHECK(B->sizes() == A.sizes() && B->device() == dev,
+                "field_update_cuda: B must have the shape of A (", A.sizes(), ") on ", dev);
+  }
+  const bool has_target = target.has_value() && target->defined();
+  if (has_target) {
+    TORCH_CHECK(target->numel() == n && target->device() == dev,
+                "field_update_cuda: target must be [N] on ", dev);
+    TORCH_CHECK(std::isfinite(band) && band > 0, "field_update_cuda: band must be finite and > 0");
+  }
   at::Tensor ids;
   if (table) {
     TORCH_CHECK(field_ids->scalar_type() == at::kLong || field_ids->scalar_type() == at::kInt,
@@ -63,6 +75,9 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
 
   const at::Tensor A32 = as_f32(A), c32 = as_f32(c), w232 = as_f32(w2), b232 = as_f32(b2);
   const at::Tensor alpha32 = as_f32(alpha);
+  // Without B the direction reads A itself (the same pointer: no extra memory traffic).
+  const at::Tensor B32 = has_b ? as_f32(*B) : A32;
+  const at::Tensor target32 = has_target ? as_f32(*target) : at::Tensor();
   at::Tensor rows_b;
   if (rows.has_value() && rows->defined()) {
     TORCH_CHECK(rows->scalar_type() == at::kBool && rows->numel() == n &&
@@ -80,14 +95,16 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
     return scores;
   }
   at::Tensor ws = at::empty({svf_field_update_workspace_floats(n, d, static_cast<int>(C),
-                                                               static_cast<int>(m))},
+                                                               static_cast<int>(m),
+                                                               has_target ? 1 : 0)},
                             fopts);
   const int64_t row_stride = n > 1 ? hidden.stride(0) : d;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream(dev.index()).stream();
   const cudaError_t err = svf_field_table_update_launch(
-      hidden.data_ptr(), dtype, n, d, row_stride, A32.data_ptr<float>(), c32.data_ptr<float>(),
-      w232.data_ptr<float>(), b232.data_ptr<float>(), alpha32.data_ptr<float>(),
-      rows_b.defined() ? rows_b.data_ptr<bool>() : nullptr,
+      hidden.data_ptr(), dtype, n, d, row_stride, A32.data_ptr<float>(), B32.data_ptr<float>(),
+      c32.data_ptr<float>(), w232.data_ptr<float>(), b232.data_ptr<float>(),
+      alpha32.data_ptr<float>(), has_target ? target32.data_ptr<float>() : nullptr,
+      static_cast<float>(band), rows_b.defined() ? rows_b.data_ptr<bool>() : nullptr,
       table ? ids.data_ptr() : nullptr, table && ids.scalar_type() == at::kInt ? 1 : 0,
       static_cast<int>(F), static_cast<int>(C), static_cast<int>(m), static_cast<float>(tau),
       normalize, static_cast<float>(eps), scores.data_ptr<float>(), ws.data_ptr<float>(), stream);

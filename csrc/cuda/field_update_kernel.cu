@@ -3,8 +3,14 @@
 //
 // The C concepts' gradients are combined before the RMS-Jacobian projection, which is linear:
 //   v = sum_i w_i (g_i - hn (hn . g_i) / d) / rms = (G - hn (hn . G) / d) / rms,
-//   G = A_flat^T coef,  coef[i*m + u] = w_i * act'(z_iu) * w2_iu      (A_flat: [C*m, d])
-// so each row needs one [C*m] -> [d] product and one d-vector.
+//   G = B_flat^T coef,  coef[i*m + u] = w_i * act'(z_iu) * w2_iu      (B_flat: [C*m, d])
+// so each row needs one [C*m] -> [d] product and one d-vector. B is the direction's matrix: the
+// caller passes A itself when there is no separate B (then G is the gradient).
+//
+// Target (optional, per row): the row's strength is alpha scaled by the gate of its target,
+// computed from the row's scores where they are computed (scores_and_coef, see gated_alpha), so
+// nothing leaves the device. The split schedule's later kernels read that strength from the
+// workspace (p.strength); without a target p.strength is alpha itself.
 //
 // Field table (batched serving): the parameters are F fields stacked (A [F, C, m, d], ...) and
 // row n uses field ids[n]; every kernel that reads parameters looks the row's field up once
@@ -29,8 +35,8 @@
 //      k_split_check   updated tile finite? -> per-tile flag
 //      k_split_write   write the tile when the whole row may be updated
 //  * fused (prefill, many rows): one block per row does all of the above with block barriers.
-// Workspace (floats): sumsq[n] | z[n, C*m] | gv[n, d] | part1[n, T] | part2[n, T] | flag[n, T],
-// T = ceil(d / kTile).
+// Workspace (floats): sumsq[n] | z[n, C*m] | gv[n, d] | part1[n, T] | part2[n, T] | flag[n, T]
+// [| strength[n] with a target], T = ceil(d / kTile).
 
 #include "field_update_kernel.h"
 
@@ -86,10 +92,14 @@ struct Params {
   void* hidden;
   int64_t n, d, stride;
   const float* A;
+  const float* B;  // the direction's matrix (A itself when there is no separate B)
   const float* c;
   const float* w2;
   const float* b2;
   const float* alpha;
+  const float* target;  // [n] target scores (NaN: none for that row), or nullptr: no targets
+  float band;
+  const float* strength;  // each row's strength after scores_and_coef: alpha, or the workspace
   const bool* rows;
   const void* ids;  // [n] field ids (int64, or int32 when ids_i32), or nullptr: field 0
   bool ids_i32;
@@ -106,6 +116,7 @@ struct Params {
   float* part1;
   float* part2;
   float* flag;
+  float* strength_ws;  // [n] (with a target), else nullptr
 };
 
 // The field of row n of a table (p.ids not null); -1 (no steering) for an id outside [0, F).
@@ -119,6 +130,7 @@ __device__ __forceinline__ int64_t row_field(const Params& p, int64_t n) {
 __device__ __forceinline__ Params with_field(Params p, int64_t f) {
   const int64_t Cm = static_cast<int64_t>(p.C) * p.m;
   p.A += f * Cm * p.d;
+  p.B += f * Cm * p.d;
   p.c += f * Cm;
   p.w2 += f * Cm;
   p.b2 += f * p.C;
@@ -168,11 +180,29 @@ __device__ __forceinline__ float rms_of(const Params& p, float ss) {
   return sqrtf(ss / static_cast<float>(p.d) + p.eps);
 }
 
-// Whether row n may be updated at all (the finiteness of the result is checked later).
-// A non-finite sum of squares means a non-finite input (or one so large that the reference's
-// update is exactly zero): the row is left unchanged either way.
-__device__ __forceinline__ bool row_active(const Params& p, int64_t n, float ss) {
-  return (p.rows == nullptr || p.rows[n]) && p.alpha[n] != 0.f && isfinite(ss);
+// Whether row n may be updated at all (the finiteness of the result is checked later); `a` is
+// the row's strength. A non-finite sum of squares means a non-finite input (or one so large
+// that the reference's update is exactly zero): the row is left unchanged either way.
+__device__ __forceinline__ bool row_active(const Params& p, int64_t n, float ss, float a) {
+  return (p.rows == nullptr || p.rows[n]) && a != 0.f && isfinite(ss);
+}
+
+// The row's strength with a target: alpha * gate, gate = clamp(sign(alpha) (target - s_mix) /
+// band, 0, 1), s_mix = smin - tau log(sum_i exp(-(s_i - smin) / tau)) (C = 1: exactly s_1; a
+// +inf score weighs 0). A NaN target (no target for the row) or alpha == 0: alpha itself; a
+// gate of 0: 0. NaN propagates (a NaN gate gives a NaN strength: the update is not finite).
+__device__ __forceinline__ float gated_alpha(float a, const float* s, int C, float tau,
+                                             float target, float band) {
+  if (isnan(target) || a == 0.f) return a;
+  float smin = s[0];
+  for (int i = 1; i < C; ++i) smin = fminf(smin, s[i]);
+  float total = 0.f;
+  for (int i = 0; i < C; ++i) total += expf(-(s[i] - smin) / tau);
+  const float smix = smin - tau * logf(total);
+  const float sgn = a > 0.f ? 1.f : (a < 0.f ? -1.f : a);
+  const float t = sgn * (target - smix) / band;
+  const float gate = t < 0.f ? 0.f : (t > 1.f ? 1.f : t);
+  return gate == 0.f ? 0.f : a * gate;
 }
 
 template <typename T>
@@ -199,11 +229,13 @@ __device__ void row_z(const Params& p, const T* h, float rms, int u0, int u1, fl
   }
 }
 
-// From z (this row's [C*m], global): scores (written to scores_out when not null; NaN when
+// From z (row n's [C*m], global): scores (written to scores_out when not null; NaN when
 // nan_out, a non-finite input), softmin weights, and coef[u] = w_i act'(z_u) w2_u into shared
-// memory. sc: C floats of shared memory.
-__device__ void scores_and_coef(const Params& p, const float* z, float* coef, float* sc,
-                                float* scratch, float* scores_out, bool nan_out) {
+// memory. sc: C + 1 floats of shared memory. Returns the row's strength (alpha, or with a target
+// alpha * gate, also written to strength_out when not null), the same in every thread.
+__device__ float scores_and_coef(const Params& p, int64_t n, const float* z, float* coef,
+                                 float* sc, float* scratch, float* scores_out, bool nan_out,
+                                 float* strength_out) {
   const int m = p.m, C = p.C, Cm = C * m;
   for (int i = 0; i < C; ++i) {
     float acc = 0.f;
@@ -220,6 +252,11 @@ __device__ void scores_and_coef(const Params& p, const float* z, float* coef, fl
     if (scores_out != nullptr) {
       for (int i = 0; i < C; ++i) scores_out[i] = nan_out ? quiet_nan() : sc[i];
     }
+    if (p.target != nullptr) {
+      const float a = gated_alpha(p.alpha[n], sc, C, p.tau, p.target[n], p.band);
+      sc[C] = a;
+      if (strength_out != nullptr) *strength_out = a;
+    }
     float total = 0.f;
     for (int i = 0; i < C; ++i) {
       const float e = expf(-sc[i] / p.tau - mx);
@@ -233,12 +270,13 @@ __device__ void scores_and_coef(const Params& p, const float* z, float* coef, fl
     coef[u] = sc[u / m] * gelu_tanh_grad(z[u]) * p.w2[u];
   }
   __syncthreads();
+  return p.target != nullptr ? sc[C] : p.alpha[n];
 }
 
 __device__ __forceinline__ float g_column(const Params& p, const float* coef, int64_t j) {
   const int Cm = p.C * p.m;
   float g = 0.f;
-  for (int u = 0; u < Cm; ++u) g += coef[u] * p.A[static_cast<int64_t>(u) * p.d + j];
+  for (int u = 0; u < Cm; ++u) g += coef[u] * p.B[static_cast<int64_t>(u) * p.d + j];
   return g;
 }
 
@@ -285,9 +323,11 @@ __device__ __forceinline__ void split_g_row(const Params& p, int64_t n) {
   float* coef = smem;
   float* sc = smem + Cm;
   const float ss = p.sumsq[n];
-  scores_and_coef(p, p.z + n * Cm, coef, sc, scratch,
-                  blockIdx.y == 0 ? p.scores + n * p.C : nullptr, isnan(ss));
-  if (!row_active(p, n, ss)) return;  // uniform over the block
+  const bool first = blockIdx.y == 0;
+  const float a = scores_and_coef(p, n, p.z + n * Cm, coef, sc, scratch,
+                                  first ? p.scores + n * p.C : nullptr, isnan(ss),
+                                  first && p.strength_ws != nullptr ? p.strength_ws + n : nullptr);
+  if (!row_active(p, n, ss, a)) return;  // uniform over the block
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
   const float rms = rms_of(p, ss);
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
@@ -321,7 +361,7 @@ __global__ void __launch_bounds__(kThreads) k_split_v(Params p) {
   __shared__ float scratch[kWarps + 1];
   const int64_t n = blockIdx.x;
   const float ss = p.sumsq[n];
-  if (!row_active(p, n, ss)) return;
+  if (!row_active(p, n, ss, p.strength[n])) return;
   float dot = 0.f;  // same order in every block and thread: deterministic
   for (int64_t t = 0; t < p.tiles; ++t) dot += p.part1[n * p.tiles + t];
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
@@ -362,13 +402,14 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) k_split_check(Params p) {
   __shared__ float scratch[kWarps + 1];
   const int64_t n = blockIdx.x;
-  if (!row_active(p, n, p.sumsq[n])) return;
+  const float a = p.strength[n];
+  if (!row_active(p, n, p.sumsq[n], a)) return;
   const float nrm = row_norm(p, n, scratch);
   const T* h = static_cast<const T*>(p.hidden) + n * p.stride;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   bool ok = true;
   if (j < p.d) {
-    ok = isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n])));
+    ok = isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a)));
   }
   ok = __syncthreads_and(ok);
   if (threadIdx.x == 0) p.flag[n * p.tiles + blockIdx.y] = ok ? 1.f : 0.f;
@@ -378,7 +419,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
   __shared__ float scratch[kWarps + 1];
   const int64_t n = blockIdx.x;
-  if (!row_active(p, n, p.sumsq[n])) return;
+  const float a = p.strength[n];
+  if (!row_active(p, n, p.sumsq[n], a)) return;
   for (int64_t t = 0; t < p.tiles; ++t) {
     if (p.flag[n * p.tiles + t] == 0.f) {  // not finite: left alone, and the scores say so
       if (blockIdx.y == 0) nan_scores(p, n);  // k_split_g wrote them earlier in the stream
@@ -388,7 +430,7 @@ __global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
   const float nrm = row_norm(p, n, scratch);
   T* h = static_cast<T*>(p.hidden) + n * p.stride;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
-  if (j < p.d) Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, p.alpha[n]));
+  if (j < p.d) Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a));
 }
 
 // ---------------------------------------------------------------- fused schedule (prefill)
@@ -408,8 +450,9 @@ __device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
   const float rms = rms_of(p, ss);
   row_z<T>(p, h, rms, 0, Cm, z);
   __syncthreads();  // z (global) written by other warps of this block
-  scores_and_coef(p, z, coef, sc, scratch, p.scores + n * p.C, isnan(ss));
-  if (!row_active(p, n, ss)) return;  // uniform over the block
+  const float a = scores_and_coef(p, n, z, coef, sc, scratch, p.scores + n * p.C, isnan(ss),
+                                  nullptr);
+  if (!row_active(p, n, ss, a)) return;  // uniform over the block
 
   float part = 0.f;
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
@@ -426,7 +469,6 @@ __device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
     part += v * v;
   }
   const float nrm = tiny_norm_fix(sqrtf(block_sum(part, scratch)), gv, p.d, scratch);
-  const float a = p.alpha[n];
   bool ok = true;
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
     ok = ok && isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), gv[j], nrm, a)));
@@ -455,9 +497,14 @@ __global__ void __launch_bounds__(kThreads) k_fused(Params p) {
   }
 }
 
+// Shared memory of the kernels that hold coef and the scores: C*m + C + 1 floats.
+size_t coef_smem_bytes(int C, int m) {
+  return (static_cast<size_t>(C) * m + C + 1) * sizeof(float);
+}
+
 template <typename T, bool kTable>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream, bool fused) {
-  const size_t smem = (static_cast<size_t>(p.C) * p.m + p.C) * sizeof(float);
+  const size_t smem = coef_smem_bytes(p.C, p.m);
   if (fused) {
     k_fused<T, kTable><<<dim3(static_cast<unsigned>(p.n)), kThreads, smem, stream>>>(p);
     return cudaGetLastError();
@@ -477,23 +524,26 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream, bool fused) {
 
 }  // namespace
 
-extern "C" int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m) {
+extern "C" int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m,
+                                                     int has_target) {
   const int64_t tiles = (d + kTile - 1) / kTile;
-  return n + n * static_cast<int64_t>(C) * m + n * d + 3 * n * tiles;
+  return n + n * static_cast<int64_t>(C) * m + n * d + 3 * n * tiles + (has_target ? n : 0);
 }
 
 extern "C" cudaError_t svf_field_table_update_launch(
     void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
-    const float* c, const float* w2, const float* b2, const float* alpha, const bool* rows,
-    const void* field_ids, int ids_int32, int F, int C, int m, float tau, bool normalize,
-    float eps, float* scores, float* workspace, cudaStream_t stream) {
+    const float* B, const float* c, const float* w2, const float* b2, const float* alpha,
+    const float* target, float band, const bool* rows, const void* field_ids, int ids_int32,
+    int F, int C, int m, float tau, bool normalize, float eps, float* scores, float* workspace,
+    cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr ||
-      F <= 0 || (field_ids == nullptr && F != 1)) {
+      A == nullptr || B == nullptr || F <= 0 || (field_ids == nullptr && F != 1) ||
+      (target != nullptr && !(band > 0.f))) {
     return cudaErrorInvalidValue;
   }
   const int64_t tiles = (d + kTile - 1) / kTile;
-  const size_t smem = (static_cast<size_t>(C) * m + C) * sizeof(float);
+  const size_t smem = coef_smem_bytes(C, m);
   if (smem > 48 * 1024 || n > 0x7fffffffLL || tiles > 65535) return cudaErrorInvalidValue;
   Params p;
   p.hidden = hidden;
@@ -501,10 +551,13 @@ extern "C" cudaError_t svf_field_table_update_launch(
   p.d = d;
   p.stride = row_stride;
   p.A = A;
+  p.B = B;
   p.c = c;
   p.w2 = w2;
   p.b2 = b2;
   p.alpha = alpha;
+  p.target = target;
+  p.band = band;
   p.rows = rows;
   p.ids = field_ids;
   p.ids_i32 = ids_int32 != 0;
@@ -522,6 +575,8 @@ extern "C" cudaError_t svf_field_table_update_launch(
   p.part1 = p.gv + n * d;
   p.part2 = p.part1 + n * tiles;
   p.flag = p.part2 + n * tiles;
+  p.strength_ws = target != nullptr ? p.flag + n * tiles : nullptr;
+  p.strength = target != nullptr ? p.strength_ws : alpha;
   const bool fused = n >= kFusedMinRows;
   const bool table = field_ids != nullptr;
   switch (dtype) {

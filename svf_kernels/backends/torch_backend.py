@@ -14,7 +14,8 @@ from ..reference import field_table_update_reference, field_update_reference
 
 
 def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, activation="gelu_tanh",
-                       eps=1e-6, rows=None, field_ids=None) -> torch.Tensor:
+                       eps=1e-6, rows=None, field_ids=None, B=None, target=None,
+                       band=1.0) -> torch.Tensor:
     """One field (``A [C, m, d]``) or a table (``field_ids``), computed by the reference.
 
     The reference computes in float64 whatever it is given, so the hot path's one cheap check
@@ -23,9 +24,10 @@ def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, act
     if not hidden.is_floating_point():
         raise SVFArgumentError(f"hidden dtype must be float32, bfloat16 or float16, got {hidden.dtype}")
     if field_ids is None:
-        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows)
+        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps,
+                                      rows, B, target, band)
     return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                        activation, eps)
+                                        activation, eps, B, target, band)
 
 
 register_backend(

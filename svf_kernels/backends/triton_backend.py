@@ -1,23 +1,26 @@
 """The ``triton`` backend: the fused field update (DESIGN.md §3) as a Triton kernel.
 
-One program per row. Per row, with ``A_flat = A.reshape(C*m, d)`` (the concepts' gradients are
-combined before the RMS-Jacobian projection, which is linear in ``g``)::
+One program per row. Per row, with ``A_flat = A.reshape(C*m, d)`` and ``B_flat`` likewise (the
+direction's matrix: ``A_flat`` itself, the same buffer, when no ``B`` is given; the concepts'
+gradients are combined before the RMS-Jacobian projection, which is linear in ``g``)::
 
     pass 1  sum(h^2) -> rms; sum(h * 0) (NaN iff the input is not finite)
     pass 2  z = A_flat @ h / rms + c   (tiles of BLOCK_U units x BLOCK_D columns; z to a scratch
-            buffer), scores s_i = w2_i . act(z_i) + b2_i, softmin weights w = softmax(-s / tau)
-    pass 3  G = A_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
+            buffer), scores s_i = w2_i . act(z_i) + b2_i, softmin weights w = softmax(-s / tau);
+            with a target (``HAS_TARGET``, a compile-time constant) the row's strength
+            a = alpha * gate(s_mix, target, band), as in svf_kernels/reference.py
+    pass 3  G = B_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
     pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v|| (below 2^-50: of v * 2^100, scaled)
-    pass 5  new = h + alpha * v / max(||v||, FLT_MIN)  (or v): all finite as stored?
+    pass 5  new = h + a * v / max(||v||, FLT_MIN)  (or v): all finite as stored?
     pass 6  write new when the row may change, else NaN scores
 
-fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``alpha == 0``, or a
+fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``a == 0``, or a
 non-finite input or result (checked after rounding to the storage dtype) are left
 bit-identical; scores are written for every row, NaN for a row skipped because of non-finite
 values (non-finite input, or a row that would move but whose new row is not finite).
 
-Field table (``svf::field_table_update_``): the parameters are F fields stacked (``A [F, C, m,
-d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and ``field_ids [N]`` (int64 or int32) picks each
+Field table (``svf::field_table_update_``): the parameters are F fields stacked (``A, B [F, C,
+m, d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and ``field_ids [N]`` (int64 or int32) picks each
 row's field: the program loads its row's id on the device and moves its parameter pointers to
 that field. An id outside ``[0, F)`` writes NaN scores and returns before any other work (the
 row is left bit-identical). Without ids (``HAS_IDS`` false, a compile-time constant) the kernel
@@ -76,10 +79,11 @@ if triton is not None:
 
     @triton.jit
     def _field_update_kernel(
-        h_ptr, stride_h, A_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, rows_ptr, ids_ptr, scores_ptr,
-        z_ptr, g_ptr, d, m, C, F, tau, eps,
-        HAS_ROWS: tl.constexpr, HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_C: tl.constexpr,
+        h_ptr, stride_h, A_ptr, B_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, target_ptr, rows_ptr,
+        ids_ptr, scores_ptr, z_ptr, g_ptr, d, m, C, F, tau, eps, band,
+        HAS_ROWS: tl.constexpr, HAS_IDS: tl.constexpr, HAS_TARGET: tl.constexpr,
+        NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         h_row = h_ptr + row * stride_h
@@ -97,6 +101,7 @@ if triton is not None:
                 tl.store(scores_ptr + row * C + offs_c, nan, mask=offs_c < C)
                 return
             A_ptr += fid * Cm * d
+            B_ptr += fid * Cm * d
             c_ptr += fid * Cm
             w2_ptr += fid * Cm
             b2_ptr += fid * C
@@ -146,6 +151,16 @@ if triton is not None:
         wts = e / tl.sum(e, axis=0)
 
         alpha = tl.load(alpha_ptr + row).to(tl.float32)
+        if HAS_TARGET:  # the row's strength: alpha * gate (NaN target: alpha itself)
+            tgt = tl.load(target_ptr + row).to(tl.float32)
+            smin = tl.min(tl.where(cmask, svec, float("inf")), axis=0)
+            tot = tl.sum(tl.where(cmask, tl.exp(-(svec - smin) / tau), 0.0), axis=0)
+            smix = smin - tau * tl.log(tot)
+            sgn = tl.where(alpha > 0.0, 1.0, tl.where(alpha < 0.0, -1.0, alpha))
+            t = sgn * (tgt - smix) / band
+            gate = tl.where(t < 0.0, 0.0, tl.where(t > 1.0, 1.0, t))  # NaN stays NaN
+            gated = tl.where(gate == 0.0, 0.0, alpha * gate)
+            alpha = tl.where((tgt != tgt) | (alpha == 0.0), alpha, gated)  # noqa: PLR0124 - NaN test
         # a non-finite sum of squares: non-finite input (or so large that the update is 0)
         active = (alpha != 0.0) & (ss <= _K_FLT_MAX)
         if HAS_ROWS:
@@ -167,11 +182,11 @@ if triton is not None:
                     wi = tl.sum(tl.where((uu // m)[:, None] == offs_c[None, :], wts[None, :], 0.0),
                                 axis=1)
                     coef = tl.where(umask, wi * _gelu_grad(z) * w2, 0.0)
-                    a = tl.load(
-                        A_ptr + ui[:, None] * d + dd[None, :],
+                    b = tl.load(
+                        B_ptr + ui[:, None] * d + dd[None, :],
                         mask=umask[:, None] & dmask[None, :], other=0.0,
                     )
-                    gacc += coef[:, None] * a
+                    gacc += coef[:, None] * b
                 g = tl.sum(gacc, axis=0)
                 tl.store(g_row + dd, g, mask=dmask)
                 x = tl.load(h_row + dd, mask=dmask, other=0.0).to(tl.float32)
@@ -249,13 +264,18 @@ def _launch(
     eps: float,
     rows: torch.Tensor | None,
     field_ids: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    band: float = 1.0,
 ) -> torch.Tensor:
     """One launch over all rows. CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1``
     was set before triton's import.
 
     With ``field_ids`` ([N] int64 or int32) the parameters are a table: ``A [F, C, m, d]``,
     ``c, w2 [F, C, m]``, ``b2 [F, C]``. The id values are read only by the kernel (no host
-    synchronisation: usable under CUDA graphs and torch.compile)."""
+    synchronisation: usable under CUDA graphs and torch.compile). ``B`` (A's shape): the
+    direction's matrix (None: A). ``target`` ([N], NaN: none for the row) and ``band``: the
+    row's strength is alpha times its gate, computed in the kernel."""
     if hidden.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             f"the triton backend needs CUDA tensors (got {hidden.device.type}); "
@@ -274,10 +294,19 @@ def _launch(
     dev = hidden.device
     f32 = torch.float32
     A32 = A.to(device=dev, dtype=f32).contiguous()
+    B32 = A32 if B is None else B.to(device=dev, dtype=f32).contiguous()
+    if B is not None and B32.shape != A32.shape:
+        raise ValueError("B must have the shape of A")
     c32 = c.to(device=dev, dtype=f32).contiguous()
     w232 = w2.to(device=dev, dtype=f32).contiguous()
     b232 = b2.to(device=dev, dtype=f32).contiguous()
     alpha32 = alpha.to(device=dev, dtype=f32).reshape(-1).contiguous()
+    if target is not None:
+        target32 = target.to(device=dev, dtype=f32).reshape(-1).contiguous()
+        if target32.shape != (n,) or not band > 0:
+            raise ValueError("target must be [N] and band > 0")
+    else:
+        target32 = alpha32  # not read (HAS_TARGET is False)
     scores = torch.empty((n, C), dtype=f32, device=dev)
     if n == 0:
         return scores
@@ -295,10 +324,10 @@ def _launch(
     block_u = min(32, max(16, triton.next_power_of_2(max(m, C * m))))
     block_c = max(2, triton.next_power_of_2(C))
     _field_update_kernel[(n,)](
-        hidden, hidden.stride(0), A32, c32, w232, b232, alpha32, rows_u8, ids, scores,
-        z_ws, g_ws, d, m, C, F, float(tau), float(eps),
-        HAS_ROWS=rows is not None, HAS_IDS=table, NORMALIZE=bool(normalize),
-        BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
+        hidden, hidden.stride(0), A32, B32, c32, w232, b232, alpha32, target32, rows_u8, ids,
+        scores, z_ws, g_ws, d, m, C, F, float(tau), float(eps), float(band),
+        HAS_ROWS=rows is not None, HAS_IDS=table, HAS_TARGET=target is not None,
+        NORMALIZE=bool(normalize), BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
     )
     return scores
 

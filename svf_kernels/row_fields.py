@@ -58,7 +58,9 @@ class PackedField(RowField):
 
     ``B`` (``A``'s shape, optional): the direction's matrix (None: ``A``, the gradient).
     ``target`` (None or a float; NaN: none) and ``band``: every row's strength is gated by how
-    far its soft-minimum score still is from ``target`` (DESIGN.md §2).
+    far its soft-minimum score still is from the target (DESIGN.md §2). The target is given on
+    the side the strength pushes toward, so one field steers both ways: a row gets the op's
+    target ``target`` where its ``alpha >= 0`` and ``-target`` where ``alpha < 0``.
     """
 
     def __init__(
@@ -89,7 +91,7 @@ class PackedField(RowField):
         check_field_args(torch.zeros(1, d), self.A, self.c, self.w2, self.b2, torch.zeros(1),
                          self.tau, "gelu_tanh", self.eps, None, self.B, None, self.band)
         self._alpha_cache: tuple[float, int, torch.Tensor] | None = None
-        self._target_cache: tuple[int, torch.Tensor] | None = None
+        self._target_cache: tuple[int, bool, torch.Tensor] | None = None
 
     def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the cached tensors move too
         self._alpha_cache = None
@@ -105,16 +107,19 @@ class PackedField(RowField):
             self._alpha_cache = cached
         return cached[2]
 
-    def _target(self, n: int) -> torch.Tensor | None:
-        """The ``[n]`` target tensor (None without a target), kept while n stays."""
+    def _target(self, n: int, alpha: float) -> torch.Tensor | None:
+        """The op's ``[n]`` target tensor for a float ``alpha`` (None without a target): the
+        target on ``alpha``'s side, kept while n and that side stay."""
         if self.target is None:
             return None
+        away = alpha < 0
         cached = self._target_cache
-        if cached is None or cached[0] != n:
+        if cached is None or cached[0] != n or cached[1] != away:
             device = self._buffers["A"].device
-            cached = (n, torch.full((n,), self.target, dtype=torch.float32, device=device))
+            value = -self.target if away else self.target
+            cached = (n, away, torch.full((n,), value, dtype=torch.float32, device=device))
             self._target_cache = cached
-        return cached[1]
+        return cached[2]
 
     @property
     def hidden_size(self) -> int:
@@ -125,7 +130,7 @@ class PackedField(RowField):
             return field_update_(
                 rows, self.A, self.c, self.w2, self.b2, alpha,
                 tau=self.tau, normalize=self.normalize, eps=self.eps,
-                B=self.B, target=self.target, band=self.band,
+                B=self.B, target=_signed_targets(self.target, alpha), band=self.band,
             )
         # The decoding hot path (once per layer per token): the parameters were checked at
         # construction and the kernels check the rows, so no Python checks run unless the op
@@ -135,14 +140,23 @@ class PackedField(RowField):
             n = rows.shape[0]
             return field_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
                                    self.tau, self.normalize, "gelu_tanh", self.eps, None, b["B"],
-                                   self._target(n), self.band)
+                                   self._target(n, alpha), self.band)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             n = getattr(rows, "shape", (0,))[0]
             check_field_args(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
-                             self.tau, "gelu_tanh", self.eps, None, b["B"], self._target(n),
+                             self.tau, "gelu_tanh", self.eps, None, b["B"], self._target(n, alpha),
                              self.band)
             raise
+
+
+def _signed_targets(target: torch.Tensor | float | None, alpha: torch.Tensor) -> torch.Tensor | None:
+    """Per-row op targets from targets given on the side each row's strength pushes toward:
+    ``target`` where ``alpha >= 0``, ``-target`` where ``alpha < 0`` (on the device)."""
+    if target is None:
+        return None
+    return torch.where(alpha < 0, -target, target) if isinstance(target, torch.Tensor) else \
+        torch.where(alpha < 0, -float(target), float(target)).float()
 
 
 class ConstantField(RowField):
@@ -183,7 +197,8 @@ class FieldTable(RowField):
     caller validates them once per batch), so the call traces and never synchronises.
     ``B [F, C, m, d]`` (optional): each field's direction matrix. ``targets [F]`` (optional;
     NaN: that field has no target) and ``band``: each row's strength is gated by its field's
-    target; the per-row targets are gathered on the device at every call.
+    target, given on the side the row's strength pushes toward (as in :class:`PackedField`);
+    the per-row targets are gathered on the device at every call.
     """
 
     def __init__(
@@ -234,7 +249,8 @@ class FieldTable(RowField):
             if not isinstance(alpha, torch.Tensor):
                 alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
             if b["targets"] is not None:  # each row's field's target, gathered on the device
-                target = b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1))
+                target = _signed_targets(
+                    b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1)), alpha)
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
                                          self.tau, self.normalize, "gelu_tanh", self.eps, b["B"],
                                          target, self.band)

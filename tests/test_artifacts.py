@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from svf import artifacts
 from svf.artifacts import (
     FORMAT_VERSION,
+    OPTIONAL_TENSOR_NAMES,
     TENSOR_NAMES,
     ArtifactError,
     check_compatible,
@@ -39,13 +41,15 @@ def make_field(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A valid random (tensors, meta) pair: d=16, r=4, de=3, m=5, layers [2,3,4] of 6."""
     meta = {
         "format": "svf-field",
-        "format_version": 1,
+        "format_version": 2,
         "concept": "sentiment:positive",
         "model": {"name": "tiny-llama", "hidden_size": D, "num_layers": NUM_LAYERS},
         "train_layers": list(TRAIN),
         "steer_layers": [2, 3],
         "hparams": {"r": R, "de": DE, "m": M, "eps": 1e-6, "activation": "gelu_tanh"},
         "default_strength": 0.25,
+        "default_direction": "gradient",
+        "default_target": None,
         "metrics": {"val_acc": 0.875, "epochs": 5, "curve": [0.5, 0.25], "note": None,
                     "best": {"layer": 3, "ok": True}},
     }
@@ -156,9 +160,60 @@ def test_metadata_is_normalised(tmp_path: Path) -> None:
 def test_expected_shapes() -> None:
     tensors, meta = make_field()
     shapes = expected_shapes(meta)
-    assert tuple(shapes) == TENSOR_NAMES
-    assert shapes == {k: tuple(v.shape) for k, v in tensors.items()}
-    assert FORMAT_VERSION == 1
+    assert tuple(shapes) == TENSOR_NAMES + OPTIONAL_TENSOR_NAMES
+    assert {k: shapes[k] for k in TENSOR_NAMES} == {k: tuple(v.shape) for k, v in tensors.items()}
+    assert shapes["robust_norms"] == (3,) and shapes["covariances"] == (3, R, R)
+    assert FORMAT_VERSION == 2
+
+
+def make_v2_field(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A valid version-2 artifact: the optional tensors and metadata fields included."""
+    tensors, meta = make_field(seed)
+    meta.update(format_version=2, default_direction="preconditioned", default_target=0.9)
+    tensors["robust_norms"] = tensors["mean_norms"] * 0.5
+    tensors["covariances"] = torch.eye(R).repeat(3, 1, 1)
+    return tensors, meta
+
+
+def test_version_2_round_trip(tmp_path: Path) -> None:
+    tensors, meta = make_v2_field()
+    file = save_field(tmp_path / "f", tensors, meta)
+    loaded, lmeta = load_field(file)
+    assert set(loaded) == set(TENSOR_NAMES + OPTIONAL_TENSOR_NAMES)
+    assert torch.equal(loaded["covariances"], tensors["covariances"])
+    assert lmeta["default_direction"] == "preconditioned" and lmeta["default_target"] == 0.9
+
+
+def test_version_1_loads_without_the_optional_parts(tmp_path: Path) -> None:
+    tensors, meta = make_field()
+    meta["format_version"] = 1
+    del meta["default_direction"], meta["default_target"]
+    loaded, lmeta = load_field(save_field(tmp_path / "f", tensors, meta))
+    assert set(loaded) == set(TENSOR_NAMES)
+    assert lmeta["format_version"] == 2  # normalised: version 2 without the optional parts
+    assert lmeta["default_direction"] == "gradient" and lmeta["default_target"] is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, m: t.pop("covariances"), "tensor 'robust_norms' is there but 'covariances' is missing"),
+    (lambda t, m: (t.pop("covariances"), t.pop("robust_norms")),
+     "'default_direction' is 'preconditioned' but the tensor 'covariances' is missing"),
+    (lambda t, m: m.update(default_direction="sideways"), "'default_direction' must be one of"),
+    (lambda t, m: m.update(default_target=0.4), "'default_target' must be null or a probability"),
+    (lambda t, m: m.update(default_target=True), "'default_target'"),
+    (lambda t, m: t.update(covariances=torch.eye(R + 1).repeat(3, 1, 1)), "tensor 'covariances' has shape"),
+    (lambda t, m: m.update(format_version=1), "unexpected metadata field 'default_direction'"),
+    (lambda t, m: m.update(format_version=3), "unsupported format_version 3"),
+])
+def test_version_2_refusals(tmp_path: Path, change, message: str) -> None:
+    tensors, meta = make_v2_field()
+    change(tensors, meta)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        save_field(tmp_path / "f", tensors, meta)
+    assert not (tmp_path / "f").exists()
+    raw_save(tmp_path / "raw" / "field.safetensors", tensors, meta)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        load_field(tmp_path / "raw")
 
 
 # -------------------------------------------------------------------- save refusals
@@ -558,7 +613,7 @@ META_CASES = [
     (_delete("metrics"), "missing metadata field 'metrics'"),
     (_set("extra", 1), "unexpected metadata field 'extra'"),
     (_set("format", "gguf"), "metadata field 'format' must be 'svf-field'"),
-    (_set("format_version", 2), "unsupported format_version 2"),
+    (_set("format_version", 3), "unsupported format_version 3"),
     (_set("format_version", "1"), "metadata field 'format_version' must be an int"),
     (_set("metrics", [1, 2]), "metadata field 'metrics' must be a JSON object"),
     (_set("metrics", {"big": "x" * 70000}), "over the 65536-byte limit"),

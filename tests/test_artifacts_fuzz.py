@@ -601,7 +601,7 @@ def meta_oracle(path: str, v: Any) -> str | None:
     if path == "format_version":
         if not _int(v):
             return f"{field} must be an int, got"
-        return None if v == 1 else "unsupported format_version"
+        return None if v in (1, 2) else "unsupported format_version"
     if path in ("concept", "model.name", "hparams.activation") and not isinstance(v, str):
         return f"{field} must be a string, got"
     if path == "concept":

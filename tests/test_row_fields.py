@@ -115,7 +115,8 @@ def _options(seed=10, d=48, C=2, F=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_packed_field_with_B_and_target_matches_public_op(dtype):
     """The hot path (float alpha, cached strength and target tensors) and the tensor-alpha path
-    give what field_update_ gives with the same B, target and band."""
+    give what field_update_ gives with the same B and band and the target on alpha's side
+    (``target`` where alpha >= 0, ``-target`` where alpha < 0)."""
     (A, c, w2, b2), B, gen = _options(11)
     s0 = field_update_(torch.randn(3, 48, generator=gen), A, c, w2, b2, 0.0, tau=0.7)
     target = float(s0[:, 0].mean()) + 0.5
@@ -125,7 +126,9 @@ def test_packed_field_with_B_and_target_matches_public_op(dtype):
         h = torch.randn(n, 48, generator=gen).to(dtype)
         h_ref = h.clone()
         s = field.apply_(h, alpha)
-        s_ref = field_update_(h_ref, A, c, w2, b2, alpha, tau=0.7, B=B, target=target, band=2.0)
+        a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor([float(alpha)] * n)
+        signed = torch.where(a < 0, -target, target)
+        s_ref = field_update_(h_ref, A, c, w2, b2, alpha, tau=0.7, B=B, target=signed, band=2.0)
         assert torch.equal(s, s_ref) and torch.equal(bits(h), bits(h_ref))
     assert field._target_cache is not None and field._target_cache[0] == 1
     field.to(torch.float32)
@@ -159,7 +162,8 @@ def test_packed_field_bad_options_name_the_problem():
 @pytest.mark.parametrize("alpha", [0.7, "tensor"])
 def test_field_table_with_B_and_targets_matches_public_op(alpha):
     """apply_ gathers each row's field target on the device (ids of -1 and out of range are
-    unsteered, no error) and gives what field_table_update_ gives with those targets."""
+    unsteered, no error), on the side of the row's strength, and gives what
+    field_table_update_ gives with those targets."""
     (A, c, w2, b2), B, gen = _options(14, F=3)
     targets = torch.tensor([0.5, float("nan"), -0.25])
     table = FieldTable(A, c, w2, b2, tau=0.5, B=B, targets=targets, band=0.75)
@@ -169,6 +173,8 @@ def test_field_table_with_B_and_targets_matches_public_op(alpha):
     h_ref = h.clone()
     s = table.apply_(h, a, ids)
     per_row = torch.tensor([-0.25, float("nan"), 0.5, float("nan"), -0.25, float("nan"), 0.5])
+    if alpha == "tensor":
+        per_row = torch.where(a < 0, -per_row, per_row)
     s_ref = field_table_update_(h_ref, A, c, w2, b2, ids, a, tau=0.5, check_ids=False, B=B,
                                 target=per_row, band=0.75)
     assert torch.equal(bits(s), bits(s_ref)) and torch.equal(h, h_ref)

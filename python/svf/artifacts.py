@@ -1,10 +1,13 @@
 """Saving and loading trained SVF field artifacts, safely.
 
-Format version 1 is ONE safetensors file. A path ending in ``.safetensors`` is that
+An artifact is ONE safetensors file. A path ending in ``.safetensors`` is that
 file; any other path is a directory holding ``field.safetensors``. The safetensors
 header metadata has exactly one key, ``"svf"``, whose value is the JSON text of the
 metadata dict (see ``validate_metadata``). All tensors are float32 (see
-``expected_shapes``).
+``expected_shapes``). Format version 2 adds two optional tensors (``robust_norms``,
+``covariances``) and two optional metadata fields (``default_direction``,
+``default_target``); a version 1 file loads as a version 2 file without them (its metadata
+normalised to version 2).
 
 Loading never unpickles anything. The 8-byte length prefix and the JSON header are
 read and checked by hand (dtypes, shapes against the metadata, data offsets against
@@ -37,6 +40,8 @@ __all__ = [
     "FIELD_FILENAME",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "OPTIONAL_TENSOR_NAMES",
+    "READABLE_VERSIONS",
     "TENSOR_NAMES",
     "ArtifactError",
     "check_compatible",
@@ -48,12 +53,19 @@ __all__ = [
 ]
 
 FORMAT_NAME = "svf-field"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 is version 2 without the optional tensors and the ``default_direction`` /
+#: ``default_target`` metadata; it loads as such.
+READABLE_VERSIONS = (1, 2)
 FIELD_FILENAME = "field.safetensors"
 TENSOR_NAMES: tuple[str, ...] = (
     "R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2", "mean_norms", "caa",
 )
+#: Written by training, both or neither: the robust strength unit and the covariances of the
+#: preconditioned direction (a field without them steers along the gradient, in mean norms).
+OPTIONAL_TENSOR_NAMES: tuple[str, ...] = ("robust_norms", "covariances")
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh",)
+DIRECTIONS: tuple[str, ...] = ("gradient", "preconditioned")
 
 # Header length limit (the u64 prefix). A real header is a few KiB (metrics are capped at
 # 64 KiB); the cap bounds what parsing a hostile header can allocate: Python objects for
@@ -68,6 +80,7 @@ _META_KEYS = (
     "format", "format_version", "concept", "model", "train_layers", "steer_layers",
     "hparams", "default_strength", "metrics",
 )
+_OPTIONAL_META_KEYS = ("default_direction", "default_target")
 _MODEL_KEYS = ("name", "hidden_size", "num_layers")
 _HPARAM_KEYS = ("r", "de", "m", "eps", "activation")
 _TENSOR_INFO_KEYS = frozenset({"dtype", "shape", "data_offsets"})
@@ -297,7 +310,7 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         if key not in meta:
             raise _fail(source, f"missing metadata field '{key}'")
     for key in meta:
-        if key not in _META_KEYS:
+        if key not in _META_KEYS and not (key in _OPTIONAL_META_KEYS and meta["format_version"] >= 2):
             raise _fail(source, f"unexpected metadata field '{_key(key)}'")
 
     concept = _str_field(meta["concept"], "concept", source)
@@ -338,6 +351,16 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
                             f"{list(ACTIVATIONS)}, got {_trim(repr(hparams['activation']))}")
 
     strength = _float_field(meta["default_strength"], "default_strength", source, positive=False)
+    direction = meta.get("default_direction", "gradient")
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise _fail(source, f"metadata field 'default_direction' must be one of "
+                            f"{list(DIRECTIONS)}, got {_show(direction)}")
+    target = meta.get("default_target")
+    if target is not None:
+        target = _float_field(target, "default_target", source, positive=True)
+        if not 0.5 < target < 1:
+            raise _fail(source, f"metadata field 'default_target' must be null or a probability "
+                                f"in (0.5, 1), got {_num(target)}")
 
     if not isinstance(meta["metrics"], Mapping):
         raise _fail(source, f"metadata field 'metrics' must be a JSON object (dict), "
@@ -357,6 +380,8 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         "steer_layers": steer,
         "hparams": hparams,
         "default_strength": strength,
+        "default_direction": direction,
+        "default_target": target,
         "metrics": metrics,
     }
 
@@ -375,9 +400,9 @@ def _check_format(meta: Any, source: str) -> Mapping[str, Any]:
     version = meta["format_version"]
     if not _is_int(version):
         raise _fail(source, f"metadata field 'format_version' must be an int, got {_show(version)}")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise _fail(source, f"unsupported format_version {_num(version)} (this library reads "
-                            f"version {FORMAT_VERSION})")
+                            f"versions {', '.join(map(str, READABLE_VERSIONS))})")
     return meta
 
 
@@ -401,22 +426,40 @@ def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
         "b2": ((1,), "(one scalar bias)"),
         "mean_norms": ((n,), f"from len(train_layers)={n}"),
         "caa": ((n, d), f"from len(train_layers)={n}, model.hidden_size={sd}"),
+        "robust_norms": ((n,), f"from len(train_layers)={n}"),
+        "covariances": ((n, r, r), f"from len(train_layers)={n}, hparams r={sr}"),
     }
 
 
+def _present(names: Any) -> list[str]:
+    """The artifact's tensor names in canonical order: the required, then the optional ones
+    present."""
+    return [*TENSOR_NAMES, *(n for n in OPTIONAL_TENSOR_NAMES if n in names)]
+
+
 def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
-    """Shape of every tensor that the (validated) metadata implies, in TENSOR_NAMES order."""
+    """Shape of every tensor (required, then optional) that the (validated) metadata implies."""
     meta = validate_metadata(meta)
     return {name: shape for name, (shape, _) in _expected(meta).items()}
 
 
-def _check_names(names: list[str], source: str) -> None:
-    """Exact tensor name set: report the first missing, then the first unexpected."""
+def _check_names(names: list[str], meta: dict, source: str) -> None:
+    """Exact tensor name set: report the first missing, then the first unexpected. The
+    optional tensors come both or neither."""
     missing = [n for n in TENSOR_NAMES if n not in names]
     if missing:
         more = f" (and {len(missing) - 1} more: {missing[1:]})" if len(missing) > 1 else ""
         raise _fail(source, f"missing tensor '{missing[0]}'{more}")
-    extra = sorted(n for n in names if n not in TENSOR_NAMES)
+    optional = [n for n in OPTIONAL_TENSOR_NAMES if n in names]
+    allowed = TENSOR_NAMES + OPTIONAL_TENSOR_NAMES
+    if optional and len(optional) != len(OPTIONAL_TENSOR_NAMES):
+        lacking = next(n for n in OPTIONAL_TENSOR_NAMES if n not in names)
+        raise _fail(source, f"tensor '{optional[0]}' is there but '{lacking}' is missing "
+                            "(they come together)")
+    if meta["default_direction"] == "preconditioned" and not optional:
+        raise _fail(source, "metadata field 'default_direction' is 'preconditioned' but the "
+                            "tensor 'covariances' is missing")
+    extra = sorted(n for n in names if n not in allowed)
     if extra:
         more = f" (and {len(extra) - 1} more: {extra[1:]})" if len(extra) > 1 else ""
         raise _fail(source, f"unexpected tensor {_trim(repr(extra[0]))}{_trim(more, 200)}")
@@ -436,8 +479,10 @@ def validate_tensors(
     for name in tensors:
         if not isinstance(name, str):
             raise _fail(source, f"unexpected tensor {_show(name)}")
-    _check_names(list(tensors), source)
-    for name, (shape, why) in _expected(meta).items():
+    _check_names(list(tensors), meta, source)
+    expected = _expected(meta)
+    for name in _present(tensors):
+        shape, why = expected[name]
         t = tensors[name]
         if not isinstance(t, torch.Tensor):
             raise _fail(source, f"tensor '{name}' must be a torch.Tensor, got {_show(t)}")
@@ -535,9 +580,11 @@ def _check_header(header: dict[str, Any], data_len: int, source: str) -> dict:
         raise _fail(source, f"metadata 'svf' is not valid JSON ({exc})") from None
     meta = validate_metadata(parsed, source)
 
-    _check_names([k for k in header if k != "__metadata__"], source)
+    _check_names([k for k in header if k != "__metadata__"], meta, source)
     spans: list[tuple[int, int, str]] = []
-    for name, (shape, why) in _expected(meta).items():
+    expected = _expected(meta)
+    for name in _present(header):
+        shape, why = expected[name]
         info = header[name]
         if not isinstance(info, dict) or set(info) != _TENSOR_INFO_KEYS:
             raise _fail(source, f"tensor '{name}' header entry must be an object with exactly "
@@ -609,7 +656,7 @@ def save_field(
     meta = validate_metadata(meta, source)
     validate_tensors(tensors, meta, source)
     # Fresh contiguous CPU copies: safetensors refuses views and shared storage.
-    data = {n: tensors[n].detach().cpu().contiguous().clone() for n in TENSOR_NAMES}
+    data = {n: tensors[n].detach().cpu().contiguous().clone() for n in _present(tensors)}
     blob = _st.save(data, metadata={"svf": _dumps(meta)})
     n = int.from_bytes(blob[:8], "little")
     _check_header(_parse_header(blob[8 : 8 + n], source), len(blob) - 8 - n, source)
@@ -719,4 +766,4 @@ def _load_open(
                             f"{type(exc).__name__}: {exc}") from None
     del blob
     validate_tensors(loaded, meta, source)
-    return {name: loaded[name] for name in TENSOR_NAMES}, meta
+    return {name: loaded[name] for name in _present(loaded)}, meta

@@ -19,10 +19,10 @@ from torch import nn
 from svf_kernels import SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .field_packing import check_fits_model, check_train_layers, field_table, mean_norm
+from .field_packing import check_fits_model, check_train_layers, field_table, strength_unit
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
-from .steering_field import SteeringField
+from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target
 
 FieldEntry = SteeringField | Sequence[SteeringField]
 
@@ -41,14 +41,20 @@ class BatchSteering:
     Build it with :func:`steer_requests`. ``set_requests(fields, strengths)`` before each
     batched forward or ``generate`` (or :meth:`generate`, which does both). Strengths are
     relative, as in :func:`svf.steer`: row ``r`` at layer ``i`` moves by
-    ``strengths[r] * mean_norm(field, i)``.
+    ``strengths[r] * unit(field, i)``. Each field steers along its own ``default_direction``
+    and closed-loop at its own ``default_target`` unless ``direction`` / ``target`` are given
+    for all.
     """
 
     def __init__(self, model: nn.Module, fields: Mapping[str, FieldEntry], *,
                  layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
-                 positions: str = "default", refresh: int = 1) -> None:
+                 positions: str = "default", refresh: int = 1, direction: str | None = None,
+                 target: float | None = None, unit: str = DEFAULT_UNIT) -> None:
         check_model(model)
         check_bool(normalize, "normalize")
+        if direction is not None:
+            check_direction(direction)
+        check_target(target)
         if not isinstance(fields, Mapping) or not fields:
             raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
         for name in fields:
@@ -73,16 +79,19 @@ class BatchSteering:
         check_layers(model, self.layers, "steering layers")
         device = next(model.parameters()).device
         self.model, self.device = model, device
+        directions = [direction or e[0].default_direction for e in entries]
+        targets = [target if target is not None else e[0].default_target for e in entries]
         tables, self._id_map, self._norms = {}, {}, {}
         for i in self.layers:
             members = [g for g, n in enumerate(self.names) if i in own[n]]
-            tables[i] = field_table([entries[g] for g in members], i, tau=tau,
-                                    normalize=normalize).to(device)
+            tables[i] = field_table([entries[g] for g in members], i, tau=tau, normalize=normalize,
+                                    directions=[directions[g] for g in members],
+                                    targets=[targets[g] for g in members]).to(device)
             id_map = torch.full((len(self.names) + 1,), -1, dtype=torch.long)  # [global id + 1]
             norms = torch.zeros(len(self.names) + 1)
             for local, g in enumerate(members):
                 id_map[g + 1] = local
-                norms[g + 1] = mean_norm(entries[g], i)
+                norms[g + 1] = strength_unit(entries[g], i, unit)
             self._id_map[i], self._norms[i] = id_map.to(device), norms.to(device)
         # Per-layer per-row tensors, empty until set_requests; Steering.set_row_inputs updates
         # them in place while the batch size stays (a compiled forward keeps the same tensors).
@@ -153,13 +162,17 @@ class BatchSteering:
 
 def steer_requests(model: nn.Module, fields: Mapping[str, FieldEntry], *,
                    layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
-                   positions: str = "default", refresh: int = 1) -> BatchSteering:
+                   positions: str = "default", refresh: int = 1, direction: str | None = None,
+                   target: float | None = None, unit: str = DEFAULT_UNIT) -> BatchSteering:
     """Build (not yet attached) per-request steering of ``model`` by named fields.
 
     ``fields``: name -> a :class:`SteeringField`, or a sequence of them combined by softmin.
     ``layers``: the layers every field steers (default: each field's own steering layers).
+    ``direction``, ``target``, ``unit``: as in :func:`svf.steer`, for every field (None:
+    each field's own default direction and target).
     ``positions="last"`` makes the steering traceable by ``torch.compile(fullgraph=True)``
     (for left-padded cached decoding it steers the same positions as the default).
     """
     return BatchSteering(model, fields, layers=layers, tau=tau, normalize=normalize,
-                         positions=positions, refresh=refresh)
+                         positions=positions, refresh=refresh, direction=direction, target=target,
+                         unit=unit)

@@ -4,7 +4,9 @@
 :class:`PackedField` ``[C, m, d]``; :func:`svf.steer_requests` packs F entries into a
 :class:`FieldTable` ``[F, C, m, d]``. Both fold each scorer at the layer and pad hidden units
 with zeros (they add exactly nothing); a table pads missing concepts with ``b2 = +inf`` (score
-+inf, softmin weight exactly 0). The checks and the per-entry mean norm live here too, so both
++inf, softmin weight exactly 0). The preconditioned direction adds the folded ``B`` (a table
+whose entries mix directions gives gradient entries ``B = A``); a closed-loop target becomes
+the score ``logit(target)``. The checks and the per-entry strength unit live here too, so both
 paths accept the same fields and give the same strengths.
 """
 
@@ -19,50 +21,71 @@ from torch import nn
 from svf_kernels import FieldTable, PackedField, SVFArgumentError
 
 from .hf import hidden_size, num_layers
-from .steering_field import SteeringField
+from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target, target_score
 
 
-def _folded(fields: Sequence[SteeringField], layer: int, m: int | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _folded(fields: Sequence[SteeringField], layer: int, direction: str = "gradient",
+            m: int | None = None) -> tuple[torch.Tensor, ...]:
     """The fields' folded scorers at ``layer``, hidden units zero-padded to ``m`` (default: the
-    widest), stacked: ``A [C, m, d]``, ``c [C, m]``, ``w2 [C, m]``, ``b2 [C]``."""
-    folded = [f.scorer.fold(layer) for f in fields]
+    widest), stacked: ``A [C, m, d]``, ``c [C, m]``, ``w2 [C, m]``, ``b2 [C]``, ``B [C, m, d]``
+    (``B`` is ``A`` for the gradient direction)."""
+    folded = [f.fold(layer, direction) for f in fields]
     m = max(x.A.shape[0] for x in folded) if m is None else m
     pad = [m - x.A.shape[0] for x in folded]
     return (torch.stack([nn.functional.pad(x.A, (0, 0, 0, p)) for x, p in zip(folded, pad)]),
             torch.stack([nn.functional.pad(x.c, (0, p)) for x, p in zip(folded, pad)]),
             torch.stack([nn.functional.pad(x.w2, (0, p)) for x, p in zip(folded, pad)]),
-            torch.cat([x.b2.reshape(1) for x in folded]))
+            torch.cat([x.b2.reshape(1) for x in folded]),
+            torch.stack([nn.functional.pad(x.A if x.B is None else x.B, (0, 0, 0, p))
+                         for x, p in zip(folded, pad)]))
 
 
 def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.0,
-                 normalize: bool = True) -> PackedField:
-    """One entry's concepts at ``layer`` as one :class:`PackedField` (softmin over concepts)."""
-    A, c, w2, b2 = _folded(fields, layer)
-    return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps)
+                 normalize: bool = True, direction: str = "gradient",
+                 target: float | None = None) -> PackedField:
+    """One entry's concepts at ``layer`` as one :class:`PackedField` (softmin over concepts),
+    along ``direction``, closed-loop at probability ``target`` when given."""
+    check_target(target, "target")
+    A, c, w2, b2, B = _folded(fields, layer, direction)
+    return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps,
+                       B=B if direction == "preconditioned" else None,
+                       target=None if target is None else target_score(target))
 
 
 def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: float = 1.0,
-                normalize: bool = True) -> FieldTable:
-    """F entries at ``layer`` as one :class:`FieldTable`, padded to common C and m."""
+                normalize: bool = True, directions: Sequence[str] | None = None,
+                targets: Sequence[float | None] | None = None) -> FieldTable:
+    """F entries at ``layer`` as one :class:`FieldTable`, padded to common C and m; entry ``f``
+    steers along ``directions[f]`` (default: gradient), closed-loop at ``targets[f]`` (None:
+    open loop)."""
+    directions = list(directions) if directions is not None else ["gradient"] * len(entries)
+    targets = list(targets) if targets is not None else [None] * len(entries)
+    for f, (direction, target) in enumerate(zip(directions, targets)):
+        check_direction(direction, f"directions[{f}]")
+        check_target(target, f"targets[{f}]")
     m = max(f.scorer.W1.shape[0] for concepts in entries for f in concepts)  # hidden units
     C = max(len(concepts) for concepts in entries)
-    A, c, w2, b2 = [], [], [], []
-    for concepts in entries:
-        parts = _folded(concepts, layer, m)
+    A, c, w2, b2, B = [], [], [], [], []
+    for concepts, direction in zip(entries, directions):
+        parts = _folded(concepts, layer, direction, m)
         extra = C - len(concepts)
         A.append(nn.functional.pad(parts[0], (0, 0, 0, 0, 0, extra)))
         c.append(nn.functional.pad(parts[1], (0, 0, 0, extra)))
         w2.append(nn.functional.pad(parts[2], (0, 0, 0, extra)))
         b2.append(nn.functional.pad(parts[3], (0, extra), value=math.inf))
+        B.append(nn.functional.pad(parts[4], (0, 0, 0, 0, 0, extra)))
+    closed = any(t is not None for t in targets)
+    scores = torch.tensor([math.nan if t is None else target_score(t) for t in targets])
     return FieldTable(torch.stack(A), torch.stack(c), torch.stack(w2), torch.stack(b2),
-                      tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps)
+                      tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps,
+                      B=torch.stack(B) if "preconditioned" in directions else None,
+                      targets=scores if closed else None)
 
 
-def mean_norm(fields: Sequence[SteeringField], layer: int) -> float:
-    """The entry's mean training activation norm at ``layer``, averaged over its fields: the
-    unit of the relative strength (``alpha = strength * mean_norm``)."""
-    return sum(f.mean_norm(layer) for f in fields) / len(fields)
+def strength_unit(fields: Sequence[SteeringField], layer: int, unit: str = DEFAULT_UNIT) -> float:
+    """What a relative strength multiplies for the entry at ``layer`` (``alpha = strength *
+    unit``): the fields' ``robust`` or ``mean_norm`` norm there, averaged over the fields."""
+    return sum(f.strength_unit(layer, unit) for f in fields) / len(fields)
 
 
 def check_train_layers(fields: Sequence[SteeringField], layers: Sequence[int]) -> None:

@@ -10,6 +10,18 @@ For decoder layer ``l`` with output residual stream ``h`` ``[d]``::
 The steering direction is ``∇_h f``. For a fixed layer the FiLM terms are constants, so
 :meth:`ConceptScorer.fold` gives the per-layer kernel form ``A = W1 diag(1 + Wg e) R``,
 ``c = W1 (Wb e) + b1`` that ``svf_kernels.field_update_`` evaluates with an analytic gradient.
+
+Directions (``DIRECTIONS``): ``gradient`` is ``∇_h f`` (the paper's). ``preconditioned``
+weights the gradient by the activations' own covariance inside the scorer's subspace: with
+``S[l]`` the within-class covariance of ``u`` at layer ``l`` (:mod:`svf.calibration`), the
+gradient with respect to ``hn`` becomes ``R.T S diag(1 + Wg e) W1.T (gelu'(z) * w2)``,
+that is ``B.T (gelu'(z) * w2)`` with a second folded matrix
+
+    B = W1 diag(1 + Wg e) S R                  # [m, d], the shape of A
+
+so the kernels still run one fused pass (their optional ``B``). For a linear discriminant
+``S @ w`` is the class-mean difference: the preconditioned direction leans towards where the
+data itself spreads, as CAA does, while keeping the field's dependence on ``h``.
 """
 
 from __future__ import annotations
@@ -47,14 +59,20 @@ class ScorerConfig:
                                    f"increasing layer indices >= 0, got {show(layers)}")
 
 
+#: The steering directions a field offers (see the module docstring).
+DIRECTIONS = ("gradient", "preconditioned")
+
+
 @dataclass(frozen=True)
 class FoldedLayer:
-    """One layer's kernel form: ``A [m, d]``, ``c [m]``, ``w2 [m]``, ``b2 [1]``."""
+    """One layer's kernel form: ``A [m, d]``, ``c [m]``, ``w2 [m]``, ``b2 [1]``; ``B [m, d]``
+    for the preconditioned direction (None: the plain gradient, ``B = A``)."""
 
     A: torch.Tensor
     c: torch.Tensor
     w2: torch.Tensor
     b2: torch.Tensor
+    B: torch.Tensor | None = None
 
 
 def rms_normalize(h: torch.Tensor, eps: float) -> torch.Tensor:
@@ -107,13 +125,17 @@ class ConceptScorer(nn.Module):
         return self(flat, pos).reshape(h.shape[:-1])
 
     @torch.no_grad()
-    def fold(self, layer: int) -> FoldedLayer:
-        """The per-layer kernel form (DESIGN.md §2, folded form)."""
+    def fold(self, layer: int, covariance: torch.Tensor | None = None) -> FoldedLayer:
+        """The per-layer kernel form (DESIGN.md §2, folded form); with ``covariance`` (``S``,
+        ``[r, r]``) also ``B = W1 diag(1 + Wg e) S R`` for the preconditioned direction."""
         pos = torch.tensor([self.layer_position(layer)], device=self.R.device)
         gain, shift = self.film(pos)
         A = self.W1 @ (gain[0, :, None] * self.R)
         c = self.W1 @ shift[0] + self.b1
-        return FoldedLayer(A.clone(), c.clone(), self.w2.clone(), self.b2.clone())
+        B = None
+        if covariance is not None:
+            B = (self.W1 * gain[0]) @ covariance.to(self.R) @ self.R
+        return FoldedLayer(A.clone(), c.clone(), self.w2.clone(), self.b2.clone(), B)
 
     @torch.no_grad()
     def init_projection_pca(self, hidden: torch.Tensor) -> None:

@@ -27,9 +27,9 @@ from .arguments import check_bool, check_number
 from .field_packing import (
     check_fits_model,
     check_train_layers,
-    mean_norm,
     model_mismatch,
     packed_field,
+    strength_unit,
 )
 from .hf import (
     check_layers,
@@ -41,7 +41,7 @@ from .hf import (
     num_layers,
 )
 from .positions import PositionTracker
-from .steering_field import SteeringField
+from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target
 
 STEER_METHODS = ("svf", "caa")
 
@@ -273,14 +273,23 @@ def steer(
     tau: float = 1.0,
     normalize: bool = True,
     record_scores: bool = False,
+    direction: str | None = None,
+    target: float | None = None,
+    unit: str = DEFAULT_UNIT,
 ) -> Steering:
     """Build (not yet attached) steering of ``model`` by one or several concept fields.
 
     ``strength`` is relative and per layer: every steered layer moves by
-    ``alpha = strength * mean_norm[layer]`` (the training mean activation norm there, averaged
-    over the fields), so steering more layers pushes more in total (docs/STEERING.md).
+    ``alpha = strength * unit[layer]`` (``unit="mean_norm"``: the training mean activation
+    norm there; ``"robust"``: that norm without the outlier dimensions; averaged over the
+    fields), so steering more layers pushes more in total (docs/STEERING.md).
     ``alpha`` is an absolute L2 displacement per layer. Give one of them (neither: the first
-    field's ``default_strength``). ``layers`` defaults to the first field's steering layers;
+    field's ``default_strength``). ``direction``: ``"gradient"`` or ``"preconditioned"``
+    (DESIGN.md §2; None: the first field's ``default_direction``). ``target``: closed loop, a
+    probability in (0.5, 1): a position whose score already gives the side steered toward
+    that probability is not pushed, and the push fades over the last score unit before it
+    (None: the first field's ``default_target``; open loop when that is None too; ``svf``
+    only). ``layers`` defaults to the first field's steering layers;
     several fields at one layer combine by softmin (``tau``). ``method="caa"`` steers the same
     layers with the fields' CAA vectors instead (summed over fields), so the two methods differ
     only in the field. A field trained for another hidden size or layer count is refused here
@@ -297,6 +306,10 @@ def steer(
     for name, value in (("strength", strength), ("alpha", alpha)):
         if value is not None:
             check_number(value, name)
+    direction = items[0].default_direction if direction is None else direction
+    check_direction(direction)
+    target = items[0].default_target if target is None else target
+    check_target(target)
     check_fits_model(items, model)  # so every field has the same hidden size too
     layers = layer_list(layers) if layers is not None else list(items[0].steer_layers)
     if not layers:
@@ -310,11 +323,12 @@ def steer(
     alphas: dict[int, float] = {}
     for i in layers:
         if method == "svf":
-            layer_fields[i] = packed_field(items, i, tau=tau, normalize=normalize)
+            layer_fields[i] = packed_field(items, i, tau=tau, normalize=normalize, direction=direction,
+                                           target=target)
         else:
             layer_fields[i] = (items[0].row_field(i, "caa") if len(items) == 1
                                else _summed_caa(items, i))
-        alphas[i] = float(alpha) if alpha is not None else float(strength) * mean_norm(items, i)
+        alphas[i] = float(alpha) if alpha is not None else float(strength) * strength_unit(items, i, unit)
     device = next(model.parameters()).device
     layer_fields = {i: f.to(device) for i, f in layer_fields.items()}
     return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions,

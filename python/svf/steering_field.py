@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from svf_kernels import ConstantField, PackedField, RowField, SVFArgumentError
 
 from . import artifacts
-from .scorer import ConceptScorer, ScorerConfig
+from .scorer import DIRECTIONS, ConceptScorer, ScorerConfig
 
 _SCORER_TENSORS = ("R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2")
 
@@ -19,15 +20,31 @@ _SCORER_TENSORS = ("R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2")
 #: keeps the value stored in it.
 DEFAULT_STRENGTH = 0.15
 
+#: What a relative strength multiplies (docs/STEERING.md): ``robust`` the norm without the
+#: outlier dimensions (:func:`svf.calibration.robust_norm`), ``mean_norm`` the mean L2 norm.
+STRENGTH_UNITS = ("robust", "mean_norm")
+DEFAULT_UNIT = "mean_norm"
+
+
+def target_score(target: float) -> float:
+    """The score a closed-loop ``target`` probability stands for: ``logit(target)``, reached
+    on the side a strength pushes toward (the scorer is trained with BCE, so ``sigmoid(score)``
+    is its probability that the text is on the concept's positive side)."""
+    return math.log(target / (1.0 - target))
+
 
 @dataclass
 class SteeringField:
     """A concept scorer over a window of layers, with what steering needs beside it.
 
-    ``mean_norms[i]`` is the mean L2 norm of training layer ``train_layers[i]`` (for relative
-    strengths); ``caa[i]`` the CAA mean-difference vector there (the static baseline).
-    ``default_strength`` is the per-layer relative strength :func:`svf.steer` uses when given
-    neither ``strength`` nor ``alpha``.
+    ``mean_norms[i]`` is the mean L2 norm of training layer ``train_layers[i]`` and
+    ``robust_norms[i]`` its norm without outlier dimensions (the units of relative strengths);
+    ``caa[i]`` the CAA mean-difference vector there (the static baseline); ``covariances[i]``
+    the within-class covariance ``[r, r]`` of the scorer's projection there (the
+    preconditioned direction). ``default_strength``, ``default_direction`` and
+    ``default_target`` are what :func:`svf.steer` uses when not told otherwise. Fields saved
+    by a library without the robust norms and covariances load with them ``None``: the
+    ``mean_norm`` unit and the gradient direction still work.
     """
 
     scorer: ConceptScorer
@@ -39,6 +56,14 @@ class SteeringField:
     caa: torch.Tensor
     default_strength: float = DEFAULT_STRENGTH
     metrics: dict[str, Any] = field(default_factory=dict)
+    robust_norms: torch.Tensor | None = None
+    covariances: torch.Tensor | None = None
+    default_direction: str = "gradient"
+    default_target: float | None = None
+
+    def __post_init__(self) -> None:
+        check_direction(self.default_direction, "default_direction")
+        check_target(self.default_target, "default_target")
 
     @property
     def train_layers(self) -> tuple[int, ...]:
@@ -52,15 +77,46 @@ class SteeringField:
         """Mean activation norm of ``layer`` from training (``alpha = strength * mean_norm``)."""
         return float(self.mean_norms[self.scorer.layer_position(layer)])
 
+    def robust_norm(self, layer: int) -> float:
+        """Norm of ``layer``'s training activations without outlier dimensions."""
+        if self.robust_norms is None:
+            raise SVFArgumentError(f"field {self.concept!r} has no robust norms (saved by an older "
+                                   "format): use unit='mean_norm' or retrain it")
+        return float(self.robust_norms[self.scorer.layer_position(layer)])
+
+    def strength_unit(self, layer: int, unit: str = DEFAULT_UNIT) -> float:
+        """What a relative strength multiplies at ``layer`` (``alpha = strength * unit``)."""
+        if unit not in STRENGTH_UNITS:
+            raise SVFArgumentError(f"unit must be one of {STRENGTH_UNITS}, got {unit!r}")
+        return self.robust_norm(layer) if unit == "robust" else self.mean_norm(layer)
+
+    def covariance(self, layer: int) -> torch.Tensor:
+        """The within-class covariance ``[r, r]`` of the scorer's projection at ``layer``."""
+        if self.covariances is None:
+            raise SVFArgumentError(f"field {self.concept!r} has no covariances (saved by an older "
+                                   "format): the preconditioned direction needs a retrained field")
+        return self.covariances[self.scorer.layer_position(layer)]
+
+    def fold(self, layer: int, direction: str = "gradient"):
+        """The scorer's kernel form at ``layer`` for ``direction`` (``B`` set when
+        preconditioned)."""
+        check_direction(direction, "direction")
+        cov = self.covariance(layer) if direction == "preconditioned" else None
+        return self.scorer.fold(layer, cov)
+
     def caa_vector(self, layer: int) -> torch.Tensor:
         """CAA direction (positive mean minus negative mean) at ``layer``."""
         return self.caa[self.scorer.layer_position(layer)]
 
-    def row_field(self, layer: int, method: str = "svf", **kwargs: Any) -> RowField:
-        """The per-layer field: ``svf`` (folded scorer) or ``caa`` (static vector)."""
+    def row_field(self, layer: int, method: str = "svf", *, direction: str = "gradient",
+                  target: float | None = None, **kwargs: Any) -> RowField:
+        """The per-layer field: ``svf`` (folded scorer, along ``direction``, closed-loop when
+        ``target`` is a probability) or ``caa`` (static vector)."""
         if method == "svf":
-            f = self.scorer.fold(layer)
-            return PackedField(f.A, f.c, f.w2, f.b2, eps=self.scorer.config.eps, **kwargs)
+            check_target(target, "target")
+            f = self.fold(layer, direction)
+            return PackedField(f.A, f.c, f.w2, f.b2, eps=self.scorer.config.eps, B=f.B,
+                               target=None if target is None else target_score(target), **kwargs)
         if method == "caa":
             return ConstantField(self.caa_vector(layer))
         raise SVFArgumentError(f"method must be 'svf' or 'caa', got {method!r}")
@@ -77,6 +133,8 @@ class SteeringField:
             "steer_layers": list(self.steer_layers),
             "hparams": {"r": cfg.r, "de": cfg.de, "m": cfg.m, "eps": cfg.eps, "activation": "gelu_tanh"},
             "default_strength": float(self.default_strength),
+            "default_direction": self.default_direction,
+            "default_target": None if self.default_target is None else float(self.default_target),
             "metrics": self.metrics,
         }
 
@@ -84,6 +142,10 @@ class SteeringField:
         out = {name: getattr(self.scorer, name).detach().float().contiguous() for name in _SCORER_TENSORS}
         out["mean_norms"] = self.mean_norms.float().contiguous()
         out["caa"] = self.caa.float().contiguous()
+        if self.robust_norms is not None:
+            out["robust_norms"] = self.robust_norms.float().contiguous()
+        if self.covariances is not None:
+            out["covariances"] = self.covariances.float().contiguous()
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -127,4 +189,23 @@ class SteeringField:
             caa=tensors["caa"],
             default_strength=meta["default_strength"],
             metrics=meta["metrics"],
+            robust_norms=tensors.get("robust_norms"),
+            covariances=tensors.get("covariances"),
+            default_direction=meta.get("default_direction", "gradient"),
+            default_target=meta.get("default_target"),
         )
+
+
+def check_direction(direction: object, name: str = "direction") -> None:
+    """``direction`` is one of :data:`svf.scorer.DIRECTIONS`."""
+    if direction not in DIRECTIONS:
+        raise SVFArgumentError(f"{name} must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def check_target(target: object, name: str = "target") -> None:
+    """``target`` is None (open loop) or a probability strictly between 0.5 and 1: the
+    scorer's confidence, on the side steered toward, at which the push stops."""
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.5 < target < 1:
+        raise SVFArgumentError(f"{name} must be None or a probability in (0.5, 1), got {target!r}")

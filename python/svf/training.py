@@ -31,10 +31,11 @@ from .arguments import (
     check_tokenizer,
     show,
 )
+from .calibration import robust_norm, within_class_covariance
 from .data import TRAIN_PAIRS_NEEDED, min_split_size, pairs_needed, training_split
 from .hf import check_layers, check_model, hidden_size, layer_list, num_layers
 from .pair_data import as_pairs
-from .scorer import ConceptScorer, ScorerConfig
+from .scorer import ConceptScorer, ScorerConfig, rms_normalize
 from .steering_field import DEFAULT_STRENGTH, SteeringField
 
 #: Held-out scorer accuracy under which a layer counts as undertrained (0.5 is chance).
@@ -393,5 +394,17 @@ def train_field(
         caa=torch.stack([lin[1] for lin in linear]),
         default_strength=config.default_strength,
         metrics=report.as_dict(),
+        robust_norms=torch.tensor([robust_norm(all_fit[:, j]) for j in range(len(train_layers))]),
+        covariances=projected_covariances(scorer, fit),
     )
     return field_, report
+
+
+def projected_covariances(scorer: ConceptScorer, feats: Features) -> torch.Tensor:
+    """Per training layer, the within-class covariance ``[r, r]`` of ``u = R @ hn`` over
+    ``feats`` (the preconditioner of the ``preconditioned`` direction): ``[L, r, r]``."""
+    with torch.no_grad():
+        R, eps = scorer.R.detach().float(), scorer.config.eps
+        return torch.stack([within_class_covariance(rms_normalize(feats.pos[:, j].float(), eps) @ R.T,
+                                                    rms_normalize(feats.neg[:, j].float(), eps) @ R.T)
+                            for j in range(feats.pos.shape[1])])

@@ -33,6 +33,7 @@ from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
 from svf.eval import evaluate_mwe, evaluation, judges, metrics
 from svf.eval.evaluation import EvalConfig, quick_config
+from svf.eval.stages import STAGES
 from svf.eval.knn_field import KNNField, knn_fields
 from svf.training import TrainConfig
 from svf_kernels import SVFArgumentError
@@ -91,9 +92,10 @@ TEXTS = st.lists(TEXT, max_size=6)
 # -- EvalConfig and quick_config ------------------------------------------------------------------
 
 _COUNTS = ("knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts", "long_tokens",
-           "long_window", "multi_samples")
+           "long_window", "multi_samples", "fluency_val_prompts", "fluency_test_prompts", "fluency_samples",
+           "fluency_tokens")
 _SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_strengths", "directions",
-              "long_refresh", "mwe_behaviors")
+              "long_refresh", "mwe_behaviors", "stages", "fluency_strengths", "fluency_budgets")
 
 
 def _eval_kwargs(data, max_layer: int = 40) -> dict:
@@ -117,6 +119,10 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
                                             unique=True), label="mwe_behaviors"),
         "mwe_items": data.draw(st.none() | st.integers(1, 100), label="mwe_items"),
         "seed": data.draw(st.integers(-(2**40), 2**40), label="seed"),
+        "stages": data.draw(st.lists(st.sampled_from(STAGES), min_size=1, unique=True), label="stages"),
+        "fluency_strengths": data.draw(strengths, label="fluency_strengths"),
+        "fluency_budgets": data.draw(st.lists(st.floats(1.0, 10), min_size=1, max_size=3), label="budgets"),
+        "fluency_target": data.draw(st.floats(0.51, 0.999), label="fluency_target"),
         **{k: data.draw(st.integers(1, 50), label=k) for k in _COUNTS},
     }
     keep = data.draw(st.sets(st.sampled_from(sorted(kw))), label="fields given")
@@ -153,6 +159,11 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("mwe_behaviors", "wealth-seeking-inclination"), ("mwe_behaviors", (3,)), ("mwe_behaviors", ("",)),
         ("mwe_items", 0), ("mwe_items", 2.5),
         ("seed", 1.5), ("seed", "0"), ("seed", None), ("seed", False),
+        ("stages", ()), ("stages", ("likelihood", "speed")), ("stages", "likelihood"),
+        ("stages", ("mwe", "mwe")),
+        ("fluency_strengths", ()), ("fluency_strengths", (NAN,)), ("fluency_strengths", (-0.2,)),
+        ("fluency_budgets", (0.9,)), ("fluency_budgets", ()), ("fluency_budgets", (INF,)),
+        ("fluency_target", 0.5), ("fluency_target", 1.0), ("fluency_target", None), ("fluency_target", "0.9"),
     ]
     out += [(k, bad) for k in _COUNTS for bad in (0, -3, 1.5, None, "4", True)]
     if train:  # given: the steering layers must be among them

@@ -20,7 +20,10 @@ STEERED_METHODS = {"caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-share
 FILES = ["README.md", "config.json", "examples.json", "likelihood.csv", "likelihood.md", "sweeps.csv",
          "slopes.csv", "open_ended.csv", "open_ended.md", "long_form.csv", "long_form.md",
          "multi_attribute.csv", "multi_attribute.md", "mwe.csv", "mwe.md", "judges.csv",
-         "gap_vs_alpha.png", "slopes.png", "open_ended.png", "long_form.png"]
+         "gap_vs_alpha.png", "slopes.png", "open_ended.png", "long_form.png", "fluency_sweep.csv",
+         "equal_fluency.csv", "equal_fluency.md", "fluency_verdicts.csv", "fluency_verdicts.md",
+         "equal_fluency.png"]
+FLUENCY_METHODS = {"caa-multi", "knn", "svf", "svf-precond", "svf-closed", "svf-precond-closed"}
 
 
 def _concept(name: str, n_pairs=30, n_completions=2) -> Concept:
@@ -40,7 +43,9 @@ def _tiny_config(**overrides) -> dict:
             "directions": (1, -1), "n_prompts": None, "gen_prompts": 5,
             "train": TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_total_strengths": (0.5,),
             "gen_samples": 2, "gen_tokens": 6, "long_refresh": (1, 2), "long_prompts": 2, "long_tokens": 16,
-            "long_window": 8, "multi_samples": 1, "mwe_behaviors": ("toy-behaviour",), "mwe_items": None}
+            "long_window": 8, "multi_samples": 1, "mwe_behaviors": ("toy-behaviour",), "mwe_items": None,
+            "fluency_strengths": (0.5, 2.0), "fluency_budgets": (1.25, 100.0), "fluency_val_prompts": 3,
+            "fluency_test_prompts": 4, "fluency_tokens": 6}
     base.update(overrides)
     return base
 
@@ -114,6 +119,59 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
         assert len(list(csv.DictReader(f))) == len(lik)
     readme = (tmp_path / "README.md").read_text()
     assert "wall time" in readme and "commit" in readme and "![slopes.png](slopes.png)" in readme
+    _check_fluency_tables(tables)
+
+
+def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), directions=(1, -1)) -> None:
+    """Every method swept on validation, one row per budget, direction and method on test at a
+    strength the validation sweep allows, and one verdict per concept, budget and direction."""
+    sweep, chosen = tables["fluency_sweep"], tables["equal_fluency"]
+    assert {(r["concept"], r["method"], r["direction"], r["total_strength"]) for r in sweep} == {
+        (c, m, d, t) for c in concepts for m in FLUENCY_METHODS for d in directions for t in (0.5, 2.0)
+    } | {(c, "base", 0, 0.0) for c in concepts}
+    assert all(r["n_prompts"] == 3 for r in sweep)
+    for r in chosen:
+        assert r["n_prompts"] == 4
+        base_ppl = next(x["ppl_median"] for x in sweep if x["concept"] == r["concept"] and x["method"] == "base")
+        rows = [x for x in sweep if (x["concept"], x["method"], x["direction"]) ==
+                (r["concept"], r["method"], r["direction"])]
+        allowed = [x for x in rows if x["ppl_median"] <= r["budget"] * base_ppl and x["delta"] > 0]
+        if allowed:  # the strongest shift within the budget was kept
+            best = max(allowed, key=lambda x: (x["delta"], -x["total_strength"]))
+            assert (r["total_strength"], r["val_delta"]) == (best["total_strength"], best["delta"])
+        else:  # nothing within the budget: not moved
+            assert r["total_strength"] == 0.0 and r["delta"] == 0.0 and r["ppl_median"] == r["base_ppl"]
+    assert {(r["concept"], r["budget"], r["direction"], r["method"]) for r in chosen} == {
+        (c, b, d, m) for c in concepts for b in (1.25, 100.0) for d in directions for m in FLUENCY_METHODS}
+    verdicts = tables["fluency_verdicts"]
+    assert {(r["concept"], r["budget"], r["direction"]) for r in verdicts} == {
+        (c, b, d) for c in concepts for b in (1.25, 100.0) for d in directions}
+    for v in verdicts:
+        assert v["svf_at_least_caa"] == (v["svf_delta"] >= v["caa_delta"])
+
+
+def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path):
+    model, tok = toy_world
+    cfg = evaluation.EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",)))
+    assert evaluation.run_stages(cfg) == ["toy: train + choose layers", "toy: equal-fluency"]
+    tables = evaluation.run_eval(model, tok, cfg, tmp_path)
+    assert not tables["likelihood"] and not tables["open_ended"] and not tables["mwe"]
+    _check_fluency_tables(tables, concepts=("toy",))
+    assert (tmp_path / "equal_fluency.png").is_file() and not (tmp_path / "likelihood.csv").exists()
+    assert "svf eval report: complete" in (tmp_path / "README.md").read_text()
+
+
+def test_choose_strength_keeps_the_strongest_shift_within_the_budget():
+    from svf.eval.evaluate_fluency import choose_strength
+
+    rows = [{"total_strength": 0.1, "delta": 0.1, "ppl_median": 5.0},
+            {"total_strength": 0.2, "delta": 0.3, "ppl_median": 6.0},
+            {"total_strength": 0.4, "delta": 0.5, "ppl_median": 9.0},
+            {"total_strength": 0.8, "delta": -0.2, "ppl_median": 5.0}]
+    assert choose_strength(rows, 5.0, 1.25)["total_strength"] == 0.2
+    assert choose_strength(rows, 5.0, 2.0)["total_strength"] == 0.4
+    assert choose_strength(rows, 3.0, 1.25) is None  # nothing within the budget
+    assert choose_strength(rows[3:], 5.0, 2.0) is None  # no shift the right way
 
 
 def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):

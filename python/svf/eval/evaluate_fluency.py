@@ -42,7 +42,7 @@ SVF_VARIANTS = {
 class FluencySettings:
     """The sweep, the budgets and the sample sizes of the comparison."""
 
-    total_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+    total_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
     budgets: tuple[float, ...] = (1.25, 1.5)
     target: float = 0.9
     val_prompts: int = 12

@@ -93,7 +93,7 @@ class EvalConfig:
     multi_samples: int = 2
     # equal fluency (svf.eval.evaluate_fluency): validation sweep of total strengths, the
     # perplexity budgets (x unsteered), the closed-loop target, prompts, samples, tokens
-    fluency_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+    fluency_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
     fluency_budgets: tuple[float, ...] = (1.25, 1.5)
     fluency_target: float = 0.9
     fluency_val_prompts: int = 12

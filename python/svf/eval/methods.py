@@ -2,7 +2,8 @@
 
 Every method is a map ``layer -> RowField`` plus the layers it steers; they differ only in the
 field. The evaluation compares methods at a ``total_strength`` T: a *total* displacement
-``T * unit`` (``unit``: the mean training residual norm over the steered layers), split evenly
+``T * unit`` (``unit``: the training residual norm without outlier dimensions, the robust
+strength unit of docs/STEERING.md, averaged over the steered layers), split evenly
 over a method's L layers (each moves ``T * unit / L``), so a 4-layer method does not get 4x the
 push of a 1-layer one. Negative T steers away from the concept. This differs from the per-layer
 ``strength`` of :func:`svf.steer` (docs/STEERING.md).
@@ -69,10 +70,11 @@ def build_methods(
     return {name: out[name] for name in EVAL_METHODS if name in out}
 
 
-def total_strength_unit(shared: SteeringField, layers: Sequence[int]) -> float:
-    """The mean training residual norm over ``layers``: total strength 1.0 moves this far in
-    total, summed over the steered layers."""
-    return sum(shared.mean_norm(i) for i in layers) / len(layers)
+def total_strength_unit(shared: SteeringField, layers: Sequence[int], unit: str = "robust") -> float:
+    """The training residual norm over ``layers`` (``unit``: ``robust``, without the outlier
+    dimensions, or ``mean_norm``; averaged over the layers): total strength 1.0 moves this far
+    in total, summed over the steered layers."""
+    return sum(shared.strength_unit(i, unit) for i in layers) / len(layers)
 
 
 def steering(model, method: Method, total_strength: float, unit: float, *, refresh: int = 1):

@@ -48,9 +48,10 @@ def measure(model, tokenizer, model_name: str, concept: str = "sentiment", n_pro
     ids, mask = pad_left(encode_texts(tokenizer, format_prompts(tokenizer, prompts, None)), pad_id(tokenizer))
     base = _last_logprobs(model, ids, mask)
     rows = []
-    todo = [(u, m, s) for u in STRENGTH_UNITS for m in ("caa", "svf") for s in strengths]
+    todo = [(u, m, s) for u in STRENGTH_UNITS for m in ("caa", "svf", "svf-precond") for s in strengths]
     for unit, method, s in tqdm(todo, desc=f"strength units {model_name}"):
-        with steer(model, field, strength=s, unit=unit, method=method):
+        kind, direction = ("svf", "preconditioned") if method == "svf-precond" else (method, None)
+        with steer(model, field, strength=s, unit=unit, method=kind, direction=direction):
             lp = _last_logprobs(model, ids, mask)
         kl = (base.exp() * (base - lp)).sum(-1)
         rows.append({"model": model_name, "unit": unit, "method": method, "strength": s,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         w.writerows(rows)
     (args.out / "strength_units.json").write_text(json.dumps(rows, indent=1) + "\n")
     for r in rows:
-        print(f"{r['model']:>22} {r['unit']:>9} {r['method']:>4} s={r['strength']:<5} "
+        print(f"{r['model']:>22} {r['unit']:>9} {r['method']:>11} s={r['strength']:<5} "
               f"KL mean {r['kl_mean']:.4f} median {r['kl_median']:.4f} (unit {r['unit_value']:.1f})")
 
 

@@ -132,7 +132,7 @@ def test_closed_loop_stops_at_the_target_on_the_side_steered_toward(trained, sig
     _, delta = _moved(model, tok, svf.steer(model, field, strength=sign * 0.5, layers=[1], target=p))
     reached = side >= target_score(p)
     assert torch.equal(delta[reached], torch.zeros_like(delta[reached]))
-    alpha = 0.5 * field.mean_norm(1)
+    alpha = 0.5 * field.robust_norm(1)  # the default unit of a trained field
     gate = ((target_score(p) - side[~reached]).clamp(0, 1))
     assert torch.allclose(delta[~reached].norm(dim=-1), alpha * gate, rtol=1e-4)
 
@@ -182,7 +182,7 @@ def test_batch_rows_equal_steer_with_the_same_options(trained):
     ({"target": 1.0}, r"target must be None or a probability in \(0.5, 1\)"),
     ({"target": 0.3}, r"target must be None or a probability in \(0.5, 1\)"),
     ({"target": True}, "target must be None or a probability"),
-    ({"unit": "median"}, "unit must be one of"),
+    ({"unit": "median"}, "unit must be None or one of"),
 ])
 def test_bad_options_name_the_problem(trained, kw, message):
     model, _, field, _, _ = trained

@@ -86,7 +86,7 @@ def test_strength_unit_is_the_average_over_the_entry(fields):
     assert strength_unit([fa], 2, "robust") == pytest.approx(fa.mean_norm(2) * 0.25)
     with pytest.raises(SVFArgumentError, match="has no robust norms"):
         strength_unit([fa, fc], 2, "robust")  # fc has none
-    with pytest.raises(SVFArgumentError, match="unit must be one of"):
+    with pytest.raises(SVFArgumentError, match="unit must be None or one of"):
         strength_unit([fa], 2, "median")
 
 

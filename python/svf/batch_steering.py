@@ -22,7 +22,7 @@ from .arguments import check_bool, check_number
 from .field_packing import check_fits_model, check_train_layers, field_table, strength_unit
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
-from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target
+from .steering_field import SteeringField, check_direction, check_target, check_unit
 
 FieldEntry = SteeringField | Sequence[SteeringField]
 
@@ -49,12 +49,13 @@ class BatchSteering:
     def __init__(self, model: nn.Module, fields: Mapping[str, FieldEntry], *,
                  layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
                  positions: str = "default", refresh: int = 1, direction: str | None = None,
-                 target: float | None = None, unit: str = DEFAULT_UNIT) -> None:
+                 target: float | None = None, unit: str | None = None) -> None:
         check_model(model)
         check_bool(normalize, "normalize")
         if direction is not None:
             check_direction(direction)
         check_target(target)
+        check_unit(unit)
         if not isinstance(fields, Mapping) or not fields:
             raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
         for name in fields:
@@ -163,7 +164,7 @@ class BatchSteering:
 def steer_requests(model: nn.Module, fields: Mapping[str, FieldEntry], *,
                    layers: Sequence[int] | None = None, tau: float = 1.0, normalize: bool = True,
                    positions: str = "default", refresh: int = 1, direction: str | None = None,
-                   target: float | None = None, unit: str = DEFAULT_UNIT) -> BatchSteering:
+                   target: float | None = None, unit: str | None = None) -> BatchSteering:
     """Build (not yet attached) per-request steering of ``model`` by named fields.
 
     ``fields``: name -> a :class:`SteeringField`, or a sequence of them combined by softmin.

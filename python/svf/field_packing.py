@@ -21,7 +21,7 @@ from torch import nn
 from svf_kernels import FieldTable, PackedField, SVFArgumentError
 
 from .hf import hidden_size, num_layers
-from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target, target_score
+from .steering_field import SteeringField, check_direction, check_target, check_unit, target_score
 
 
 def _folded(fields: Sequence[SteeringField], layer: int, direction: str = "gradient",
@@ -82,9 +82,13 @@ def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: 
                       targets=scores if closed else None)
 
 
-def strength_unit(fields: Sequence[SteeringField], layer: int, unit: str = DEFAULT_UNIT) -> float:
+def strength_unit(fields: Sequence[SteeringField], layer: int, unit: str | None = None) -> float:
     """What a relative strength multiplies for the entry at ``layer`` (``alpha = strength *
-    unit``): the fields' ``robust`` or ``mean_norm`` norm there, averaged over the fields."""
+    unit``): the fields' ``robust`` or ``mean_norm`` norm there, averaged over the fields.
+    ``unit`` None: ``robust`` when every field stores robust norms, else ``mean_norm``."""
+    check_unit(unit)
+    if unit is None:
+        unit = "robust" if all(f.unit == "robust" for f in fields) else "mean_norm"
     return sum(f.strength_unit(layer, unit) for f in fields) / len(fields)
 
 

@@ -41,7 +41,7 @@ from .hf import (
     num_layers,
 )
 from .positions import PositionTracker
-from .steering_field import DEFAULT_UNIT, SteeringField, check_direction, check_target
+from .steering_field import SteeringField, check_direction, check_target, check_unit
 
 STEER_METHODS = ("svf", "caa")
 
@@ -275,14 +275,15 @@ def steer(
     record_scores: bool = False,
     direction: str | None = None,
     target: float | None = None,
-    unit: str = DEFAULT_UNIT,
+    unit: str | None = None,
 ) -> Steering:
     """Build (not yet attached) steering of ``model`` by one or several concept fields.
 
     ``strength`` is relative and per layer: every steered layer moves by
-    ``alpha = strength * unit[layer]`` (``unit="mean_norm"``: the training mean activation
-    norm there; ``"robust"``: that norm without the outlier dimensions; averaged over the
-    fields), so steering more layers pushes more in total (docs/STEERING.md).
+    ``alpha = strength * unit[layer]`` (``unit="robust"``: the training activations' norm
+    there without the outlier dimensions; ``"mean_norm"``: their mean norm; None: robust when
+    the fields store robust norms, else the mean norm; averaged over the fields), so steering
+    more layers pushes more in total (docs/STEERING.md).
     ``alpha`` is an absolute L2 displacement per layer. Give one of them (neither: the first
     field's ``default_strength``). ``direction``: ``"gradient"`` or ``"preconditioned"``
     (DESIGN.md §2; None: the first field's ``default_direction``). ``target``: closed loop, a
@@ -306,6 +307,7 @@ def steer(
     for name, value in (("strength", strength), ("alpha", alpha)):
         if value is not None:
             check_number(value, name)
+    check_unit(unit)
     direction = items[0].default_direction if direction is None else direction
     check_direction(direction)
     target = items[0].default_target if target is None else target

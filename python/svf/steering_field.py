@@ -16,14 +16,16 @@ from .scorer import DIRECTIONS, ConceptScorer, ScorerConfig
 
 _SCORER_TENSORS = ("R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2")
 
-#: Per-layer relative strength used when none is given (docs/STEERING.md); a saved artifact
-#: keeps the value stored in it.
-DEFAULT_STRENGTH = 0.15
+#: Per-layer relative strength used when none is given, in the robust unit (docs/STEERING.md;
+#: on the default model the push of 0.15 mean norms); a saved artifact keeps the value stored
+#: in it.
+DEFAULT_STRENGTH = 0.25
 
 #: What a relative strength multiplies (docs/STEERING.md): ``robust`` the norm without the
 #: outlier dimensions (:func:`svf.calibration.robust_norm`), ``mean_norm`` the mean L2 norm.
+#: ``unit=None`` means the field's own: ``robust`` when it stores robust norms, else
+#: ``mean_norm`` (fields saved in format version 1).
 STRENGTH_UNITS = ("robust", "mean_norm")
-DEFAULT_UNIT = "mean_norm"
 
 
 def target_score(target: float) -> float:
@@ -84,10 +86,16 @@ class SteeringField:
                                    "format): use unit='mean_norm' or retrain it")
         return float(self.robust_norms[self.scorer.layer_position(layer)])
 
-    def strength_unit(self, layer: int, unit: str = DEFAULT_UNIT) -> float:
-        """What a relative strength multiplies at ``layer`` (``alpha = strength * unit``)."""
-        if unit not in STRENGTH_UNITS:
-            raise SVFArgumentError(f"unit must be one of {STRENGTH_UNITS}, got {unit!r}")
+    @property
+    def unit(self) -> str:
+        """The field's own strength unit: ``robust`` when it stores robust norms."""
+        return "mean_norm" if self.robust_norms is None else "robust"
+
+    def strength_unit(self, layer: int, unit: str | None = None) -> float:
+        """What a relative strength multiplies at ``layer`` (``alpha = strength * unit``;
+        ``unit`` None: the field's own, :attr:`unit`)."""
+        check_unit(unit)
+        unit = self.unit if unit is None else unit
         return self.robust_norm(layer) if unit == "robust" else self.mean_norm(layer)
 
     def covariance(self, layer: int) -> torch.Tensor:
@@ -194,6 +202,12 @@ class SteeringField:
             default_direction=meta.get("default_direction", "gradient"),
             default_target=meta.get("default_target"),
         )
+
+
+def check_unit(unit: object, name: str = "unit") -> None:
+    """``unit`` is None (the field's own) or one of :data:`STRENGTH_UNITS`."""
+    if unit is not None and unit not in STRENGTH_UNITS:
+        raise SVFArgumentError(f"{name} must be None or one of {STRENGTH_UNITS}, got {unit!r}")
 
 
 def check_direction(direction: object, name: str = "direction") -> None:

@@ -26,7 +26,7 @@ from ..training import TrainConfig, train_field
 #: 16, 18, 20).
 DEFAULT_MODEL_LAYERS = 30
 DEMO_TRAIN_LAYERS, DEMO_STEER_LAYERS = default_layers(DEFAULT_MODEL_LAYERS)
-DEMO_STRENGTH = 0.15  # relative strength per steered layer, as svf.steer takes it
+DEMO_STRENGTH = 0.25  # relative strength per steered layer (robust unit), as svf.steer takes it
 DEMO_FRACTIONS = (0.5, 0.17, 0.33)
 
 DEMO_RUNS = (

@@ -70,10 +70,11 @@ def build_methods(
     return {name: out[name] for name in EVAL_METHODS if name in out}
 
 
-def total_strength_unit(shared: SteeringField, layers: Sequence[int], unit: str = "robust") -> float:
+def total_strength_unit(shared: SteeringField, layers: Sequence[int], unit: str | None = None) -> float:
     """The training residual norm over ``layers`` (``unit``: ``robust``, without the outlier
-    dimensions, or ``mean_norm``; averaged over the layers): total strength 1.0 moves this far
-    in total, summed over the steered layers."""
+    dimensions, or ``mean_norm``; None: the field's own, robust for a trained field; averaged
+    over the layers): total strength 1.0 moves this far in total, summed over the steered
+    layers."""
     return sum(shared.strength_unit(i, unit) for i in layers) / len(layers)
 
 

@@ -33,8 +33,8 @@ from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
 from svf.eval import evaluate_mwe, evaluation, judges, metrics
 from svf.eval.evaluation import EvalConfig, quick_config
-from svf.eval.stages import STAGES
 from svf.eval.knn_field import KNNField, knn_fields
+from svf.eval.stages import STAGES
 from svf.training import TrainConfig
 from svf_kernels import SVFArgumentError
 

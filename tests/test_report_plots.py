@@ -50,11 +50,23 @@ def _long_form() -> list[dict]:
             for run in ("base", "caa-multi", "svf-shared K=1", "svf-shared K=4") for w in range(8)]
 
 
+def _fluency_sweep() -> list[dict]:
+    rng = random.Random(4)
+    rows = [{"concept": c, "method": "base", "direction": 0, "total_strength": 0.0, "delta": 0.0,
+             "ppl_median": 4.2} for c in CONCEPTS]
+    rows += [{"concept": c, "method": m, "direction": d, "total_strength": s,
+              "delta": s * rng.uniform(0.1, 0.5), "ppl_median": 4.2 * (1 + s * rng.uniform(0.2, 2.0))}
+             for c in CONCEPTS for m in ("caa-multi", "svf", "svf-precond") for d in (1, -1)
+             for s in (0.1, 0.2, 0.4, 0.8, 1.6)]
+    return rows
+
+
 FIGURES = {
     "gap_vs_alpha": lambda: rp.draw_gap_vs_alpha(_sweeps()),
     "slopes": lambda: rp.draw_slope_histograms(_slopes()),
     "open_ended": lambda: rp.draw_open_ended_tradeoff(_open_ended()),
     "long_form": lambda: rp.draw_long_form_curves(_long_form()),
+    "equal_fluency": lambda: rp.draw_equal_fluency(_fluency_sweep()),
 }
 
 
@@ -135,11 +147,20 @@ def test_the_two_directions_look_different(drawn):
         assert len(markers[0]) == len(markers[1]) == 1 and markers[0] != markers[1]
 
 
-def test_replot_redraws_the_committed_report(tmp_path):
-    """The committed report's CSV tables redraw into every plot of the report."""
-    for path in DOCS_EVAL.glob("*.csv"):
-        shutil.copy(path, tmp_path / path.name)
-    written = rp.replot(tmp_path)
-    assert sorted(p.name for p in written) == sorted(rp.PLOTS)
-    for path in written:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_replot_redraws_the_committed_reports(tmp_path):
+    """Every committed report's CSV tables redraw into the plots of the tables it holds, and
+    together the committed reports hold every plot of the report."""
+    reports = [DOCS_EVAL, *sorted(p.parent for p in (DOCS_EVAL.parent / "eval-fluency").glob("*/README.md"))]
+    drawn: set[str] = set()
+    for k, report in enumerate(reports):
+        out = tmp_path / str(k)
+        out.mkdir()
+        for path in report.glob("*.csv"):
+            shutil.copy(path, out / path.name)
+        written = rp.replot(out)
+        assert sorted(p.name for p in written) == sorted(
+            name for name, (table, _) in rp.PLOTS.items() if (report / f"{table}.csv").is_file()), report
+        for path in written:
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        drawn |= {p.name for p in written}
+    assert drawn == set(rp.PLOTS)

@@ -124,6 +124,9 @@ class EvalConfig:
         if any(b < 1 for b in self.fluency_budgets):
             raise SVFArgumentError(f"EvalConfig.fluency_budgets must be >= 1 (a perplexity at most that many "
                                    f"times the unsteered one), got {list(self.fluency_budgets)}")
+        if self.fluency_target is None:
+            raise SVFArgumentError("EvalConfig.fluency_target must be a probability in (0.5, 1) (the closed-loop "
+                                   "target of the equal-fluency comparison), got None")
         check_target(self.fluency_target, "EvalConfig.fluency_target")
         self.mwe_behaviors = _names(self.mwe_behaviors, "mwe_behaviors", allow_empty=True)
         if self.train_layers is not None:

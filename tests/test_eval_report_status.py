@@ -22,8 +22,8 @@ from svf.training import TrainConfig
 
 CONCEPTS = ("sentiment", "formality")
 STAGES = ["mwe", "sentiment: train + choose layers", "sentiment: likelihood", "sentiment: open-ended",
-          "sentiment: long-form", "formality: train + choose layers", "formality: likelihood",
-          "formality: open-ended", "multi-attribute"]
+          "sentiment: long-form", "sentiment: equal-fluency", "formality: train + choose layers",
+          "formality: likelihood", "formality: open-ended", "formality: equal-fluency", "multi-attribute"]
 TINY = {"concepts": CONCEPTS, "train_layers": (0, 1, 2, 3), "steer_layers": (1, 2), "n_prompts": None,
         "train": TrainConfig(r=8, de=3, m=12, max_epochs=1, patience=1),
         "mwe_behaviors": ("toy-behaviour",), "mwe_items": None}
@@ -74,12 +74,17 @@ class Stages:
             self.enter("multi-attribute")
             return []
 
+        def equal_fluency(model, tokenizer, concept, *args, **kwargs):
+            self.enter(f"{concept.name}: equal-fluency")
+            return [], []
+
         monkeypatch.setattr(evaluation, "load_concept", concept)
         monkeypatch.setattr(evaluate_mwe, "load_mwe", lambda behavior, source="all": [])
         monkeypatch.setattr(evaluate_mwe, "run_mwe", run_mwe)
         for name, stub in [("prepare", prepare), ("evaluate_all", evaluate_all), ("concept_judges", concept_judges),
                            ("open_ended", open_ended), ("long_form", long_form),
-                           ("multi_attribute", multi_attribute)]:
+                           ("multi_attribute", multi_attribute), ("equal_fluency", equal_fluency),
+                           ("fluency_methods", lambda *args, **kwargs: {})]:
             monkeypatch.setattr(evaluation, name, stub)
 
 
@@ -139,7 +144,7 @@ def test_report_written_while_running_says_incomplete(tiny, tmp_path, monkeypatc
     during = stages.reports_seen["formality: train + choose layers"]  # rewritten after the first concept
     lines = during.splitlines()
     assert lines[0] == "# svf eval report: incomplete, written while the run was going"
-    assert lines[2].startswith("**Written after 5 of 9 stages, before stage `formality: train + choose layers`.**")
+    assert lines[2].startswith("**Written after 6 of 11 stages, before stage `formality: train + choose layers`.**")
     assert "complete" not in lines[0].replace("incomplete", "")
 
 

@@ -36,6 +36,8 @@ import torch
 
 from svf_kernels import SVFArgumentError
 
+from .scorer import DIRECTIONS
+
 __all__ = [
     "FIELD_FILENAME",
     "FORMAT_NAME",
@@ -65,7 +67,6 @@ TENSOR_NAMES: tuple[str, ...] = (
 #: preconditioned direction (a field without them steers along the gradient, in mean norms).
 OPTIONAL_TENSOR_NAMES: tuple[str, ...] = ("robust_norms", "covariances")
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh",)
-DIRECTIONS: tuple[str, ...] = ("gradient", "preconditioned")
 
 # Header length limit (the u64 prefix). A real header is a few KiB (metrics are capped at
 # 64 KiB); the cap bounds what parsing a hostile header can allocate: Python objects for

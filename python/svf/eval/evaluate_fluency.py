@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import median
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +23,8 @@ from svf_kernels import RowField
 
 from ..concepts import Concept
 from ..steering_field import SteeringField
-from .continuations import Continuations, perplexity, sample, token_nll
-from .evaluate_generation import Judge
+from .continuations import sample
+from .evaluate_generation import Judge, judge_scores, median_perplexity
 from .methods import Method, steering
 from .metrics import moved_shares
 
@@ -65,15 +64,6 @@ def fluency_methods(shared: SteeringField, layers: Sequence[int], target: float,
     return out
 
 
-def _judged(cont: Continuations, judge: Judge) -> torch.Tensor:
-    return torch.tensor(judge(cont.texts), dtype=torch.float64).view(cont.n_prompts, cont.samples)
-
-
-def _ppl(model, cont: Continuations) -> float:
-    ppl = [perplexity(x) for x in token_nll(model, cont) if x.numel()]
-    return median(ppl) if ppl else float("nan")
-
-
 class _Runner:
     """Generates, judges and scores one prompt set under one method and strength."""
 
@@ -84,16 +74,16 @@ class _Runner:
 
     def base(self, prompts: Sequence[str]) -> tuple[torch.Tensor, float]:
         cont = sample(self.model, self.tokenizer, prompts, **self.kw)
-        return _judged(cont, self.judge), _ppl(self.model, cont)
+        return judge_scores(self.judge, cont), median_perplexity(self.model, cont)
 
     def row(self, prompts: Sequence[str], method: Method, direction: int, total: float,
             base: torch.Tensor) -> dict:
         with steering(self.model, method, direction * total, self.unit):
             cont = sample(self.model, self.tokenizer, prompts, **self.kw)
-        scores = _judged(cont, self.judge)
+        scores = judge_scores(self.judge, cont)
         shares = moved_shares(base, scores, direction)
         return {"delta": direction * float(scores.mean() - base.mean()), "right": shares["right"],
-                "wrong": shares["wrong"], "ppl_median": _ppl(self.model, cont)}
+                "wrong": shares["wrong"], "ppl_median": median_perplexity(self.model, cont)}
 
 
 def choose_strength(rows: Sequence[dict], base_ppl: float, budget: float) -> dict | None:

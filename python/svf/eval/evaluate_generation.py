@@ -27,15 +27,19 @@ from .metrics import distinct_n, distinct_n_per_text, moved_shares, window_score
 Judge = Callable[[Sequence[str]], list[float]]
 
 
-def _scores(judge: Judge, cont: Continuations) -> torch.Tensor:
+def judge_scores(judge: Judge, cont: Continuations) -> torch.Tensor:
     """``[P, S]`` judge scores."""
     return torch.tensor(judge(cont.texts), dtype=torch.float64).view(cont.n_prompts, cont.samples)
 
 
+def median_perplexity(model, cont: Continuations) -> float:
+    """Median perplexity of the continuations under ``model`` as called (NaN when all are empty)."""
+    ppl = [perplexity(x) for x in token_nll(model, cont) if x.numel()]
+    return median(ppl) if ppl else float("nan")
+
+
 def _fluency(model, cont: Continuations) -> dict:
-    nll = token_nll(model, cont)
-    ppl = [perplexity(x) for x in nll if x.numel()]
-    return {"ppl_median": median(ppl) if ppl else float("nan"),
+    return {"ppl_median": median_perplexity(model, cont),
             "distinct2": distinct_n(cont.tokens, 2),
             "distinct2_per_text": sum(distinct_n_per_text(cont.tokens, 2)) / len(cont.tokens),
             "mean_tokens": sum(len(t) for t in cont.tokens) / len(cont.tokens)}
@@ -63,7 +67,7 @@ def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method]
     prompts = concept.test_prompts[:n_prompts]
     kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
     base_cont = sample(model, tokenizer, prompts, **kw)
-    base = {name: _scores(j, base_cont) for name, j in judges.items()}
+    base = {name: judge_scores(j, base_cont) for name, j in judges.items()}
     rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "total_strength": 0.0,
              **{f"{name}_score": float(b.mean()) for name, b in base.items()},
              **_fluency(model, base_cont), "n_prompts": len(prompts),
@@ -75,7 +79,7 @@ def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method]
     for method, direction, total in tqdm(todo, desc=f"open-ended {concept.name}"):
         with steering(model, method, direction * total, unit):
             cont = sample(model, tokenizer, prompts, **kw)
-        scores = {name: _scores(j, cont) for name, j in judges.items()}
+        scores = {name: judge_scores(j, cont) for name, j in judges.items()}
         rows.append({"concept": concept.name, "method": method.name,
                      "layers": "+".join(map(str, method.layers)), "direction": direction,
                      "total_strength": total, **_judged_row(base, scores, direction),
@@ -127,7 +131,7 @@ def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layer
     its judge's shift toward it and the right/wrong shares; fluency and repetition."""
     kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
     base_cont = sample(model, tokenizer, prompts, **kw)
-    base = {c: _scores(judges[c], base_cont) for c in fields}
+    base = {c: judge_scores(judges[c], base_cont) for c in fields}
     rows = [{"combo": "", "method": "base", "total_strength": 0.0, **_fluency(model, base_cont),
              **{f"{c}_score": float(base[c].mean()) for c in fields}}]
     per_layer = total_strength * unit / len(layers)  # as svf.eval.methods.steering splits it
@@ -138,7 +142,7 @@ def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layer
         row = {"combo": "+".join(combo), "method": "softmin-svf" if method == "svf" else "summed-caa",
                "total_strength": total_strength, **_fluency(model, cont)}
         for c in combo:
-            s = _scores(judges[c], cont)
+            s = judge_scores(judges[c], cont)
             shares = moved_shares(base[c], s, 1)
             row.update({f"{c}_score": float(s.mean()), f"{c}_delta": float(s.mean() - base[c].mean()),
                         f"{c}_right": shares["right"], f"{c}_wrong": shares["wrong"]})

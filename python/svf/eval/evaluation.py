@@ -481,9 +481,10 @@ def _run_stages(model, tokenizer, cfg: EvalConfig, concepts: list[Concept], out:
             for key, rows in zip(("likelihood", "sweeps", "slopes"), _likelihood_rows(name, results, prep.methods)):
                 tables[key] += rows
             timings[f"{name}: likelihood"] = time.perf_counter() - t
-        cj, acc = concept_judges(concept)
-        judges[name] = cj["embed"]
-        tables["judges"].append({"concept": name, **acc})
+        if want & {"open-ended", "long-form", "multi-attribute", "equal-fluency"}:  # they judge text
+            cj, acc = concept_judges(concept)
+            judges[name] = cj["embed"]
+            tables["judges"].append({"concept": name, **acc})
         if "open-ended" in want:
             t = time.perf_counter()
             tables["open_ended"] += open_ended(model, tokenizer, concept, prep.methods, prep.unit,

@@ -24,7 +24,7 @@ from ..layer_windows import default_layers
 from ..models import load_model
 from ..steering import steer
 from ..steering_field import STRENGTH_UNITS
-from ..tokenization import encode_texts, format_prompts, pad_id, pad_left
+from ..tokenization import encode_prompts
 from ..training import TrainConfig, train_field
 
 STRENGTHS = (0.05, 0.1, 0.2, 0.4)
@@ -45,7 +45,7 @@ def measure(model, tokenizer, model_name: str, concept: str = "sentiment", n_pro
     field, _ = train_field(model, tokenizer, c.pairs, concept=concept, train_layers=train_layers,
                            steer_layers=steer_layers, config=TrainConfig(max_epochs=10), progress=False)
     prompts = c.validation_prompts[:n_prompts]
-    ids, mask = pad_left(encode_texts(tokenizer, format_prompts(tokenizer, prompts, None)), pad_id(tokenizer))
+    ids, mask = encode_prompts(tokenizer, prompts)
     base = _last_logprobs(model, ids, mask)
     rows = []
     todo = [(u, m, s) for u in STRENGTH_UNITS for m in ("caa", "svf", "svf-precond") for s in strengths]

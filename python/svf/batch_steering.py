@@ -19,7 +19,7 @@ from torch import nn
 from svf_kernels import SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .field_packing import check_fits_model, check_train_layers, field_table, strength_unit
+from .field_packing import check_fits_model, check_train_layers, layer_tables
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
 from .steering_field import SteeringField, check_direction, check_target, check_unit
@@ -82,18 +82,11 @@ class BatchSteering:
         self.model, self.device = model, device
         directions = [direction or e[0].default_direction for e in entries]
         targets = [target if target is not None else e[0].default_target for e in entries]
-        tables, self._id_map, self._norms = {}, {}, {}
-        for i in self.layers:
-            members = [g for g, n in enumerate(self.names) if i in own[n]]
-            tables[i] = field_table([entries[g] for g in members], i, tau=tau, normalize=normalize,
-                                    directions=[directions[g] for g in members],
-                                    targets=[targets[g] for g in members]).to(device)
-            id_map = torch.full((len(self.names) + 1,), -1, dtype=torch.long)  # [global id + 1]
-            norms = torch.zeros(len(self.names) + 1)
-            for local, g in enumerate(members):
-                id_map[g + 1] = local
-                norms[g + 1] = strength_unit(entries[g], i, unit)
-            self._id_map[i], self._norms[i] = id_map.to(device), norms.to(device)
+        packed = layer_tables(entries, [own[n] for n in self.names], tau=tau, normalize=normalize,
+                              directions=directions, targets=targets, unit=unit)
+        tables = {i: p.table.to(device) for i, p in packed.items()}
+        self._id_map = {i: p.id_map.to(device) for i, p in packed.items()}
+        self._norms = {i: p.units.to(device) for i, p in packed.items()}
         # Per-layer per-row tensors, empty until set_requests; Steering.set_row_inputs updates
         # them in place while the batch size stays (a compiled forward keeps the same tensors).
         alphas = {i: torch.zeros(0, device=device) for i in self.layers}

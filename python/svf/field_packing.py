@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -120,3 +121,37 @@ def check_fits_model(fields: Sequence[SteeringField], model: nn.Module) -> None:
         problem = model_mismatch(f"field {f.concept!r}", f.hidden_size, f.num_layers, model)
         if problem:
             raise SVFArgumentError(problem)
+
+
+@dataclass
+class LayerTable:
+    """Every entry that steers one layer, packed for per-row steering there.
+
+    ``table`` holds the entries that steer the layer; ``id_map[g + 1]`` is entry ``g``'s row
+    in it (``-1``: entry ``g`` does not steer this layer; ``id_map[0] = -1`` is "no field");
+    ``units[g + 1]`` is what a relative strength of entry ``g`` multiplies here.
+    """
+
+    table: FieldTable
+    id_map: torch.Tensor
+    units: torch.Tensor
+
+
+def layer_tables(entries: Sequence[Sequence[SteeringField]], layers: Sequence[Sequence[int]], *,
+                 tau: float = 1.0, normalize: bool = True, directions: Sequence[str],
+                 targets: Sequence[float | None], unit: str | None = None) -> dict[int, LayerTable]:
+    """One :class:`LayerTable` per layer that any entry steers (entry ``g`` steers
+    ``layers[g]``, along ``directions[g]``, closed-loop at ``targets[g]``), keyed by layer."""
+    tables = {}
+    for i in sorted({i for own in layers for i in own}):
+        members = [g for g, own in enumerate(layers) if i in own]
+        table = field_table([entries[g] for g in members], i, tau=tau, normalize=normalize,
+                            directions=[directions[g] for g in members],
+                            targets=[targets[g] for g in members])
+        id_map = torch.full((len(entries) + 1,), -1, dtype=torch.long)
+        units = torch.zeros(len(entries) + 1)
+        for local, g in enumerate(members):
+            id_map[g + 1] = local
+            units[g + 1] = strength_unit(entries[g], i, unit)
+        tables[i] = LayerTable(table, id_map, units)
+    return tables

@@ -161,14 +161,16 @@ class SteeringField:
         return artifacts.save_field(path, self.tensors(), self.metadata())
 
     @classmethod
-    def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> SteeringField:
-        """Load and validate an artifact (against ``model``'s size when given). Never unpickles.
+    def load(cls, path: str | Path, model: torch.nn.Module | None = None, *,
+             hidden_size: int | None = None, num_layers: int | None = None) -> SteeringField:
+        """Load and validate an artifact (against ``model``'s size, or the ``hidden_size`` and
+        ``num_layers`` given, when given). Never unpickles.
 
         A bad artifact raises ``artifacts.ArtifactError`` naming the file and the problem
         (including a field made for a model of another hidden size or layer count); a
         ``model`` that is not a Hugging Face decoder raises ``SVFArgumentError``.
         """
-        kwargs = {}
+        kwargs = {"hidden_size": hidden_size, "num_layers": num_layers}
         if model is not None:
             from .hf import check_model, hidden_size, num_layers
 

@@ -1,0 +1,98 @@
+"""A request's steering, read from ``SamplingParams.extra_args`` and checked.
+
+Two spellings: ``{"svf": {"field": NAME, "strength": S}}`` (offline; through the
+OpenAI-compatible server, whose ``vllm_xargs`` values are flat, ``"svf"`` may be that
+object's JSON text) or flat keys ``{"svf_field": NAME, "svf_strength": S}``. ``strength`` is
+relative (as in :func:`svf.steer`), ``alpha`` an absolute L2 displacement per steered
+layer; neither: the field's default strength. No ``svf`` key: the request is not steered.
+Anything else fails the request with a message naming the problem, before it reaches the
+engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from svf_kernels import SVFArgumentError
+
+from ..arguments import show
+
+KEY = "svf"
+PREFIX = "svf_"
+
+
+@dataclass(frozen=True)
+class SteerRequest:
+    """One request's steering: a served field and a relative ``strength`` or an absolute
+    ``alpha`` (None for both: the field's default strength)."""
+
+    field: str
+    strength: float | None = None
+    alpha: float | None = None
+
+    def cache_salt(self) -> str:
+        """What separates this steering's prefix-cache entries from any other's."""
+        how = ("alpha", self.alpha) if self.alpha is not None else ("strength", self.strength)
+        return f"svf:{self.field!r}:{how[0]}:{how[1]!r}"
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SVFArgumentError(f"{where} must be a number, got {show(value)}")
+    if not math.isfinite(value):
+        raise SVFArgumentError(f"{where} must be finite, got {value}")
+    return float(value)
+
+
+def _options(extra_args: Mapping) -> tuple[Mapping, str] | None:
+    """The steering options and how to name one (``{}`` -> ``extra_args['svf']['field']``)."""
+    flat = {k[len(PREFIX):]: v for k, v in extra_args.items()
+            if isinstance(k, str) and k.startswith(PREFIX)}
+    if KEY not in extra_args:
+        return (flat, "extra_args['" + PREFIX + "{}']") if flat else None
+    if flat:
+        raise SVFArgumentError(f"extra_args gives both 'svf' and {sorted(PREFIX + k for k in flat)}; "
+                               "give the steering one way")
+    value = extra_args[KEY]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SVFArgumentError(f"extra_args['svf'] is text but not JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise SVFArgumentError("extra_args['svf'] must be an object like {\"field\": NAME, "
+                               f"\"strength\": S}} (or its JSON text), got {show(value)}")
+    return value, "extra_args['svf']['{}']"
+
+
+def parse_request(extra_args: Mapping | None, fields: Collection[str]) -> SteerRequest | None:
+    """The steering ``extra_args`` asks for among the served ``fields`` (None: unsteered)."""
+    found = _options(extra_args) if isinstance(extra_args, Mapping) else None
+    if found is None:
+        return None
+    value, where = found
+    unknown = sorted(set(value) - {"field", "strength", "alpha"}, key=str)
+    if unknown:
+        raise SVFArgumentError(f"unknown steering keys {[where.format(k) for k in unknown]}; "
+                               f"known: {[where.format(k) for k in ('field', 'strength', 'alpha')]}")
+    if "field" not in value:
+        raise SVFArgumentError(f"{where.format('field')} is missing: the name of a served field")
+    name = value["field"]
+    if not isinstance(name, str):
+        raise SVFArgumentError(f"{where.format('field')} must be a field name, got {show(name)}")
+    if name not in fields:
+        served = sorted(fields)
+        raise SVFArgumentError(f"unknown field {name!r} in {where.format('field')}; served "
+                               f"fields: {served}" if served else
+                               f"{where.format('field')} asks for field {name!r} but this engine "
+                               "serves no SVF fields (configure them at start: additional_config "
+                               "{'svf': {'fields': ...}} or $SVF_VLLM_FIELDS)")
+    if "strength" in value and "alpha" in value:
+        raise SVFArgumentError(f"both {where.format('strength')} (relative) and "
+                               f"{where.format('alpha')} (absolute) are given; give one")
+    strength = _number(value["strength"], where.format("strength")) if "strength" in value else None
+    alpha = _number(value["alpha"], where.format("alpha")) if "alpha" in value else None
+    return SteerRequest(name, strength, alpha)

@@ -1,0 +1,171 @@
+"""The fields one vLLM engine serves: loaded at start, packed per layer, wired into the model.
+
+:class:`ServedFields` loads every configured artifact (a missing, bad or mismatched file
+raises the artifact error here, at engine start), packs them as :func:`svf.steer_requests`
+does (same tables, same strength units, so both paths steer alike), wraps the steered
+decoder layers, and before each forward turns the scheduled batch into per-token field ids
+and strengths (:meth:`set_batch`). Positions follow DESIGN.md §4: a request's last prompt
+token, then every generated token; with chunked prefill a chunk that ends before the last
+prompt token is not steered, and a preempted request recomputed from its prompt is steered
+at the same positions again. No vLLM import here: the runner hooks pass plain arrays.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from svf_kernels import SVFArgumentError
+
+from ..field_packing import check_train_layers, layer_tables
+from ..steering_field import SteeringField
+from .config import FieldSpec
+from .request_params import SteerRequest
+from .steer_op import SteeredLayers, register_table, unregister
+
+_ENGINE_IDS = itertools.count()
+
+
+class SteeredLayer(nn.Module):
+    """A decoder layer followed by its field table's update of the residual stream."""
+
+    def __init__(self, layer: nn.Module, index: int, name: str, field_ids: torch.Tensor,
+                 alpha: torch.Tensor) -> None:
+        super().__init__()
+        self.layer, self.index, self.table_name = layer, index, name
+        self.register_buffer("field_ids", field_ids, persistent=False)
+        self.register_buffer("alpha", alpha, persistent=False)
+
+    def forward(self, *args, **kwargs):
+        out = self.layer(*args, **kwargs)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], torch.Tensor)):
+            raise SVFArgumentError(f"decoder layer {self.index} ({type(self.layer).__name__}) does "
+                                   "not return (hidden_states, residual); the svf plugin steers "
+                                   "decoders of that form (Llama, Mistral, Qwen, Gemma families)")
+        torch.ops.svf_vllm.steer_residual_(out[0], out[1], self.field_ids, self.alpha,
+                                           self.table_name)
+        return out
+
+
+def decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The model's list of ``num_layers`` decoder layers (``model.model.layers`` in vLLM's
+    decoders)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith("layers") and len(module) == num_layers:
+            return module
+    raise SVFArgumentError(f"found no list of {num_layers} decoder layers in "
+                           f"{type(model).__name__}; the svf plugin steers vLLM decoders with "
+                           "model.layers")
+
+
+class ServedFields:
+    """Named fields for one model of ``hidden_size`` and ``num_layers``; see the module doc."""
+
+    def __init__(self, specs: Mapping[str, FieldSpec], *, hidden_size: int, num_layers: int,
+                 max_tokens: int, device: torch.device | str = "cpu") -> None:
+        if not specs:
+            raise SVFArgumentError("no fields to serve")
+        self.names = list(specs)
+        self.entries: list[list[SteeringField]] = []
+        own: list[tuple[int, ...]] = []
+        for name in self.names:
+            spec = specs[name]
+            concepts = [SteeringField.load(p, hidden_size=hidden_size, num_layers=num_layers)
+                        for p in spec.paths]
+            layers = spec.layers if spec.layers is not None else tuple(concepts[0].steer_layers)
+            outside = [i for i in layers if i >= num_layers]
+            if outside:
+                raise SVFArgumentError(f"field {name!r}: layers {outside} are outside the model's "
+                                       f"{num_layers} layers")
+            try:
+                check_train_layers(concepts, layers)
+            except SVFArgumentError as exc:
+                raise SVFArgumentError(f"field {name!r}: {exc}") from None
+            self.entries.append(concepts)
+            own.append(tuple(layers))
+        packed = layer_tables(self.entries, own,
+                              directions=[e[0].default_direction for e in self.entries],
+                              targets=[e[0].default_target for e in self.entries])
+        self.layers = sorted(packed)
+        self.index = {name: g for g, name in enumerate(self.names)}
+        self.default_strengths = np.array([e[0].default_strength for e in self.entries],
+                                          dtype=np.float32)
+        self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])    # [L, F + 1]
+        self.units = np.stack([packed[i].units.numpy() for i in self.layers])       # [L, F + 1]
+        device = torch.device(device)
+        self.steered = SteeredLayers({i: packed[i].table.to(device) for i in self.layers})
+        self.uid = next(_ENGINE_IDS)
+        # Persistent per-token buffers, one row per steered layer; -1 / 0: not steered.
+        self.max_tokens = int(max_tokens)
+        self.field_ids = torch.full((len(self.layers), self.max_tokens), -1, dtype=torch.long,
+                                    device=device)
+        self.alphas = torch.zeros((len(self.layers), self.max_tokens), device=device)
+        self._host_ids = self.field_ids if device.type == "cpu" else \
+            torch.full_like(self.field_ids, -1, device="cpu").pin_memory()
+        self._host_alphas = self.alphas if device.type == "cpu" else \
+            torch.zeros_like(self.alphas, device="cpu").pin_memory()
+        self._filled = 0
+
+    # -- engine start --------------------------------------------------------------------
+    def attach(self, layers: nn.ModuleList) -> None:
+        """Wrap each steered layer of ``layers`` (before the model is compiled)."""
+        for row, i in enumerate(self.layers):
+            name = f"svf_vllm.{self.uid}.{i}"
+            register_table(name, self.steered, i)
+            layers[i] = SteeredLayer(layers[i], i, name, self.field_ids[row], self.alphas[row])
+
+    def close(self) -> None:
+        unregister(self.steered)
+
+    # -- before each forward -------------------------------------------------------------
+    def set_batch(self, num_scheduled: np.ndarray, num_computed: np.ndarray,
+                  num_prompt: np.ndarray, requests: Sequence[SteerRequest | None]) -> None:
+        """Fill the per-token buffers for a batch whose request ``r`` runs
+        ``num_scheduled[r]`` tokens from position ``num_computed[r]`` and has a prompt of
+        ``num_prompt[r]`` tokens, steered as ``requests[r]`` says."""
+        R = len(requests)
+        g = np.array([-1 if q is None else self.index[q.field] for q in requests], dtype=np.int64)
+        n = int(num_scheduled[:R].sum())
+        if n > self.max_tokens:
+            raise SVFArgumentError(f"{n} tokens in one step but the buffers hold {self.max_tokens}")
+        ids_out, alphas_out = self._host_ids.numpy(), self._host_alphas.numpy()
+        on = np.zeros(n, dtype=bool)
+        if (g >= 0).any():
+            value = np.zeros(R, dtype=np.float32)
+            absolute = np.zeros(R, dtype=bool)
+            for r, q in enumerate(requests):
+                if q is None:
+                    continue
+                if q.alpha is not None:
+                    value[r], absolute[r] = q.alpha, True
+                else:
+                    value[r] = self.default_strengths[g[r]] if q.strength is None else q.strength
+            counts = num_scheduled[:R].astype(np.int64)
+            req = np.repeat(np.arange(R), counts)                                   # [n]
+            starts = np.cumsum(counts) - counts
+            pos = num_computed[:R].astype(np.int64)[req] + np.arange(n) - starts[req]
+            on = (g[req] >= 0) & (pos >= num_prompt[:R].astype(np.int64)[req] - 1)
+        if on.any():
+            g1 = np.where(on, g[req] + 1, 0)                                        # 0: no field
+            ids = self.id_maps[:, g1]                                               # [L, n]
+            alphas = np.where(absolute[req], value[req], value[req] * self.units[:, g1])
+            ids_out[:, :n] = ids
+            alphas_out[:, :n] = np.where(ids >= 0, alphas, 0.0)
+            written = n
+        else:
+            written = 0
+        # Entries a longer or steered earlier step left: unsteered again (a replayed CUDA
+        # graph reads the buffers whatever ``active`` says).
+        if self._filled > written:
+            ids_out[:, written:self._filled] = -1
+            alphas_out[:, written:self._filled] = 0.0
+        high = max(written, self._filled)
+        self._filled = written
+        if self._host_ids is not self.field_ids and high:
+            self.field_ids[:, :high].copy_(self._host_ids[:, :high])
+            self.alphas[:, :high].copy_(self._host_alphas[:, :high])
+        self.steered.active = bool(on.any())

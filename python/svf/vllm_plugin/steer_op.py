@@ -1,0 +1,69 @@
+"""``svf_vllm::steer_residual_``: the one opaque op each steered decoder layer calls.
+
+vLLM's decoder layers return ``(hidden_states, residual)``; the residual stream a field was
+trained on is their sum. The op forms the sum, moves its rows with the layer's field table
+(``field_table_update_``: row ``t`` by field ``field_ids[t]`` at ``alpha[t]``; ``-1``: not at
+all) and hands it on as ``(sum, 0)``, which the next layer's fused add-and-norm reads as the
+same stream. ``field_ids`` and ``alpha`` are persistent per-token buffers (their first
+``hidden.shape[0]`` entries are this step's tokens), filled by the model runner before each
+forward, so a compiled graph keeps reading the same tensors. The op finds its table by name,
+as vLLM's attention op finds its layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from svf_kernels import FieldTable
+
+
+@dataclass
+class SteeredLayers:
+    """One engine's tables by layer, and whether this step steers any token at all."""
+
+    tables: dict[int, FieldTable]
+    active: bool = False
+    names: list[str] = field(default_factory=list)
+
+
+_REGISTRY: dict[str, tuple[SteeredLayers, int]] = {}
+
+
+def register_table(name: str, layers: SteeredLayers, layer: int) -> None:
+    """Make ``layers.tables[layer]`` the table the op finds under ``name``."""
+    _REGISTRY[name] = (layers, layer)
+    layers.names.append(name)
+
+
+def unregister(layers: SteeredLayers) -> None:
+    """Forget every name registered for ``layers``."""
+    for name in layers.names:
+        _REGISTRY.pop(name, None)
+    layers.names.clear()
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+@torch.library.custom_op("svf_vllm::steer_residual_", mutates_args=("hidden", "residual"))
+def steer_residual_(hidden: torch.Tensor, residual: torch.Tensor, field_ids: torch.Tensor,
+                    alpha: torch.Tensor, name: str) -> None:
+    """Move the stream ``hidden + residual`` in place; leaves ``(stream, 0)`` when steering."""
+    layers, layer = _REGISTRY[name]
+    # A step without steered tokens leaves the layer's output untouched (unless a CUDA graph
+    # is being captured: its replays may steer).
+    if not layers.active and not _capturing(hidden):
+        return
+    n = hidden.shape[0]
+    stream = hidden + residual
+    layers.tables[layer].apply_(stream, alpha[:n], field_ids[:n])
+    hidden.copy_(stream)
+    residual.zero_()
+
+
+@steer_residual_.register_fake
+def _(hidden, residual, field_ids, alpha, name) -> None:
+    return None

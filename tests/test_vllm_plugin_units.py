@@ -1,0 +1,310 @@
+"""The vLLM plugin's parts that need no vLLM: configuration, request parsing, the per-token
+buffers the runner fills before each forward, and the steering op on a decoder layer's
+``(hidden_states, residual)``. End-to-end engine tests live in ``tests_vllm/``."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_field
+
+from svf import ArtifactError
+from svf.field_packing import layer_tables
+from svf.vllm_plugin.config import ENV_VAR, FieldSpec, served_fields
+from svf.vllm_plugin.request_params import SteerRequest, parse_request
+from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer, decoder_layers
+from svf_kernels import SVFArgumentError
+
+L, D = 6, 40
+SHAPE = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=L, hidden_size=D))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("fields")
+    specs = {"a": (1, (1, 2, 3), (2, 3)), "b": (2, (1, 2, 3), (1, 3)), "c": (3, (0, 1, 2), (1,))}
+    return {name: str(random_field(SHAPE, layers=list(lay), steer_layers=steer, seed=seed,
+                                   concept=name).save(folder / name))
+            for name, (seed, lay, steer) in specs.items()}
+
+
+# -- configuration -------------------------------------------------------------------------
+
+def test_config_forms():
+    cfg = {"svf": {"fields": {"one": "/x.svf", "two": ["/a.svf", "/b.svf"],
+                              "three": {"paths": "/c.svf", "layers": [5, 3, 3]}}}}
+    got = served_fields(cfg, environ={})
+    assert got == {"one": FieldSpec("one", ("/x.svf",)),
+                   "two": FieldSpec("two", ("/a.svf", "/b.svf")),
+                   "three": FieldSpec("three", ("/c.svf",), (3, 5))}
+    assert served_fields({}, environ={}) == {} and served_fields(None, environ={}) == {}
+    env = served_fields(None, environ={ENV_VAR: '{"x": "/x.svf"}'})
+    assert env == {"x": FieldSpec("x", ("/x.svf",))}
+
+
+@pytest.mark.parametrize("cfg, env, needle", [
+    ({"svf": {"fields": {"a": "/a"}}}, '{"b": "/b"}', "give them one way"),
+    (None, "{not json", "is not JSON"),
+    (None, "[1, 2]", "non-empty mapping"),
+    ({"svf": {"fields": {}}}, None, "non-empty mapping"),
+    ({"svf": {"field": {"a": "/a"}}}, None, "must be {'fields'"),
+    ({"svf": {"fields": {"a": 3}}}, None, "field 'a' needs an artifact path"),
+    ({"svf": {"fields": {"a": []}}}, None, "field 'a' needs an artifact path"),
+    ({"svf": {"fields": {"a": {"path": "/a"}}}}, None, "unknown keys ['path']"),
+    ({"svf": {"fields": {"a": {"layers": [1]}}}}, None, "needs 'paths'"),
+    ({"svf": {"fields": {"a": {"paths": "/a", "layers": [-1]}}}}, None, "layers must be"),
+    ({"svf": {"fields": {"a": {"paths": "/a", "layers": [True]}}}}, None, "layers must be"),
+    ({"svf": {"fields": {"": "/a"}}}, None, "non-empty strings"),
+])
+def test_config_errors_name_the_problem(cfg, env, needle):
+    with pytest.raises(SVFArgumentError, match="svf plugin configuration") as info:
+        served_fields(cfg, environ={ENV_VAR: env} if env else {})
+    assert needle in str(info.value)
+
+
+# -- requests --------------------------------------------------------------------------------
+
+NAMES = ("pos", "formal")
+
+
+@pytest.mark.parametrize("extra, want", [
+    (None, None), ({}, None), ({"other": 1}, None),
+    ({"svf": {"field": "pos", "strength": 0.2}}, SteerRequest("pos", 0.2)),
+    ({"svf": '{"field": "pos", "alpha": 3}'}, SteerRequest("pos", alpha=3.0)),
+    ({"svf": {"field": "formal"}}, SteerRequest("formal")),
+    ({"svf_field": "pos", "svf_strength": -1}, SteerRequest("pos", -1.0)),
+])
+def test_request_forms(extra, want):
+    assert parse_request(extra, NAMES) == want
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"svf": {"field": "zz"}}, "unknown field 'zz' in extra_args['svf']['field']; served fields: ['formal', 'pos']"),
+    ({"svf_field": "zz"}, "unknown field 'zz' in extra_args['svf_field']"),
+    ({"svf": {"field": "pos", "strength": math.nan}}, "extra_args['svf']['strength'] must be finite"),
+    ({"svf": {"field": "pos", "strength": math.inf}}, "must be finite"),
+    ({"svf": {"field": "pos", "strength": "0.2"}}, "extra_args['svf']['strength'] must be a number"),
+    ({"svf_field": "pos", "svf_alpha": True}, "extra_args['svf_alpha'] must be a number"),
+    ({"svf": {"field": "pos", "strength": 1, "alpha": 1}}, "give one"),
+    ({"svf": {"strength": 1}}, "extra_args['svf']['field'] is missing"),
+    ({"svf": {"field": 3}}, "must be a field name"),
+    ({"svf": {"field": "pos", "strenght": 1}}, "unknown steering keys [\"extra_args['svf']['strenght']\"]"),
+    ({"svf": "{nope"}, "is text but not JSON"),
+    ({"svf": [1]}, "must be an object"),
+    ({"svf": {"field": "pos"}, "svf_strength": 1}, "give the steering one way"),
+])
+def test_request_errors_name_the_problem(extra, needle):
+    with pytest.raises(SVFArgumentError) as info:
+        parse_request(extra, NAMES)
+    assert needle in str(info.value)
+
+
+def test_request_to_engine_without_fields():
+    with pytest.raises(SVFArgumentError, match="serves no SVF fields"):
+        parse_request({"svf": {"field": "pos"}}, ())
+
+
+def test_cache_salt_separates_steering():
+    salts = {SteerRequest("pos", 0.2).cache_salt(), SteerRequest("pos", 0.3).cache_salt(),
+             SteerRequest("pos", alpha=0.2).cache_salt(), SteerRequest("formal", 0.2).cache_salt(),
+             SteerRequest("pos").cache_salt()}
+    assert len(salts) == 5
+    assert SteerRequest("pos", 0.2).cache_salt() == SteerRequest("pos", 0.2).cache_salt()
+
+
+# -- loading at start --------------------------------------------------------------------------
+
+def _served(artifacts, max_tokens=64, **layers) -> ServedFields:
+    specs = {"a": FieldSpec("a", (artifacts["a"],)), "ab": FieldSpec("ab", (artifacts["a"], artifacts["b"])),
+             "c": FieldSpec("c", (artifacts["c"],), layers.get("c"))}
+    return ServedFields(specs, hidden_size=D, num_layers=L, max_tokens=max_tokens)
+
+
+def test_layers_and_tables_match_batch_steering(artifacts):
+    served = _served(artifacts)
+    assert served.layers == [1, 2, 3]  # a: 2, 3; ab: a's steering layers; c: 1
+    from svf import SteeringField
+    entries = [[SteeringField.load(artifacts["a"])],
+               [SteeringField.load(artifacts["a"]), SteeringField.load(artifacts["b"])],
+               [SteeringField.load(artifacts["c"])]]
+    want = layer_tables(entries, [(2, 3), (2, 3), (1,)], directions=["gradient"] * 3, targets=[None] * 3)
+    for row, i in enumerate(served.layers):
+        assert torch.equal(torch.from_numpy(served.id_maps[row]), want[i].id_map)
+        assert torch.allclose(torch.from_numpy(served.units[row]), want[i].units)
+
+
+@pytest.mark.parametrize("problem", ["missing", "hidden", "layers", "garbage"])
+def test_bad_artifacts_fail_at_start(artifacts, tmp_path, problem):
+    path, size, kwargs = artifacts["a"], D, {}
+    if problem == "missing":
+        path = str(tmp_path / "nope.svf")
+    elif problem == "garbage":
+        path = tmp_path / "bad.svf"
+        path.write_bytes(b"not a field")
+        path = str(path)
+    elif problem == "hidden":
+        size = D + 1
+    spec = FieldSpec("a", (path,), (L + 2,) if problem == "layers" else None)
+    error = SVFArgumentError if problem == "layers" else ArtifactError
+    with pytest.raises(error) as info:
+        ServedFields({"a": spec}, hidden_size=size, num_layers=L, max_tokens=8, **kwargs)
+    text = str(info.value)
+    assert {"missing": "nope.svf", "hidden": "hidden", "layers": "outside the model",
+            "garbage": "bad.svf"}[problem] in text
+
+
+# -- the per-token buffers ---------------------------------------------------------------------
+
+def _expected(served, scheduled, computed, prompt, requests):
+    """Per-token ids and alphas from first principles, one token at a time."""
+    n = int(sum(scheduled))
+    ids = np.full((len(served.layers), n), -1)
+    alphas = np.zeros((len(served.layers), n), dtype=np.float32)
+    t = 0
+    for r, q in enumerate(requests):
+        for k in range(scheduled[r]):
+            pos = computed[r] + k
+            if q is not None and pos >= prompt[r] - 1:
+                g = served.index[q.field]
+                for row in range(len(served.layers)):
+                    local = served.id_maps[row, g + 1]
+                    if local < 0:
+                        continue
+                    ids[row, t] = local
+                    if q.alpha is not None:
+                        alphas[row, t] = q.alpha
+                    else:
+                        s = served.default_strengths[g] if q.strength is None else q.strength
+                        alphas[row, t] = s * served.units[row, g + 1]
+            t += 1
+    return ids, alphas
+
+
+def test_set_batch_positions_and_strengths(artifacts):
+    served = _served(artifacts)
+    requests = [SteerRequest("a", 0.3),          # prefill chunk ending before the last prompt token
+                SteerRequest("ab", alpha=2.5),   # chunk holding the last prompt token
+                None,                            # unsteered decode
+                SteerRequest("c"),               # decode at the field's default strength
+                SteerRequest("a", -0.2),         # recomputed after preemption: prompt + outputs
+                SteerRequest("c", 0.1)]          # whole prompt in one step
+    scheduled = np.array([5, 4, 1, 1, 9, 3])
+    computed = np.array([0, 6, 20, 14, 0, 0])
+    prompt = np.array([12, 9, 7, 10, 6, 3])
+    served.set_batch(scheduled, computed, prompt, requests)
+    ids, alphas = _expected(served, scheduled, computed, prompt, requests)
+    n = scheduled.sum()
+    assert torch.equal(served.field_ids[:, :n], torch.from_numpy(ids))
+    assert torch.allclose(served.alphas[:, :n], torch.from_numpy(alphas))
+    assert served.steered.active
+    # The second request's steered tokens are its last two (positions 8, 9 of a 9-token prompt).
+    assert (served.field_ids[:, 5:7] == -1).all() and (served.field_ids[:, 7:9] >= 0).any()
+    assert (served.field_ids[:, :5] == -1).all()  # chunk before the last prompt token
+
+
+def test_set_batch_resets_stale_entries(artifacts):
+    served = _served(artifacts)
+    served.set_batch(np.array([6, 1]), np.array([0, 8]), np.array([6, 3]),
+                     [SteerRequest("a", 0.5), SteerRequest("c", 0.5)])
+    assert (served.field_ids[:, :7] >= 0).any()
+    served.set_batch(np.array([2]), np.array([4]), np.array([3]), [SteerRequest("c", 0.5)])
+    assert (served.field_ids[:, 2:] == -1).all() and (served.alphas[:, 2:] == 0).all()
+    served.set_batch(np.array([3]), np.array([9]), np.array([3]), [None])
+    assert (served.field_ids == -1).all() and (served.alphas == 0).all()
+    assert not served.steered.active
+
+
+def test_set_batch_refuses_more_tokens_than_buffers(artifacts):
+    served = _served(artifacts, max_tokens=4)
+    with pytest.raises(SVFArgumentError, match="buffers hold 4"):
+        served.set_batch(np.array([5]), np.array([0]), np.array([5]), [SteerRequest("a")])
+
+
+# -- the op on a decoder layer ------------------------------------------------------------------
+
+class _Layer(torch.nn.Module):
+    """A stand-in for a vLLM decoder layer: adds its input pair into the residual stream
+    (vLLM's fused add-and-norm), returns (block output, stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(D)
+        self.lin = torch.nn.Linear(D, D)
+
+    def forward(self, positions, hidden, residual):
+        stream = hidden + residual
+        return self.lin(self.norm(stream)), stream
+
+
+def _model(served) -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(_Layer() for _ in range(L))
+    served.attach(decoder_layers(model, L))
+    return model
+
+
+def _run(model, x):
+    h, r = x.clone(), torch.zeros_like(x)
+    for layer in model.layers:
+        h, r = layer(None, h, r)
+    return h + r
+
+
+def _run_reference(model, served, x):
+    """The same stack with each steered layer's stream moved by its table directly."""
+    h = x.clone()
+    r = torch.zeros_like(x)
+    n = x.shape[0]
+    for i, layer in enumerate(model.layers):
+        inner = layer.layer if isinstance(layer, SteeredLayer) else layer
+        h, r = inner(None, h, r)
+        if i in served.layers:
+            stream = (h + r).double()
+            row = served.layers.index(i)
+            table = served.steered.tables[i].to(torch.float64)
+            table.apply_(stream, served.alphas[row, :n].double(), served.field_ids[row, :n])
+            h, r = stream.float(), torch.zeros_like(r)
+    return h + r
+
+
+def test_steered_layers_move_the_residual_sum(artifacts):
+    served = _served(artifacts)
+    torch.manual_seed(0)
+    model = _model(served)
+    x = torch.randn(7, D)
+    served.set_batch(np.array([4, 3]), np.array([0, 10]), np.array([4, 5]),
+                     [SteerRequest("ab", 2.0), SteerRequest("c", -1.5)])
+    with torch.no_grad():
+        steered = _run(model, x)
+        want = _run_reference(model, served, x)
+        assert torch.allclose(steered, want, atol=1e-4, rtol=1e-4)
+        plain = _plain(model, x)
+        assert (steered - plain)[3:].norm(dim=-1).min() > 1e-2  # last prompt token on: moved
+        assert torch.allclose(steered[:3], plain[:3], atol=1e-5)  # before it: untouched
+        served.set_batch(np.array([7]), np.array([0]), np.array([9]), [None])
+        assert torch.equal(_run(model, x), _plain(model, x))
+
+
+def _plain(model, x):
+    h, r = x.clone(), torch.zeros_like(x)
+    for layer in model.layers:
+        h, r = (layer.layer if isinstance(layer, SteeredLayer) else layer)(None, h, r)
+    return h + r
+
+
+def test_steered_model_compiles_without_graph_breaks(artifacts):
+    served = _served(artifacts)
+    torch.manual_seed(1)
+    model = _model(served)
+    x = torch.randn(5, D)
+    served.set_batch(np.array([5]), np.array([3]), np.array([4]), [SteerRequest("a", 1.0)])
+    compiled = torch.compile(lambda t: _run(model, t), fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), _run(model, x), atol=1e-5)
+        # New buffer contents, same graph: the compiled model reads the persistent buffers.
+        served.set_batch(np.array([5]), np.array([3]), np.array([4]), [SteerRequest("c", -2.0)])
+        assert torch.allclose(compiled(x), _run(model, x), atol=1e-5)

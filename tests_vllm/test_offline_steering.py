@@ -1,0 +1,105 @@
+"""Offline ``LLM.generate`` with the plugin on the default model (fp32, greedy, eager): each
+request gets the tokens :func:`svf.steer_requests` gives its row on the Hugging Face path;
+unsteered requests get unsteered vLLM's tokens; the prefix cache never mixes steering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_engine, save_random_fields
+
+from svf import SteeringField, steer_requests
+from svf.models import load_model
+from svf.tokenization import encode_texts, pad_id, pad_left
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "The weather today is", "My favourite food is", "Once upon a time, in a small village,",
+    "The meeting tomorrow will", "I think the new policy", "Dear team, thank you for",
+    "The ocean at night", "Yesterday I went to the market and",
+]
+# (field, strength) per row; None: unsteered. "ab" is a 2-concept softmin field.
+ROWS = [("a", 30.0), ("a", -25.0), ("ab", 30.0), ("ab", -30.0), ("c", 20.0), ("c", -20.0),
+        None, None]
+NEW_TOKENS = 16
+STORY_PROMPT = "Tell me the long history of the harbour city, from its first days."
+
+
+def _params(row, max_tokens=NEW_TOKENS) -> dict:
+    params = {"max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True}
+    if row is not None:
+        params["extra_args"] = {"svf": {"field": row[0], "strength": row[1]}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, default_model_dir):
+    folder = tmp_path_factory.mktemp("vllm-offline")
+    paths = save_random_fields(folder, 30, 576, {
+        "a": (0, range(12, 22), (16, 18, 20)), "b": (1, range(12, 22), (16, 18, 20)),
+        "c": (2, range(10, 20), (12, 15)),
+    })
+    served = {"a": paths["a"], "ab": [paths["a"], paths["b"]], "c": paths["c"]}
+    model, tok = load_model()
+    ids = [list(x) for x in encode_texts(tok, PROMPTS)]
+    story_ids = list(encode_texts(tok, [STORY_PROMPT])[0])
+    engine = {"model": str(default_model_dir), "dtype": "float32", "enforce_eager": True,
+              "max_model_len": 512, "max_num_seqs": 16, "seed": 0}
+    steered = run_engine(folder, {**engine, "additional_config": {"svf": {"fields": served}}}, [
+        [{"prompt_token_ids": p, "params": _params(r)} for p, r in zip(ids, ROWS)],
+        [{"prompt_token_ids": story_ids, "params": _params(("a", 150.0), 140)}],
+    ], name="steered")
+    assert "batches" in steered and "error" not in steered["batches"][0], steered.get("log", "")[-3000:]
+    # The steered story, now the prompt of an unsteered request: a long prefix whose KV blocks
+    # were computed under steering (all but the first prompt tokens); an unsalted prefix cache
+    # would serve them to this request.
+    follow = story_ids + steered["batches"][1]["token_ids"][0]
+    steered_follow = run_engine(folder, {**engine, "additional_config": {"svf": {"fields": served}}}, [
+        [{"prompt_token_ids": story_ids, "params": _params(("a", 150.0), 140)}],
+        [{"prompt_token_ids": follow, "params": _params(None, 32)}],
+    ], name="steered-follow")
+    plain = run_engine(folder, engine, [
+        [{"prompt_token_ids": p, "params": _params(None)} for p in ids],
+        [{"prompt_token_ids": follow, "params": _params(None, 32)}],
+    ], name="plain")
+    return {"model": model, "tok": tok, "ids": ids, "served": served, "steered": steered,
+                "steered_follow": steered_follow, "plain": plain}
+
+
+def _hf_tokens(model, tok, ids, served) -> list[list[int]]:
+    fields = {name: [SteeringField.load(p) for p in ([paths] if isinstance(paths, str) else paths)]
+              for name, paths in served.items()}
+    input_ids, mask = pad_left([torch.tensor(x) for x in ids], pad_id(tok))
+    model.generation_config.eos_token_id = None
+    with steer_requests(model, fields) as batch:
+        out = batch.generate(input_ids=input_ids, attention_mask=mask,
+                             fields=[r[0] if r else None for r in ROWS],
+                             strengths=[r[1] if r else 0.0 for r in ROWS],
+                             max_new_tokens=NEW_TOKENS, do_sample=False)
+    return out[:, input_ids.shape[1]:].tolist()
+
+
+def test_rows_match_the_hf_path(setup):
+    hf = _hf_tokens(setup["model"], setup["tok"], setup["ids"], setup["served"])
+    vllm = setup["steered"]["batches"][0]["token_ids"]
+    plain = setup["plain"]["batches"][0]["token_ids"]
+    for r, row in enumerate(ROWS):
+        assert vllm[r] == hf[r], f"row {r} ({row}): vLLM {vllm[r]} vs HF {hf[r]}"
+        if row is not None:  # the comparison means something: steering changed the text
+            assert vllm[r] != plain[r], f"row {r} ({row}) is steered but equals unsteered"
+
+
+def test_unsteered_rows_equal_unsteered_vllm(setup):
+    vllm = setup["steered"]["batches"][0]["token_ids"]
+    plain = setup["plain"]["batches"][0]["token_ids"]
+    for r, row in enumerate(ROWS):
+        if row is None:
+            assert vllm[r] == plain[r]
+
+
+def test_prefix_cache_never_serves_steered_kv_to_an_unsteered_request(setup):
+    follow = setup["steered_follow"]["batches"][1]
+    plain = setup["plain"]["batches"][1]
+    assert follow["token_ids"][0] == plain["token_ids"][0]
+    assert plain["cached"] == [0] and follow["cached"] == [0], "the steered blocks were reused"

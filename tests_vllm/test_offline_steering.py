@@ -55,16 +55,20 @@ def setup(tmp_path_factory, default_model_dir):
     # were computed under steering (all but the first prompt tokens); an unsalted prefix cache
     # would serve them to this request.
     follow = story_ids + steered["batches"][1]["token_ids"][0]
+    bad = [{"field": "zz"}, {"field": "a", "strength": "strong"}, "{not json", {"field": "a", "beta": 1}]
     steered_follow = run_engine(folder, {**engine, "additional_config": {"svf": {"fields": served}}}, [
         [{"prompt_token_ids": story_ids, "params": _params(("a", 150.0), 140)}],
         [{"prompt_token_ids": follow, "params": _params(None, 32)}],
+        *[[{"prompt_token_ids": ids[0], "params": {**_params(None), "extra_args": {"svf": b}}}]
+          for b in bad],
+        [{"prompt_token_ids": ids[0], "params": _params(ROWS[0])}],
     ], name="steered-follow")
     plain = run_engine(folder, engine, [
         [{"prompt_token_ids": p, "params": _params(None)} for p in ids],
         [{"prompt_token_ids": follow, "params": _params(None, 32)}],
     ], name="plain")
     return {"model": model, "tok": tok, "ids": ids, "served": served, "steered": steered,
-                "steered_follow": steered_follow, "plain": plain}
+            "steered_follow": steered_follow, "plain": plain}
 
 
 def _hf_tokens(model, tok, ids, served) -> list[list[int]]:
@@ -103,3 +107,13 @@ def test_prefix_cache_never_serves_steered_kv_to_an_unsteered_request(setup):
     plain = setup["plain"]["batches"][1]
     assert follow["token_ids"][0] == plain["token_ids"][0]
     assert plain["cached"] == [0] and follow["cached"] == [0], "the steered blocks were reused"
+
+
+def test_bad_requests_fail_with_their_problem_and_the_engine_goes_on(setup):
+    batches = setup["steered_follow"]["batches"]
+    errors = [b.get("error", "") for b in batches[2:6]]
+    assert "unknown field 'zz' in extra_args['svf']['field']; served fields: ['a', 'ab', 'c']" in errors[0]
+    assert "extra_args['svf']['strength'] must be a number, got 'strong'" in errors[1]
+    assert "extra_args['svf'] is text but not JSON" in errors[2]
+    assert "unknown steering keys" in errors[3] and "beta" in errors[3]
+    assert batches[6]["token_ids"][0] == setup["steered"]["batches"][0]["token_ids"][0]

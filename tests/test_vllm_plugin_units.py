@@ -254,15 +254,14 @@ def _run(model, x):
     return h + r
 
 
-def _run_reference(model, served, x):
-    """The same stack with each steered layer's stream moved by its table directly."""
-    h = x.clone()
-    r = torch.zeros_like(x)
+def _run_reference(model, served, x, steer: bool = True):
+    """The same stack with each steered layer's stream moved by its table directly
+    (``steer`` False: the plain stack)."""
+    h, r = x.clone(), torch.zeros_like(x)
     n = x.shape[0]
     for i, layer in enumerate(model.layers):
-        inner = layer.layer if isinstance(layer, SteeredLayer) else layer
-        h, r = inner(None, h, r)
-        if i in served.layers:
+        h, r = (layer.layer if isinstance(layer, SteeredLayer) else layer)(None, h, r)
+        if steer and i in served.layers:
             stream = (h + r).double()
             row = served.layers.index(i)
             table = served.steered.tables[i].to(torch.float64)
@@ -282,18 +281,11 @@ def test_steered_layers_move_the_residual_sum(artifacts):
         steered = _run(model, x)
         want = _run_reference(model, served, x)
         assert torch.allclose(steered, want, atol=1e-4, rtol=1e-4)
-        plain = _plain(model, x)
+        plain = _run_reference(model, served, x, steer=False)
         assert (steered - plain)[3:].norm(dim=-1).min() > 1e-2  # last prompt token on: moved
         assert torch.allclose(steered[:3], plain[:3], atol=1e-5)  # before it: untouched
         served.set_batch(np.array([7]), np.array([0]), np.array([9]), [None])
-        assert torch.equal(_run(model, x), _plain(model, x))
-
-
-def _plain(model, x):
-    h, r = x.clone(), torch.zeros_like(x)
-    for layer in model.layers:
-        h, r = (layer.layer if isinstance(layer, SteeredLayer) else layer)(None, h, r)
-    return h + r
+        assert torch.equal(_run(model, x), plain)
 
 
 def test_steered_model_compiles_without_graph_breaks(artifacts):

@@ -62,10 +62,10 @@ def test_batch_steering_with_B_and_targets_compiles_fullgraph(monkeypatch):
     """The same compiled decode with every layer's FieldTable given a direction matrix B and
     per-field targets: the per-row targets are gathered and the gates computed on the device,
     so the whole model still traces as one graph, and the tokens equal eager ones."""
-    from svf import batch_steering
+    from svf import field_packing
     from svf_kernels import FieldTable
 
-    plain_table = batch_steering.field_table
+    plain_table = field_packing.field_table
 
     def table_with_options(entries, layer, **kw):
         t = plain_table(entries, layer, **kw)
@@ -75,7 +75,7 @@ def test_batch_steering_with_B_and_targets_compiles_fullgraph(monkeypatch):
         return FieldTable(t.A, t.c, t.w2, t.b2, tau=t.tau, normalize=t.normalize, eps=t.eps,
                           B=B, targets=targets, band=2.0)
 
-    monkeypatch.setattr(batch_steering, "field_table", table_with_options)
+    monkeypatch.setattr(field_packing, "field_table", table_with_options)
     model = tiny_model("llama")
     _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
     config = _compile_config("aot_eager")

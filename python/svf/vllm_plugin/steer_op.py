@@ -1,9 +1,9 @@
 """``svf_vllm::steer_residual_``: the one opaque op each steered decoder layer calls.
 
 vLLM's decoder layers return ``(hidden_states, residual)``; the residual stream a field was
-trained on is their sum. The op forms the sum, moves its rows with the layer's field table
-(``field_table_update_``: row ``t`` by field ``field_ids[t]`` at ``alpha[t]``; ``-1``: not at
-all) and hands it on as ``(sum, 0)``, which the next layer's fused add-and-norm reads as the
+trained on is their sum. The op forms the sum in ``hidden``, moves its rows with the layer's
+field table (``field_table_update_``: row ``t`` by field ``field_ids[t]`` at ``alpha[t]``;
+``-1``: not at all) and zeroes ``residual``, so the next layer's fused add-and-norm reads the
 same stream. ``field_ids`` and ``alpha`` are persistent per-token buffers (their first
 ``hidden.shape[0]`` entries are this step's tokens), filled by the model runner before each
 forward, so a compiled graph keeps reading the same tensors. The op finds its table by name,
@@ -48,7 +48,14 @@ def _capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-@torch.library.custom_op("svf_vllm::steer_residual_", mutates_args=("hidden", "residual"))
+# Defined with ``torch.library.Library`` plus a fake, as vLLM registers its own ops: the call
+# path is the dispatcher and one Python hop, where ``custom_op`` adds its own Python wrapping to
+# each of the (up to one per layer) calls a step makes.
+_LIB = torch.library.Library("svf_vllm", "DEF")
+_LIB.define("steer_residual_(Tensor(a!) hidden, Tensor(b!) residual, Tensor field_ids, "
+            "Tensor alpha, str name) -> ()")
+
+
 def steer_residual_(hidden: torch.Tensor, residual: torch.Tensor, field_ids: torch.Tensor,
                     alpha: torch.Tensor, name: str) -> None:
     """Move the stream ``hidden + residual`` in place; leaves ``(stream, 0)`` when steering."""
@@ -58,12 +65,14 @@ def steer_residual_(hidden: torch.Tensor, residual: torch.Tensor, field_ids: tor
     if not layers.active and not _capturing(hidden):
         return
     n = hidden.shape[0]
-    stream = hidden + residual
-    layers.tables[layer].apply_(stream, alpha[:n], field_ids[:n])
-    hidden.copy_(stream)
+    hidden.add_(residual)
+    layers.tables[layer].apply_(hidden, alpha[:n], field_ids[:n])
     residual.zero_()
 
 
-@steer_residual_.register_fake
+_LIB.impl("steer_residual_", steer_residual_, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("svf_vllm::steer_residual_", lib=_LIB)
 def _(hidden, residual, field_ids, alpha, name) -> None:
     return None

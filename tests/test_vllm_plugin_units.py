@@ -201,6 +201,7 @@ def test_set_batch_positions_and_strengths(artifacts):
     assert torch.equal(served.field_ids[:, :n], torch.from_numpy(ids))
     assert torch.allclose(served.alphas[:, :n], torch.from_numpy(alphas))
     assert served.steered.active
+    assert served.steered.live == {i for row, i in enumerate(served.layers) if (ids[row] >= 0).any()}
     # The second request's steered tokens are its last two (positions 8, 9 of a 9-token prompt).
     assert (served.field_ids[:, 5:7] == -1).all() and (served.field_ids[:, 7:9] >= 0).any()
     assert (served.field_ids[:, :5] == -1).all()  # chunk before the last prompt token
@@ -286,6 +287,27 @@ def test_steered_layers_move_the_residual_sum(artifacts):
         assert torch.allclose(steered[:3], plain[:3], atol=1e-5)  # before it: untouched
         served.set_batch(np.array([7]), np.array([0]), np.array([9]), [None])
         assert torch.equal(_run(model, x), plain)
+
+
+def test_layers_no_token_is_steered_at_are_left_alone(artifacts):
+    """A step whose requests are all steered by ``c`` (layer 1) runs the op's work at layer 1
+    only: at layers 2 and 3 the decoder layer's own (hidden, residual) pair goes on as is."""
+    served = _served(artifacts)
+    torch.manual_seed(2)
+    model = _model(served)
+    served.set_batch(np.array([2, 1]), np.array([3, 9]), np.array([4, 5]),
+                     [SteerRequest("c", 1.0), SteerRequest("c", -1.0)])
+    assert served.steered.live == {1}
+    x, r = torch.randn(3, D), torch.randn(3, D)
+    with torch.no_grad():
+        for i in (2, 3):
+            want = model.layers[i].layer(None, x, r)
+            got = model.layers[i](None, x, r)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        moved = model.layers[1](None, x, r)
+        assert (moved[1] == 0).all()  # the op ran: the stream is in hidden, residual zeroed
+    served.set_batch(np.array([1]), np.array([9]), np.array([5]), [SteerRequest("ab", 1.0)])
+    assert served.steered.live == {2, 3}
 
 
 def test_steered_model_compiles_without_graph_breaks(artifacts):

@@ -156,8 +156,9 @@ class ServedFields:
             ids_out[:, :n] = ids
             alphas_out[:, :n] = np.where(ids >= 0, alphas, 0.0)
             written = n
+            live = frozenset(self.layers[k] for k in np.flatnonzero((ids >= 0).any(axis=1)))
         else:
-            written = 0
+            written, live = 0, frozenset()
         # Entries a longer or steered earlier step left: unsteered again (a replayed CUDA
         # graph reads the buffers whatever ``active`` says).
         if self._filled > written:
@@ -168,4 +169,4 @@ class ServedFields:
         if self._host_ids is not self.field_ids and high:
             self.field_ids[:, :high].copy_(self._host_ids[:, :high])
             self.alphas[:, :high].copy_(self._host_alphas[:, :high])
-        self.steered.active = bool(on.any())
+        self.steered.live = live

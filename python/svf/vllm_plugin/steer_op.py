@@ -21,11 +21,16 @@ from svf_kernels import FieldTable
 
 @dataclass
 class SteeredLayers:
-    """One engine's tables by layer, and whether this step steers any token at all."""
+    """One engine's tables by layer, and the layers at which this step steers some token."""
 
     tables: dict[int, FieldTable]
-    active: bool = False
+    live: frozenset[int] = frozenset()
     names: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        """Whether this step steers any token at any layer."""
+        return bool(self.live)
 
 
 _REGISTRY: dict[str, tuple[SteeredLayers, int]] = {}
@@ -60,9 +65,9 @@ def steer_residual_(hidden: torch.Tensor, residual: torch.Tensor, field_ids: tor
                     alpha: torch.Tensor, name: str) -> None:
     """Move the stream ``hidden + residual`` in place; leaves ``(stream, 0)`` when steering."""
     layers, layer = _REGISTRY[name]
-    # A step without steered tokens leaves the layer's output untouched (unless a CUDA graph
-    # is being captured: its replays may steer).
-    if not layers.active and not _capturing(hidden):
+    # A step that steers no token at this layer leaves its output untouched (unless a CUDA
+    # graph is being captured: its replays may steer).
+    if layer not in layers.live and not _capturing(hidden):
         return
     n = hidden.shape[0]
     hidden.add_(residual)

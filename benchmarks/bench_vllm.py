@@ -15,15 +15,16 @@ with N prompts. Configurations:
 * ``mixed``: requests i = 0, 1, 2, 3 (mod 4) steered by ``three``, by ``other`` (a second
   random field like ``three``), unsteered, unsteered.
 
-The three steered configurations share one engine serving all three fields; the baseline
-runs in a second engine. Each engine lives in its own worker process (this script with
+``plugin-only`` and the three steered configurations share one engine serving all three
+fields; the baseline runs in a second engine. Each engine lives in its own worker process (this script with
 ``--worker``) that runs one measurement per command over stdin/stdout, so both stay loaded
 while only one computes at a time; the parent runs a warm-up round (whose tokens must show
-the steering: steered requests differ from the same requests unsteered), then ``--repeats``
+the steering: steered requests differ from the same requests on the stock engine, requests
+without an ``svf`` key equal them), then ``--repeats``
 rounds, each timing every configuration at every request count in a rotated order, so the
 engines alternate and see the same machine noise. Reported per configuration and request
-count: the median tokens/s over rounds, its ratio to unsteered's median, and the median of
-the per-round ratios. Prefix caching is off unless ``--prefix-caching``: every round
+count: the median tokens/s over rounds, its ratio to unsteered's median, and the medians of
+the per-round ratios to unsteered and to plugin-only. Prefix caching is off unless ``--prefix-caching``: every round
 computes its prompts again. Field weights are random: speed does not depend on them.
 
     python benchmarks/bench_vllm.py                            # compiled, 1, 8 and 32 requests

@@ -160,7 +160,7 @@ class ServedFields:
         else:
             written, live = 0, frozenset()
         # Entries a longer or steered earlier step left: unsteered again (a replayed CUDA
-        # graph reads the buffers whatever ``active`` says).
+        # graph reads the buffers whatever ``live`` says).
         if self._filled > written:
             ids_out[:, written:self._filled] = -1
             alphas_out[:, written:self._filled] = 0.0

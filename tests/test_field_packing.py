@@ -15,8 +15,8 @@ from svf.field_packing import (
     check_train_layers,
     field_table,
     packed_field,
-    strength_unit,
 )
+from svf.steering_field import strength_scale
 from svf_kernels import SVFArgumentError, field_table_update_, field_update_
 
 
@@ -78,16 +78,16 @@ def test_steer_and_steer_requests_pack_alike(fields):
         assert torch.equal(getattr(batch, name)[0], getattr(one, name)), name
 
 
-def test_strength_unit_is_the_average_over_the_entry(fields):
+def test_strength_scale_is_the_average_over_the_entry(fields):
     _, fa, _, fc = fields
-    assert strength_unit([fa], 2, "mean_norm") == fa.mean_norm(2)
-    assert strength_unit([fa, fc], 2, "mean_norm") == pytest.approx((fa.mean_norm(2) + fc.mean_norm(2)) / 2)
+    assert strength_scale([fa], 2, "mean_norm") == fa.mean_norm(2)
+    assert strength_scale([fa, fc], 2, "mean_norm") == pytest.approx((fa.mean_norm(2) + fc.mean_norm(2)) / 2)
     fa.robust_norms = fa.mean_norms * 0.25
-    assert strength_unit([fa], 2, "robust") == pytest.approx(fa.mean_norm(2) * 0.25)
+    assert strength_scale([fa], 2, "robust") == pytest.approx(fa.mean_norm(2) * 0.25)
     with pytest.raises(SVFArgumentError, match="has no robust norms"):
-        strength_unit([fa, fc], 2, "robust")  # fc has none
+        strength_scale([fa, fc], 2, "robust")  # fc has none
     with pytest.raises(SVFArgumentError, match="unit must be None or one of"):
-        strength_unit([fa], 2, "median")
+        strength_scale([fa], 2, "median")
 
 
 def test_checks_name_the_field_and_the_problem(fields):

@@ -22,7 +22,13 @@ from torch import nn
 from svf_kernels import FieldTable, PackedField, SVFArgumentError
 
 from .hf import hidden_size, num_layers
-from .steering_field import SteeringField, check_direction, check_target, check_unit, target_score
+from .steering_field import (
+    SteeringField,
+    check_direction,
+    check_target,
+    strength_scale,
+    target_score,
+)
 
 
 def _folded(fields: Sequence[SteeringField], layer: int, direction: str = "gradient",
@@ -81,16 +87,6 @@ def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: 
                       tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps,
                       B=torch.stack(B) if "preconditioned" in directions else None,
                       targets=scores if closed else None)
-
-
-def strength_unit(fields: Sequence[SteeringField], layer: int, unit: str | None = None) -> float:
-    """What a relative strength multiplies for the entry at ``layer`` (``alpha = strength *
-    unit``): the fields' ``robust`` or ``mean_norm`` norm there, averaged over the fields.
-    ``unit`` None: ``robust`` when every field stores robust norms, else ``mean_norm``."""
-    check_unit(unit)
-    if unit is None:
-        unit = "robust" if all(f.unit == "robust" for f in fields) else "mean_norm"
-    return sum(f.strength_unit(layer, unit) for f in fields) / len(fields)
 
 
 def check_train_layers(fields: Sequence[SteeringField], layers: Sequence[int]) -> None:
@@ -152,6 +148,6 @@ def layer_tables(entries: Sequence[Sequence[SteeringField]], layers: Sequence[Se
         units = torch.zeros(len(entries) + 1)
         for local, g in enumerate(members):
             id_map[g + 1] = local
-            units[g + 1] = strength_unit(entries[g], i, unit)
+            units[g + 1] = strength_scale(entries[g], i, unit)
         tables[i] = LayerTable(table, id_map, units)
     return tables

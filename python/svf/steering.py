@@ -29,7 +29,6 @@ from .field_packing import (
     check_train_layers,
     model_mismatch,
     packed_field,
-    strength_unit,
 )
 from .hf import (
     check_layers,
@@ -41,7 +40,13 @@ from .hf import (
     num_layers,
 )
 from .positions import PositionTracker
-from .steering_field import SteeringField, check_direction, check_target, check_unit
+from .steering_field import (
+    SteeringField,
+    check_direction,
+    check_target,
+    check_unit,
+    strength_scale,
+)
 
 STEER_METHODS = ("svf", "caa")
 
@@ -330,7 +335,7 @@ def steer(
         else:
             layer_fields[i] = (items[0].row_field(i, "caa") if len(items) == 1
                                else _summed_caa(items, i))
-        alphas[i] = float(alpha) if alpha is not None else float(strength) * strength_unit(items, i, unit)
+        alphas[i] = float(alpha) if alpha is not None else float(strength) * strength_scale(items, i, unit)
     device = next(model.parameters()).device
     layer_fields = {i: f.to(device) for i, f in layer_fields.items()}
     return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,27 @@ def target_score(target: float) -> float:
     on the side a strength pushes toward (the scorer is trained with BCE, so ``sigmoid(score)``
     is its probability that the text is on the concept's positive side)."""
     return math.log(target / (1.0 - target))
+
+
+def strength_scale(fields: Sequence[SteeringField], layers: int | Sequence[int],
+                   unit: str | None = None) -> float:
+    """What a relative strength multiplies (``alpha = strength * scale``): the fields' ``unit``
+    norm (``robust`` or ``mean_norm``) averaged over ``fields`` and ``layers``.
+
+    The one rule for strengths: :func:`svf.steer` and :func:`svf.steer_requests` call it per
+    layer for the concepts of an entry; the evaluation calls it over a method's steered layers
+    for its total strength. ``unit`` None: ``robust`` when every field stores robust norms,
+    else ``mean_norm``.
+    """
+    check_unit(unit)
+    fields = list(fields)
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not fields or not layers:
+        raise SVFArgumentError("strength_scale needs at least one field and one layer")
+    if unit is None:
+        unit = "robust" if all(f.unit == "robust" for f in fields) else "mean_norm"
+    norm = SteeringField.robust_norm if unit == "robust" else SteeringField.mean_norm
+    return sum(norm(f, i) for f in fields for i in layers) / (len(fields) * len(layers))
 
 
 @dataclass
@@ -90,13 +112,6 @@ class SteeringField:
     def unit(self) -> str:
         """The field's own strength unit: ``robust`` when it stores robust norms."""
         return "mean_norm" if self.robust_norms is None else "robust"
-
-    def strength_unit(self, layer: int, unit: str | None = None) -> float:
-        """What a relative strength multiplies at ``layer`` (``alpha = strength * unit``;
-        ``unit`` None: the field's own, :attr:`unit`)."""
-        check_unit(unit)
-        unit = self.unit if unit is None else unit
-        return self.robust_norm(layer) if unit == "robust" else self.mean_norm(layer)
 
     def covariance(self, layer: int) -> torch.Tensor:
         """The within-class covariance ``[r, r]`` of the scorer's projection at ``layer``."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from svf_kernels import RowField, SVFArgumentError
 
 from ..steering import Steering
-from ..steering_field import SteeringField
+from ..steering_field import SteeringField, strength_scale
 
 #: Display order: base (no steering), static vectors, KNN, then SVF variants.
 EVAL_METHODS = ("base", "caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared")
@@ -75,7 +75,7 @@ def total_strength_unit(shared: SteeringField, layers: Sequence[int], unit: str 
     dimensions, or ``mean_norm``; None: the field's own, robust for a trained field; averaged
     over the layers): total strength 1.0 moves this far in total, summed over the steered
     layers."""
-    return sum(shared.strength_unit(i, unit) for i in layers) / len(layers)
+    return strength_scale([shared], layers, unit)
 
 
 def steering(model, method: Method, total_strength: float, unit: float, *, refresh: int = 1):

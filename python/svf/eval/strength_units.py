@@ -23,7 +23,7 @@ from ..concepts import load_concept
 from ..layer_windows import default_layers
 from ..models import load_model
 from ..steering import steer
-from ..steering_field import STRENGTH_UNITS
+from ..steering_field import STRENGTH_UNITS, strength_scale
 from ..tokenization import encode_prompts
 from ..training import TrainConfig, train_field
 
@@ -56,7 +56,7 @@ def measure(model, tokenizer, model_name: str, concept: str = "sentiment", n_pro
         kl = (base.exp() * (base - lp)).sum(-1)
         rows.append({"model": model_name, "unit": unit, "method": method, "strength": s,
                      "kl_mean": float(kl.mean()), "kl_median": float(kl.median()),
-                     "unit_value": sum(field.strength_unit(i, unit) for i in steer_layers) / len(steer_layers),
+                     "unit_value": strength_scale([field], steer_layers, unit),
                      "steer_layers": "+".join(map(str, steer_layers))})
     return rows
 

@@ -1,20 +1,19 @@
 // Registers the compiled kernels for the CPU (and CUDA) dispatch keys of svf::field_update_ and
 // of its field-table variant svf::field_table_update_.
 //
-// The op and its schema are defined in Python (svf_kernels/op.py), where a CompositeExplicitAutograd
+// The op and its schema are defined in Python (svf_kernels/ops/op.py), where a CompositeExplicitAutograd
 // kernel picks a backend by device and SVF_BACKEND. Registering the kernels here as well lets a
 // call on CPU (CUDA) tensors go straight from the dispatcher to C++, without the Python hop that
 // costs ~100 us per call when decoding has evicted the interpreter from cache. Whatever the
-// compiled kernel does not serve (SVF_BACKEND naming another backend, float64 reference checks,
-// another activation) goes to svf::_field_update_python, the op's Python dispatch
-// (svf::_field_table_update_python for the table op).
+// compiled kernel does not serve (SVF_BACKEND naming another backend, float64 reference checks)
+// goes to svf::_field_update_python, the op's Python dispatch (svf::_field_table_update_python
+// for the table op).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "cpu/field_update_cpu.h"
@@ -25,40 +24,40 @@
 namespace {
 
 // True when the compiled kernel `name` serves this call; else the Python dispatch decides.
-// This mirrors svf_kernels.dispatch.select_backend, the one place the routing is decided:
-// float64 and any activation but gelu_tanh go to the torch reference, and SVF_BACKEND (read per
-// call; only "" or the exact lower-case name stays here, every other spelling is normalised and
-// checked in Python) may name another backend.
-bool compiled_serves(const char* name, const at::Tensor& hidden, c10::string_view activation) {
+// This mirrors svf_kernels.ops.dispatch.select_backend, the one place the routing is decided:
+// float64 goes to the torch reference, and SVF_BACKEND (read per call; only "" or the exact
+// lower-case name stays here, every other spelling is normalised and checked in Python) may name
+// another backend.
+bool compiled_serves(const char* name, const at::Tensor& hidden) {
   const char* requested = std::getenv("SVF_BACKEND");
   if (requested != nullptr && requested[0] != '\0' && std::strcmp(requested, name) != 0) {
     return false;
   }
-  return hidden.scalar_type() != at::kDouble && activation == "gelu_tanh";
+  return hidden.scalar_type() != at::kDouble;
 }
 
 at::Tensor python_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                            const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
-                           double tau, bool normalize, c10::string_view activation, double eps,
+                           double tau, bool normalize, double eps,
                            const std::optional<at::Tensor>& rows,
                            const std::optional<at::Tensor>& B,
                            const std::optional<at::Tensor>& target, double band) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_update_python", "");
   std::vector<c10::IValue> stack{hidden, A, c, w2, b2, alpha, tau, normalize,
-                                 std::string(activation), eps, rows, B, target, band};
+                                 eps, rows, B, target, band};
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
 }
 
 at::Tensor field_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
-                               double tau, bool normalize, c10::string_view activation, double eps,
+                               double tau, bool normalize, double eps,
                                const std::optional<at::Tensor>& rows,
                                const std::optional<at::Tensor>& B,
                                const std::optional<at::Tensor>& target, double band) {
-  if (!compiled_serves("cpu", hidden, activation)) {
-    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B,
+  if (!compiled_serves("cpu", hidden)) {
+    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, B,
                            target, band);
   }
   return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
@@ -68,13 +67,13 @@ at::Tensor field_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at
 at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                  const at::Tensor& w2, const at::Tensor& b2,
                                  const at::Tensor& field_ids, const at::Tensor& alpha, double tau,
-                                 bool normalize, c10::string_view activation, double eps,
+                                 bool normalize, double eps,
                                  const std::optional<at::Tensor>& B,
                                  const std::optional<at::Tensor>& target, double band) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_table_update_python", "");
   std::vector<c10::IValue> stack{hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 std::string(activation), eps, B, target, band};
+                                 eps, B, target, band};
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
 }
@@ -82,12 +81,12 @@ at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const 
 at::Tensor field_table_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                      const at::Tensor& w2, const at::Tensor& b2,
                                      const at::Tensor& field_ids, const at::Tensor& alpha,
-                                     double tau, bool normalize, c10::string_view activation,
-                                     double eps, const std::optional<at::Tensor>& B,
+                                     double tau, bool normalize, double eps,
+                                     const std::optional<at::Tensor>& B,
                                      const std::optional<at::Tensor>& target, double band) {
-  if (!compiled_serves("cpu", hidden, activation)) {
+  if (!compiled_serves("cpu", hidden)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 activation, eps, B, target, band);
+                                 eps, B, target, band);
   }
   return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
                           field_ids, B, target, band);
@@ -96,12 +95,12 @@ at::Tensor field_table_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, co
 #ifdef SVF_WITH_CUDA
 at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
                                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& alpha,
-                                double tau, bool normalize, c10::string_view activation, double eps,
+                                double tau, bool normalize, double eps,
                                 const std::optional<at::Tensor>& rows,
                                 const std::optional<at::Tensor>& B,
                                 const std::optional<at::Tensor>& target, double band) {
-  if (!compiled_serves("cuda", hidden, activation)) {
-    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, B,
+  if (!compiled_serves("cuda", hidden)) {
+    return python_dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, B,
                            target, band);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
@@ -112,12 +111,12 @@ at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
                                       const at::Tensor& c, const at::Tensor& w2,
                                       const at::Tensor& b2, const at::Tensor& field_ids,
                                       const at::Tensor& alpha, double tau, bool normalize,
-                                      c10::string_view activation, double eps,
+                                      double eps,
                                       const std::optional<at::Tensor>& B,
                                       const std::optional<at::Tensor>& target, double band) {
-  if (!compiled_serves("cuda", hidden, activation)) {
+  if (!compiled_serves("cuda", hidden)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 activation, eps, B, target, band);
+                                 eps, B, target, band);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
                            field_ids, B, target, band);

@@ -1,30 +1,32 @@
-"""svf-kernels: the fused Steering Vector Field update and the module that applies it.
+"""svf-kernels: the fused Steering Vector Field update and the modules that apply it.
 
-``field_update_`` is the op (DESIGN.md §3; exact arithmetic in :mod:`svf_kernels.reference`),
-``FusedSteeringField`` wraps a decoder layer. Depends on torch only.
+Two layers (DESIGN.md §5): :mod:`svf_kernels.ops`, the op ``field_update_`` and its field-table
+variant (DESIGN.md §3; exact arithmetic in :mod:`svf_kernels.ops.reference`) with one dispatch
+point and a module per backend; :mod:`svf_kernels.modules`, the row fields that call the op and
+``FusedSteeringField``, which wraps a decoder layer. Depends on torch only.
 """
 
-from . import backends  # noqa: F401 - registers the compiled backends (cpu, cuda) if built
-from .dispatch import available_backends, select_backend
 from .errors import SVFArgumentError
-from .fused_steering_field import FusedSteeringField, StepPlan
-from .op import field_table_update_, field_update_
-from .reference import (
+from .modules import FieldTable, FusedSteeringField, PackedField, RowField, StaticVector, StepPlan
+from .ops import (
+    available_backends,
     field_direction,
+    field_table_update_,
     field_table_update_reference,
+    field_update_,
     field_update_reference,
     gelu_tanh,
     gelu_tanh_grad,
+    select_backend,
 )
-from .row_fields import ConstantField, FieldTable, PackedField, RowField
 
 __all__ = [
-    "ConstantField",
     "FieldTable",
     "FusedSteeringField",
     "PackedField",
     "RowField",
     "SVFArgumentError",
+    "StaticVector",
     "StepPlan",
     "available_backends",
     "field_direction",

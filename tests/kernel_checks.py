@@ -1,6 +1,6 @@
 """Shared pieces of the kernel tests: random fields, float64 truth, per-dtype tolerances.
 
-Ground truth is :func:`svf_kernels.reference.field_update_reference` in float64 on float64
+Ground truth is :func:`svf_kernels.ops.reference.field_update_reference` in float64 on float64
 copies of the (low-precision) inputs; a kernel must be within a per-dtype tolerance of it AND
 no worse than twice the torch reference's own error in the same storage dtype.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from svf_kernels import available_backends
-from svf_kernels.reference import field_table_update_reference, field_update_reference
+from svf_kernels.ops.reference import field_table_update_reference, field_update_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (atol, rtol) of the updated hidden state against float64 truth, per storage dtype.
@@ -54,7 +54,7 @@ def truth(hidden, A, c, w2, b2, alpha, *, tau=1.0, normalize=True, eps=1e-6, row
     h64 = h64.clone()
     n = hidden.shape[0]
     s64 = field_update_reference(h64, A64, c64, w64, b64, _per_row(alpha, n), tau, normalize,
-                                 "gelu_tanh", eps, rows, B64, _per_row(target, n), band)
+                                 eps, rows, B64, _per_row(target, n), band)
     return h64, s64
 
 
@@ -73,7 +73,7 @@ def truth_table(hidden, A, c, w2, b2, field_ids, alpha, *, tau=1.0, normalize=Tr
     h64 = h64.clone()
     n = hidden.shape[0]
     s64 = field_table_update_reference(h64, A64, c64, w64, b64, field_ids.cpu(),
-                                       _per_row(alpha, n), tau, normalize, "gelu_tanh", eps, B64,
+                                       _per_row(alpha, n), tau, normalize, eps, B64,
                                        _per_row(target, n), band)
     return h64, s64
 
@@ -126,7 +126,7 @@ def backend_fixture(kernels: list[tuple[str, str]]):
 
 def forbid_python_dispatch(monkeypatch) -> None:
     """Make the op's Python backend choice fail the test: calls must reach the C++ kernel."""
-    import svf_kernels.op as op_module
+    import svf_kernels.ops.op as op_module
 
     def python_dispatch_ran(device, *args):
         raise AssertionError(f"Python dispatch ran for {device}")

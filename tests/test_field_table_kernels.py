@@ -5,7 +5,7 @@ moved by field ``field_ids[r]`` exactly as the one-field op would move it; an id
 ``[0, F)`` leaves the row bit-identical with NaN scores. Runs the ``torch`` reference and every
 compiled kernel that can run here: ``cpu`` always (the extension must be built), and on a GPU
 ``cuda`` and ``triton`` too. Ground truth is
-:func:`svf_kernels.reference.field_table_update_reference` in float64 on float64 copies; a
+:func:`svf_kernels.ops.reference.field_table_update_reference` in float64 on float64 copies; a
 kernel must be within the per-dtype tolerance of it AND no worse than twice the torch
 reference's own error in the same storage dtype (``kernel_checks``).
 """
@@ -68,7 +68,7 @@ def _reference(hidden, A, c, w2, b2, ids, alpha, tau=1.0, normalize=True):
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.full((hidden.shape[0],), float(alpha), device=hidden.device)
     return field_table_update_reference(hidden, A, c, w2, b2, ids, alpha, tau, normalize,
-                                        "gelu_tanh", 1e-6)
+                                        1e-6)
 
 
 def _check_against_truth(hidden, s, ref_h, ref_s, truth_h, truth_s, steered, dtype):
@@ -371,13 +371,13 @@ def test_torch_compile_fullgraph(compiler, options):
 
 def _op_args(gen, dtype=torch.float32):
     h, A, c, w2, b2, ids = _small(gen, dtype=dtype)
-    return h, (A, c, w2, b2, ids, torch.full((h.shape[0],), 0.4), 1.0, True, "gelu_tanh", 1e-6,
-               None, None, 1.0)
+    return h, (A, c, w2, b2, ids, torch.full((h.shape[0],), 0.4), 1.0, True, 1e-6, None, None,
+               1.0)
 
 
 def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
     """The extension registers the table op's CPU key: no Python dispatch runs."""
-    import svf_kernels.op as op_module
+    import svf_kernels.ops.op as op_module
     from svf_kernels import _C
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("svf::field_table_update_", "CPU")
@@ -385,7 +385,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
     forbid_python_dispatch(monkeypatch)
     gen = torch.Generator().manual_seed(91)
     h, args = _op_args(gen)
-    A, c, w2, b2, ids, alpha, tau, normalize, _, eps, _, _, _ = args
+    A, c, w2, b2, ids, alpha, tau, normalize, eps, _, _, _ = args
     h_kernel = h.clone()
     s_kernel = _C.field_update_cpu(h_kernel, A, c, w2, b2, alpha, tau, normalize, eps, None, ids)
     s = op_module.field_table_update_op(h, *args)

@@ -2,7 +2,7 @@
 
 Runs each kernel that can run on this machine: ``cpu`` always (the extension must be built:
 a missing one fails), and on a GPU ``cuda`` and ``triton`` too (``benchmarks/gpu/run.sh``).
-Ground truth is :func:`svf_kernels.reference.field_update_reference` evaluated in float64 on
+Ground truth is :func:`svf_kernels.ops.reference.field_update_reference` evaluated in float64 on
 float64 copies of the (low-precision) inputs. The kernel must be within a per-dtype tolerance
 of it AND no worse than twice the torch reference's own error in the same storage dtype.
 Inputs are made on the CPU from a seeded generator, then moved to the kernel's device.
@@ -28,7 +28,7 @@ from kernel_checks import (
 )
 
 from svf_kernels import available_backends, field_update_
-from svf_kernels.reference import field_update_reference
+from svf_kernels.ops.reference import field_update_reference
 
 # (backend, device): the cpu kernel always; cuda and triton where a GPU is present.
 KERNELS = [("cpu", "cpu")] + [(b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")]
@@ -42,7 +42,7 @@ def _reference(hidden, *args, **kwargs) -> torch.Tensor:
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.full((hidden.shape[0],), float(alpha), device=hidden.device)
     return field_update_reference(hidden, *args[:4], alpha, kwargs.get("tau", 1.0),
-                                  kwargs.get("normalize", True), "gelu_tanh", 1e-6,
+                                  kwargs.get("normalize", True), 1e-6,
                                   kwargs.get("rows"))
 
 

@@ -4,7 +4,7 @@ The correctness suite every backend runs is ``test_kernel_backends.py``; here: t
 is built and is the default, ``SVF_BACKEND`` switches, float64 handling, torch.compile, and the
 threaded split of a single long row.
 
-Ground truth is :func:`svf_kernels.reference.field_update_reference` evaluated in float64 on
+Ground truth is :func:`svf_kernels.ops.reference.field_update_reference` evaluated in float64 on
 float64 copies of the (low-precision) inputs. The kernel must be within a per-dtype tolerance
 of it AND no worse than twice the torch reference's own error in the same storage dtype.
 The extension is built by ``pip install --no-build-isolation -e .``; if it is missing these
@@ -28,7 +28,7 @@ from kernel_checks import (
 )
 
 from svf_kernels import available_backends, field_update_, select_backend
-from svf_kernels.reference import field_update_reference
+from svf_kernels.ops.reference import field_update_reference
 
 
 def _run(backend: str, monkeypatch, hidden, *args, **kwargs) -> torch.Tensor:
@@ -129,13 +129,12 @@ def test_large_single_row_split_across_threads(monkeypatch, dtype):
 def _op_args(gen, n=3, d=40, dtype=torch.float32):
     A, c, w2, b2 = make_field(2, d, 8, torch.float32, gen)
     h = torch.randn(n, d, generator=gen).to(dtype)
-    return h, (A, c, w2, b2, torch.full((n,), 0.4), 1.0, True, "gelu_tanh", 1e-6, None, None, None,
-               1.0)
+    return h, (A, c, w2, b2, torch.full((n,), 0.4), 1.0, True, 1e-6, None, None, None, 1.0)
 
 
 def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
     """The extension registers the CPU key (csrc/registration.cpp): no Python dispatch runs."""
-    import svf_kernels.op as op_module
+    import svf_kernels.ops.op as op_module
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("svf::field_update_", "CPU")
 
@@ -145,7 +144,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
     h_kernel = h.clone()
     from svf_kernels import _C
 
-    s_kernel = _C.field_update_cpu(h_kernel, *args[:7], args[8], None)
+    s_kernel = _C.field_update_cpu(h_kernel, *args[:8], None)
     s = op_module.field_update_op(h, *args)
     assert torch.equal(h, h_kernel) and torch.equal(s, s_kernel)
     # What the C++ kernel does not serve comes back to the Python dispatch:
@@ -158,7 +157,7 @@ def test_op_cpu_calls_go_straight_to_cpp(monkeypatch):
 @pytest.mark.parametrize("spelling", ["CPU", " cpu "])
 def test_op_backend_spellings_reach_the_same_kernel(monkeypatch, spelling):
     """SVF_BACKEND spellings other than exactly 'cpu' take the Python path to the same kernel."""
-    from svf_kernels.op import field_update_op
+    from svf_kernels.ops.op import field_update_op
 
     gen = torch.Generator().manual_seed(32)
     h, args = _op_args(gen, dtype=torch.bfloat16)
@@ -171,7 +170,7 @@ def test_op_backend_spellings_reach_the_same_kernel(monkeypatch, spelling):
 
 def test_op_unavailable_backend_fails_loudly_through_cpp(monkeypatch):
     from svf_kernels import SVFArgumentError
-    from svf_kernels.op import field_update_op
+    from svf_kernels.ops.op import field_update_op
 
     gen = torch.Generator().manual_seed(33)
     h, args = _op_args(gen)

@@ -3,7 +3,7 @@ direction) and ``target`` / ``band`` (closed-loop strength), DESIGN.md §2-§3.
 
 Runs the ``torch`` reference (for the contract's exact parts) and every compiled kernel that can
 run here: ``cpu`` always (the extension must be built), and on a GPU ``cuda`` and ``triton`` too.
-Ground truth is :mod:`svf_kernels.reference` in float64 on float64 copies; a kernel must be within
+Ground truth is :mod:`svf_kernels.ops.reference` in float64 on float64 copies; a kernel must be within
 the per-dtype tolerance of it AND no worse than twice the torch reference's own error in the same
 storage dtype (``kernel_checks.check_close``). Sizes are odd (d = 769, m = 37) and ``hidden`` is a
 strided view of a bigger tensor, updated in place.
@@ -36,7 +36,7 @@ from svf_kernels import (
     field_table_update_,
     field_update_,
 )
-from svf_kernels.reference import (
+from svf_kernels.ops.reference import (
     field_table_update_reference,
     field_update_reference,
     soft_min_score,

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from svf_kernels.reference import (
+from svf_kernels.ops.reference import (
     field_table_update_reference,
     field_update_reference,
     soft_min_score,
@@ -51,7 +51,7 @@ def _field(C: int, m: int, d: int, seed: int):
 
 
 def _run_triton(hidden, A, c, w2, b2, alpha, **kw):
-    from svf_kernels.backends.triton_backend import field_update_triton
+    from svf_kernels.ops.backends.triton_backend import field_update_triton
 
     return field_update_triton(hidden, A, c, w2, b2, alpha, **kw)
 

@@ -20,13 +20,13 @@ grow the gc-tracked objects, the traced Python memory or the RSS (figures printe
 Module-level mutable state in ``python/svf`` and ``svf_kernels`` (all of it; found by
 grepping for module-level dicts, lists, sets and caches):
 
-- ``svf_kernels.dispatch._BACKENDS``: written only by ``register_backend`` at import time;
+- ``svf_kernels.ops.dispatch._BACKENDS``: written only by ``register_backend`` at import time;
   afterwards read-only.
-- ``svf_kernels.dispatch._CHOSEN``: a memo ``(device type, SVF_BACKEND) -> Backend``.
+- ``svf_kernels.ops.dispatch._CHOSEN``: a memo ``(device type, SVF_BACKEND) -> Backend``.
   ``select_backend`` does one ``dict.get`` and at most one ``dict.__setitem__`` (each atomic
   under the GIL); two threads racing on a miss both compute the same backend from the same
   inputs and store equal values, so the race is benign. It holds no per-model state.
-- ``svf_kernels.op._LIB`` (the ``torch.library`` registration) and the op handles: set once
+- ``svf_kernels.ops.op._LIB`` (the ``torch.library`` registration) and the op handles: set once
   at import.
 - ``svf.eval.judges._vader`` / ``_sentence_encoder`` (``lru_cache(maxsize=1)``): evaluation only,
   never touched by steering; ``functools.lru_cache`` is thread-safe for lookups (a racing

@@ -1,6 +1,6 @@
 // Fused field update on CPU tensors: the whole of DESIGN.md §3 for every row in one call.
 //
-// Per row (fp32 arithmetic whatever the storage dtype; see svf_kernels/reference.py):
+// Per row (fp32 arithmetic whatever the storage dtype; see svf_kernels/ops/reference.py):
 //   x = float(h); rms = sqrt(sum(x*x)/d + eps); hn = x / rms
 //   z = A_flat @ hn + c                  (A_flat = A.reshape(C*m, d))
 //   s_i = w2_i . gelu(z_i) + b2_i;  weights = softmax(-s / tau)

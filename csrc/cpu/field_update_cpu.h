@@ -1,4 +1,4 @@
-// Fused field update on CPU tensors (DESIGN.md §3; exact arithmetic in svf_kernels/reference.py).
+// Fused field update on CPU tensors (DESIGN.md §3; exact arithmetic in svf_kernels/ops/reference.py).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,7 @@
 // would move it; an id outside [0, F) leaves the row untouched (no compute) with NaN scores.
 // B: optional, the shape of A: the direction's matrix (g_i = B_i^T (...)); None: A itself.
 // target: optional [N] target scores (NaN: none for that row); band > 0: the row's strength is
-// alpha * clamp(sign(alpha) (target - s_mix) / band, 0, 1) (see svf_kernels/reference.py).
+// alpha * clamp(sign(alpha) (target - s_mix) / band, 0, 1) (see svf_kernels/ops/reference.py).
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                             double eps, c10::optional<at::Tensor> rows,

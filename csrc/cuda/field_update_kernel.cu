@@ -1,5 +1,5 @@
 // Fused steering-vector-field update: CUDA kernels (no torch headers). See field_update_kernel.h
-// for the contract and svf_kernels/reference.py for the exact arithmetic.
+// for the contract and svf_kernels/ops/reference.py for the exact arithmetic.
 //
 // The C concepts' gradients are combined before the RMS-Jacobian projection, which is linear:
 //   v = sum_i w_i (g_i - hn (hn . g_i) / d) / rms = (G - hn (hn . G) / d) / rms,

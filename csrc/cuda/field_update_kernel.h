@@ -1,7 +1,7 @@
 // Fused steering-vector-field update (DESIGN.md §2–§3), plain CUDA C++: no torch headers, so
 // `nvcc -c field_update_kernel.cu` checks it in seconds on machines without torch or a GPU.
 //
-// Semantics are those of svf_kernels/reference.py (the reference): for every row h of `hidden`
+// Semantics are those of svf_kernels/ops/reference.py (the reference): for every row h of `hidden`
 //   rms = sqrt(mean(h*h) + eps); hn = h / rms; z_i = A_i @ hn + c_i; s_i = w2_i @ act(z_i) + b2_i
 //   g_i = B_i^T (act'(z_i) * w2_i); v_i = (g_i - hn * dot(hn, g_i) / d) / rms   (B: A or its own)
 //   v = sum_i softmax(-s / tau)_i v_i; dir = normalize ? v / max(||v||, FLT_MIN) : v

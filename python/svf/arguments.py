@@ -2,7 +2,7 @@
 
 Each check raises :class:`SVFArgumentError` with a message that names the argument and shows
 the bad value, before any work is done, so a bad call changes nothing. Checks of the op's
-tensors live beside the op (``svf_kernels.op``); checks of models and layers in :mod:`svf.hf`.
+tensors live beside the op (``svf_kernels.ops.op``); checks of models and layers in :mod:`svf.hf`.
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ def steer(
 
 
 def _summed_caa(items: list[SteeringField], layer: int) -> RowField:
-    from svf_kernels import ConstantField
+    from svf_kernels import StaticVector
 
     units = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in items]
-    return ConstantField(torch.stack(units).sum(0))
+    return StaticVector(torch.stack(units).sum(0))

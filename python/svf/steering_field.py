@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from svf_kernels import ConstantField, PackedField, RowField, SVFArgumentError
+from svf_kernels import PackedField, RowField, StaticVector, SVFArgumentError
 
 from . import artifacts
 from .scorer import DIRECTIONS, ConceptScorer, ScorerConfig
@@ -141,7 +141,7 @@ class SteeringField:
             return PackedField(f.A, f.c, f.w2, f.b2, eps=self.scorer.config.eps, B=f.B,
                                target=None if target is None else target_score(target), **kwargs)
         if method == "caa":
-            return ConstantField(self.caa_vector(layer))
+            return StaticVector(self.caa_vector(layer))
         raise SVFArgumentError(f"method must be 'svf' or 'caa', got {method!r}")
 
     # ---- artifacts -------------------------------------------------------------------

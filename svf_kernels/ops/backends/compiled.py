@@ -1,8 +1,10 @@
 """What the compiled backends share: one load of ``svf_kernels._C`` and the entry wrapper.
 
-Every compiled kernel takes only ``gelu_tanh`` and fp32/bf16/fp16 storage; the dispatch
-(:func:`svf_kernels.dispatch.select_backend`) sends everything else to the torch reference, so
-``kernel_entry`` only adapts the backend signature to a kernel launcher.
+Every compiled kernel takes fp32/bf16/fp16 storage; the dispatch
+(:func:`svf_kernels.ops.dispatch.select_backend`) sends float64 to the torch reference, so
+``kernel_entry`` only adapts the backend signature to a kernel launcher. It holds the one rule for
+calls without ``B`` and ``target``: the launcher gets neither, so such a call costs what the plain
+update costs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 try:
-    from .. import _C  # type: ignore[attr-defined]
+    from ... import _C  # type: ignore[attr-defined]
 
     EXTENSION_ERROR = ""
 except Exception as exc:  # noqa: BLE001 - any failure to load the extension means "unavailable"
@@ -43,7 +45,6 @@ def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
         alpha: torch.Tensor,
         tau: float = 1.0,
         normalize: bool = True,
-        activation: str = "gelu_tanh",
         eps: float = 1e-6,
         rows: torch.Tensor | None = None,
         field_ids: torch.Tensor | None = None,
@@ -63,5 +64,5 @@ def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
                       field_ids)
 
     impl.__name__ = impl.__qualname__ = f"field_update_{name}"
-    impl.__doc__ = f"The {name} kernel; same contract as svf_kernels.reference.field_update_reference."
+    impl.__doc__ = f"The {name} kernel; same contract as svf_kernels.ops.reference.field_update_reference."
     return impl

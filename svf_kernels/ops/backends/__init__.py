@@ -1,6 +1,6 @@
 """Every backend of ``field_update_`` / ``field_table_update_``, one module each.
 
-Importing this package registers them with :mod:`svf_kernels.dispatch`, in precedence order
+Importing this package registers them with :mod:`svf_kernels.ops.dispatch`, in precedence order
 (later registration wins for a device): ``torch_backend`` (the plain-torch reference, every
 device, the fallback), ``triton_backend`` (CUDA), ``cpu_backend`` (C++/OpenMP),
 ``cuda_backend`` (CUDA C++). A backend that cannot run here registers unavailable with the

@@ -1,10 +1,10 @@
 """One dispatch point: which backend runs ``field_update_`` for a call.
 
-Backends (``svf_kernels/backends/``) register here by name with an availability check. The
+Backends (``svf_kernels/ops/backends/``) register here by name with an availability check. The
 routing, decided only here (``csrc/registration.cpp`` mirrors it for the C++ fast path):
 
-* float64 ``hidden`` (reference checks) and any activation other than the kernels' own go to
-  the ``torch`` reference, whatever else is asked for;
+* float64 ``hidden`` (reference checks) goes to the ``torch`` reference, whatever else is
+  asked for;
 * else ``SVF_BACKEND`` names the backend, failing loudly when it cannot run here;
 * else the last-registered available backend serving the tensor's device type
   (``cuda`` over ``triton`` on CUDA tensors, ``cpu`` over ``torch`` on CPU tensors).
@@ -18,16 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SVFArgumentError
+from ..errors import SVFArgumentError
 
 
 @dataclass(frozen=True)
 class Backend:
     """A named implementation of the op and the device types it serves.
 
-    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps, rows, field_ids=None,
-    B=None, target=None, band=1.0)`` serves both ops: one field (``field_ids`` None) and the field
-    table (``A [F, C, m, d]``); calls without ``B`` and ``target`` pass none of the three.
+    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, field_ids, B, target, band)``
+    serves both ops: one field (``field_ids`` None) and the field table (``A [F, C, m, d]``,
+    ``rows`` None).
     """
 
     name: str
@@ -59,15 +59,12 @@ def available_backends(device_type: str | None = None) -> list[str]:
     ]
 
 
-# The one activation the compiled kernels implement; any other runs on the reference.
-KERNEL_ACTIVATION = "gelu_tanh"
 REFERENCE = "torch"
 
 
-def select_backend(device: torch.device, dtype: torch.dtype | None = None,
-                   activation: str = KERNEL_ACTIVATION) -> Backend:
+def select_backend(device: torch.device, dtype: torch.dtype | None = None) -> Backend:
     """The backend for a call on ``device`` (see the module docstring for the routing)."""
-    if dtype == torch.float64 or activation != KERNEL_ACTIVATION:
+    if dtype == torch.float64:
         return _BACKENDS[REFERENCE]
     requested = os.environ.get("SVF_BACKEND", "").strip().lower()
     key = (device.type, requested)

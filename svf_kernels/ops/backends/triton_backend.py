@@ -8,7 +8,7 @@ gradients are combined before the RMS-Jacobian projection, which is linear in ``
     pass 2  z = A_flat @ h / rms + c   (tiles of BLOCK_U units x BLOCK_D columns; z to a scratch
             buffer), scores s_i = w2_i . act(z_i) + b2_i, softmin weights w = softmax(-s / tau);
             with a target (``HAS_TARGET``, a compile-time constant) the row's strength
-            a = alpha * gate(s_mix, target, band), as in svf_kernels/reference.py
+            a = alpha * gate(s_mix, target, band), as in svf_kernels/ops/reference.py
     pass 3  G = B_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
     pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v|| (below 2^-50: of v * 2^100, scaled)
     pass 5  new = h + a * v / max(||v||, FLT_MIN)  (or v): all finite as stored?

@@ -1,4 +1,4 @@
-"""The ``torch`` backend: the plain-torch reference (:mod:`svf_kernels.reference`), everywhere.
+"""The ``torch`` backend: the plain-torch reference (:mod:`svf_kernels.ops.reference`), everywhere.
 
 It serves every device type and is the fallback when no compiled kernel can run; it also takes
 every float64 call (reference checks) whatever ``SVF_BACKEND`` says.
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import SVFArgumentError
 from ..dispatch import REFERENCE, Backend, register_backend
-from ..errors import SVFArgumentError
 from ..reference import field_table_update_reference, field_update_reference
 
 
-def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, activation="gelu_tanh",
-                       eps=1e-6, rows=None, field_ids=None, B=None, target=None,
-                       band=1.0) -> torch.Tensor:
+def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, eps=1e-6, rows=None,
+                       field_ids=None, B=None, target=None, band=1.0) -> torch.Tensor:
     """One field (``A [C, m, d]``) or a table (``field_ids``), computed by the reference.
 
     The reference computes in float64 whatever it is given, so the hot path's one cheap check
@@ -24,10 +23,10 @@ def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, act
     if not hidden.is_floating_point():
         raise SVFArgumentError(f"hidden dtype must be float32, bfloat16 or float16, got {hidden.dtype}")
     if field_ids is None:
-        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, activation, eps,
+        return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, eps,
                                       rows, B, target, band)
     return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                        activation, eps, B, target, band)
+                                        eps, B, target, band)
 
 
 register_backend(

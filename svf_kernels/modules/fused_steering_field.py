@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import SVFArgumentError
+from ..errors import SVFArgumentError
 from .row_fields import RowField
 
 
@@ -47,7 +47,7 @@ class FusedSteeringField(nn.Module):
     """Wrap ``layer``; after it runs, move its output along ``field`` at the planned positions.
 
     ``alpha`` is the L2 displacement (float, or a ``[B]`` tensor of per-row strengths).
-    ``field_ids``: for a :class:`~svf_kernels.row_fields.FieldTable`, the ``[B]`` field index
+    ``field_ids``: for a :class:`~svf_kernels.modules.row_fields.FieldTable`, the ``[B]`` field index
     of each batch row (``-1``: unsteered); None for single fields.
     ``planner`` returns the current :class:`StepPlan` (or None: steer every position).
     ``last_only=True`` ignores the planner and steers the last position of every forward pass
@@ -97,7 +97,7 @@ class FusedSteeringField(nn.Module):
             return self.alpha.to(batch_rows.device).float()[batch_rows]
         return self.alpha
 
-    def _apply(self, rows: torch.Tensor, batch_rows: torch.Tensor | None) -> torch.Tensor:
+    def _run_field(self, rows: torch.Tensor, batch_rows: torch.Tensor | None) -> torch.Tensor:
         """Run the field on ``rows`` (``batch_rows[i]``: the batch row of ``rows[i]``; None:
         ``rows`` are the batch rows themselves, in order)."""
         field = self._modules["field"]
@@ -125,19 +125,19 @@ class FusedSteeringField(nn.Module):
                 scores = self._modules["field"].apply_(hidden.select(1, -1), self.alpha)
             else:
                 self._check_batch(B)
-                scores = self._apply(hidden.select(1, -1), None)
+                scores = self._run_field(hidden.select(1, -1), None)
             object.__setattr__(self, "last_scores", scores)
             return
         flat = hidden.view(B * T, d) if hidden.is_contiguous() else None
         work = flat if flat is not None else hidden.reshape(B * T, d)
         if plan is None:
             all_rows = torch.arange(B * T, device=hidden.device) // T
-            self.last_scores = self._apply(work, all_rows)
+            self.last_scores = self._run_field(work, all_rows)
         else:
             refresh = plan.refresh.to(hidden.device)
             rows = work.index_select(0, refresh)
             before = rows.clone() if plan.reuse is not None or plan.store_rows is not None else None
-            self.last_scores = self._apply(rows, refresh // T)
+            self.last_scores = self._run_field(rows, refresh // T)
             work.index_copy_(0, refresh, rows)
             if before is not None:
                 self._reuse(work, plan, rows.float() - before.float(), B, d)
@@ -165,7 +165,7 @@ def _check_module_args(layer: object, field: object, alpha: object, planner: obj
     if not isinstance(layer, nn.Module):
         raise SVFArgumentError(f"layer must be an nn.Module (a decoder layer), got {type(layer).__name__}")
     if not isinstance(field, RowField):
-        raise SVFArgumentError(f"field must be a RowField (PackedField, ConstantField, FieldTable, ...), "
+        raise SVFArgumentError(f"field must be a RowField (PackedField, StaticVector, FieldTable, ...), "
                                f"got {type(field).__name__}")
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1 or not alpha.is_floating_point():

@@ -53,7 +53,6 @@ import math
 
 import torch
 
-ACTIVATIONS = ("gelu_tanh",)
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -175,7 +174,6 @@ def field_update_reference(
     alpha: torch.Tensor,
     tau: float = 1.0,
     normalize: bool = True,
-    activation: str = "gelu_tanh",
     eps: float = 1e-6,
     rows: torch.Tensor | None = None,
     B: torch.Tensor | None = None,
@@ -187,8 +185,6 @@ def field_update_reference(
     ``alpha`` (and ``target``, if given) are ``[N]`` tensors here (the public op also takes
     floats).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     scores, v = field_direction(hidden, A, c, w2, b2, tau=tau, eps=eps, B=B)
     a = gated_alpha(scores, alpha, target, band, tau)
     skipped = _move_(hidden, v, a, normalize, rows)
@@ -205,7 +201,6 @@ def field_table_update_reference(
     alpha: torch.Tensor,
     tau: float = 1.0,
     normalize: bool = True,
-    activation: str = "gelu_tanh",
     eps: float = 1e-6,
     B: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
@@ -219,8 +214,6 @@ def field_table_update_reference(
     row's own field. ``B`` (``[F, C, m, d]``) and ``target`` (``[N]``) as in
     :func:`field_update_reference`.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     ids = field_ids.long()
     N, C = hidden.shape[0], A.shape[1]
     dt = compute_dtype(hidden.dtype)

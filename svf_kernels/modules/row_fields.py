@@ -1,7 +1,7 @@
 """Per-layer fields that move selected rows of a residual stream in place.
 
 A row field maps rows ``[n, d]`` and strengths to an in-place update and per-row scores.
-:class:`PackedField` is SVF's folded scorer (it calls the fused op); :class:`ConstantField`
+:class:`PackedField` is SVF's folded scorer (it calls the fused op); :class:`StaticVector`
 is a static steering vector (CAA and friends), so methods differ only in the field;
 :class:`FieldTable` holds several SVF fields and moves each row by its own (batched serving).
 Both SVF fields optionally hold a second folded matrix ``B`` for the direction and targets with
@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import SVFArgumentError
-from .op import (
-    _alpha_tensor,
-    _check_positive,
+from ..errors import SVFArgumentError
+from ..ops import (
+    alpha_tensor,
     check_field_args,
+    check_positive,
     check_table_args,
     field_table_update_op,
     field_update_,
@@ -26,19 +26,40 @@ from .op import (
 
 
 class RowField(nn.Module):
-    """Interface: ``apply_(rows, alpha) -> scores [n, C]``; updates ``rows`` in place."""
+    """Interface: ``apply_(rows, alpha) -> scores [n, C]``; updates ``rows`` in place.
+
+    Its buffers move with the model (``.to(device)``, ``.cuda()``) and follow ``.double()``, but
+    stay float32 under a cast to float16 or bfloat16: the kernels take float32 parameters with
+    any hidden dtype and accumulate in float32, so a half-precision copy would only lose digits.
+    """
 
     def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):
+        def keep_float32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if t.dtype == torch.float32 and out.dtype in _HALF_DTYPES:
+                return t.to(device=out.device)
+            return out
+
+        self.forget_cached()
+        return super()._apply(keep_float32, recurse)
+
+    def forget_cached(self) -> None:
+        """Drop tensors derived from the buffers (they are rebuilt on the buffers' device)."""
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _store_folded(module: nn.Module, A, c, w2, b2, tau: float, normalize: bool, eps: float,
                   B=None, band: float = 1.0) -> None:
     """Folded scorer parameters as fp32 contiguous buffers (``B``: None or a buffer like ``A``),
     plus the op's scalar settings."""
-    _check_positive("tau", tau)
-    _check_positive("eps", eps)
-    _check_positive("band", band)
+    check_positive("tau", tau)
+    check_positive("eps", eps)
+    check_positive("band", band)
     if not isinstance(normalize, bool):
         raise SVFArgumentError(f"normalize must be True or False, got {normalize!r}")
     for name, value in (("A", A), ("c", c), ("w2", w2), ("b2", b2), ("B", B)):
@@ -89,14 +110,13 @@ class PackedField(RowField):
         d = self.A.shape[-1]
         # Parameters are checked once here; per call only the rows need checking.
         check_field_args(torch.zeros(1, d), self.A, self.c, self.w2, self.b2, torch.zeros(1),
-                         self.tau, "gelu_tanh", self.eps, None, self.B, None, self.band)
+                         self.tau, self.eps, None, self.B, None, self.band)
         self._alpha_cache: tuple[float, int, torch.Tensor] | None = None
         self._target_cache: tuple[int, bool, torch.Tensor] | None = None
 
-    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the cached tensors move too
+    def forget_cached(self) -> None:
         self._alpha_cache = None
         self._target_cache = None
-        return super()._apply(fn, recurse)
 
     def _alpha(self, alpha: float, n: int) -> torch.Tensor:
         """The ``[n]`` strength tensor of a float ``alpha``, kept while alpha and n stay."""
@@ -139,13 +159,13 @@ class PackedField(RowField):
         try:
             n = rows.shape[0]
             return field_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
-                                   self.tau, self.normalize, "gelu_tanh", self.eps, None, b["B"],
+                                   self.tau, self.normalize, self.eps, None, b["B"],
                                    self._target(n, alpha), self.band)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             n = getattr(rows, "shape", (0,))[0]
             check_field_args(rows, b["A"], b["c"], b["w2"], b["b2"], self._alpha(alpha, n),
-                             self.tau, "gelu_tanh", self.eps, None, b["B"], self._target(n, alpha),
+                             self.tau, self.eps, None, b["B"], self._target(n, alpha),
                              self.band)
             raise
 
@@ -159,8 +179,9 @@ def _signed_targets(target: torch.Tensor | float | None, alpha: torch.Tensor) ->
         torch.where(alpha < 0, -float(target), float(target)).float()
 
 
-class ConstantField(RowField):
-    """A static direction: ``h += alpha * unit(vector)``; the score is ``h · unit(vector)``."""
+class StaticVector(RowField):
+    """A static steering vector (CAA and friends): ``h += alpha * v`` with ``v`` the unit-length
+    ``vector`` buffer; the score is ``h · v``."""
 
     def __init__(self, vector: torch.Tensor) -> None:
         super().__init__()
@@ -170,18 +191,18 @@ class ConstantField(RowField):
         norm = vector.detach().float().norm()
         if not torch.isfinite(norm) or norm == 0:
             raise SVFArgumentError("steering vector must be finite and non-zero")
-        self.register_buffer("unit", (vector.detach().float() / norm).contiguous())
+        self.register_buffer("vector", (vector.detach().float() / norm).contiguous())
 
     @property
     def hidden_size(self) -> int:
-        return self.unit.shape[-1]
+        return self.vector.shape[-1]
 
     def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-        unit = self.unit.to(rows.device)
+        vector = self.vector.to(rows.device)
         h = rows.float()
-        scores = (h @ unit).unsqueeze(-1)
+        scores = (h @ vector).unsqueeze(-1)
         a = alpha.to(h).reshape(-1, 1) if isinstance(alpha, torch.Tensor) else alpha
-        new = h + a * unit
+        new = h + a * vector
         keep = torch.isfinite(h).all(-1, keepdim=True)
         if isinstance(alpha, torch.Tensor):
             keep = keep & (a != 0)
@@ -218,8 +239,7 @@ class FieldTable(RowField):
         super().__init__()
         _store_folded(self, A, c, w2, b2, tau, normalize, eps, B, band)
         check_table_args(torch.zeros(1, self.A.shape[-1]), self.A, self.c, self.w2, self.b2,
-                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, "gelu_tanh",
-                         self.eps, self.B, None, self.band)
+                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, self.eps, self.B, None, self.band)
         F = self.A.shape[0]
         if targets is not None:
             if (not isinstance(targets, torch.Tensor) or not targets.is_floating_point()
@@ -252,11 +272,11 @@ class FieldTable(RowField):
                 target = _signed_targets(
                     b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1)), alpha)
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
-                                         self.tau, self.normalize, "gelu_tanh", self.eps, b["B"],
+                                         self.tau, self.normalize, self.eps, b["B"],
                                          target, self.band)
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             check_table_args(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids,
-                             _alpha_tensor(alpha, rows), self.tau, "gelu_tanh", self.eps, b["B"],
+                             alpha_tensor(alpha, rows), self.tau, self.eps, b["B"],
                              target, self.band)
             raise

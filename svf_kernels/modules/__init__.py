@@ -1,0 +1,7 @@
+"""The module layer: per-layer row fields that call the ops, and ``FusedSteeringField``, the
+``nn.Module`` that wraps a decoder layer and applies one of them to the layer's output."""
+
+from .fused_steering_field import FusedSteeringField, StepPlan
+from .row_fields import FieldTable, PackedField, RowField, StaticVector
+
+__all__ = ["FieldTable", "FusedSteeringField", "PackedField", "RowField", "StaticVector", "StepPlan"]

@@ -22,17 +22,9 @@ from .arguments import check_bool, check_number
 from .field_packing import check_fits_model, check_train_layers, layer_tables
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
-from .steering_field import SteeringField, check_direction, check_target, check_unit
+from .steering_field import SteeringField, check_direction, check_target, check_unit, entry_concepts
 
 FieldEntry = SteeringField | Sequence[SteeringField]
-
-
-def _concepts(name: str, entry: FieldEntry) -> list[SteeringField]:
-    items = [entry] if isinstance(entry, SteeringField) else list(entry)
-    if not items or not all(isinstance(f, SteeringField) for f in items):
-        raise SVFArgumentError(f"field {name!r} must be a SteeringField or a non-empty sequence "
-                               "of them")
-    return items
 
 
 class BatchSteering:
@@ -62,7 +54,7 @@ class BatchSteering:
             if not isinstance(name, str) or not name:
                 raise SVFArgumentError(f"field names must be non-empty strings, got {name!r}")
         self.names = list(fields)
-        entries = [_concepts(n, fields[n]) for n in self.names]
+        entries = [entry_concepts(fields[n], f"field {n!r}") for n in self.names]
         for concepts in entries:
             check_fits_model(concepts, model)  # so every field has the same hidden size too
         # The layers each entry steers: ``layers`` for all, else its first concept's own.

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from svf_kernels import FieldTable, PackedField, SVFArgumentError
+from svf_kernels import FieldTable, PackedField, RowField, StaticVector, SVFArgumentError
 
 from .hf import hidden_size, num_layers
+
+#: The steering methods of :func:`row_field`: SVF's field, or the static CAA vector.
+STEER_METHODS = ("svf", "caa")
 from .steering_field import (
     SteeringField,
     check_direction,
@@ -57,6 +60,21 @@ def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.
     return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps,
                        B=B if direction == "preconditioned" else None,
                        target=None if target is None else target_score(target))
+
+
+def row_field(fields: Sequence[SteeringField], layer: int, method: str = "svf", *,
+              tau: float = 1.0, normalize: bool = True, direction: str = "gradient",
+              target: float | None = None) -> RowField:
+    """One entry's field at ``layer`` for ``method``: ``svf``, the concepts' folded scorers
+    (:func:`packed_field`); ``caa``, their CAA vectors as one :class:`StaticVector` (the sum of
+    the unit vectors, so each concept counts alike)."""
+    if method == "svf":
+        return packed_field(fields, layer, tau=tau, normalize=normalize, direction=direction,
+                            target=target)
+    if method == "caa":
+        units = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in fields]
+        return StaticVector(torch.stack(units).sum(0))
+    raise SVFArgumentError(f"method must be one of {STEER_METHODS}, got {method!r}")
 
 
 def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: float = 1.0,

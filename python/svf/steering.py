@@ -22,13 +22,15 @@ import torch
 from torch import nn
 
 from svf_kernels import FusedSteeringField, RowField, SVFArgumentError
+from svf_kernels.modules import check_field_ids, check_row_alpha
 
 from .arguments import check_bool, check_number
 from .field_packing import (
+    STEER_METHODS,
     check_fits_model,
     check_train_layers,
     model_mismatch,
-    packed_field,
+    row_field,
 )
 from .hf import (
     check_layers,
@@ -45,10 +47,9 @@ from .steering_field import (
     check_direction,
     check_target,
     check_unit,
+    entry_concepts,
     strength_scale,
 )
-
-STEER_METHODS = ("svf", "caa")
 
 
 class Steering:
@@ -170,16 +171,9 @@ class Steering:
         if (field_ids is None) != (layer not in self.field_ids):
             raise SVFArgumentError("field_ids must be given exactly when the layer's field is a "
                                    "FieldTable")
-        if isinstance(alpha, torch.Tensor):
-            if alpha.dim() != 1 or not alpha.is_floating_point():
-                raise SVFArgumentError(f"alpha must be a float or a [B] float tensor, got "
-                                       f"{alpha.dtype} {tuple(alpha.shape)}")
-        else:
-            check_number(alpha, "alpha")
-        if field_ids is not None and (not isinstance(field_ids, torch.Tensor)
-                                      or field_ids.dim() != 1 or field_ids.is_floating_point()
-                                      or field_ids.dtype == torch.bool):
-            raise SVFArgumentError("field_ids must be a [B] integer tensor")
+        check_row_alpha(alpha)
+        if field_ids is not None:
+            check_field_ids(field_ids)
         self.alphas[layer] = _in_place(self.alphas[layer], alpha)
         if field_ids is not None:
             self.field_ids[layer] = _in_place(self.field_ids[layer], field_ids)
@@ -255,16 +249,6 @@ def _in_place(held: object, value: float | torch.Tensor) -> float | torch.Tensor
     return value.clone()
 
 
-def _as_list(fields: SteeringField | Sequence[SteeringField]) -> list[SteeringField]:
-    if not isinstance(fields, (SteeringField, Sequence)) or isinstance(fields, str):
-        raise SVFArgumentError(f"fields must be a SteeringField or a non-empty sequence of them, "
-                               f"got {fields!r}")
-    items = [fields] if isinstance(fields, SteeringField) else list(fields)
-    if not items or not all(isinstance(f, SteeringField) for f in items):
-        raise SVFArgumentError("fields must be a SteeringField or a non-empty sequence of them")
-    return items
-
-
 def steer(
     model: nn.Module,
     fields: SteeringField | Sequence[SteeringField],
@@ -302,7 +286,7 @@ def steer(
     (:class:`SVFArgumentError`), before anything is built.
     """
     check_model(model)
-    items = _as_list(fields)
+    items = entry_concepts(fields)
     check_bool(normalize, "normalize")
     check_bool(record_scores, "record_scores")
     if method not in STEER_METHODS:
@@ -329,21 +313,10 @@ def steer(
     layer_fields: dict[int, RowField] = {}
     alphas: dict[int, float] = {}
     for i in layers:
-        if method == "svf":
-            layer_fields[i] = packed_field(items, i, tau=tau, normalize=normalize, direction=direction,
-                                           target=target)
-        else:
-            layer_fields[i] = (items[0].row_field(i, "caa") if len(items) == 1
-                               else _summed_caa(items, i))
+        layer_fields[i] = row_field(items, i, method, tau=tau, normalize=normalize,
+                                    direction=direction, target=target)
         alphas[i] = float(alpha) if alpha is not None else float(strength) * strength_scale(items, i, unit)
     device = next(model.parameters()).device
     layer_fields = {i: f.to(device) for i, f in layer_fields.items()}
     return Steering(model, layer_fields, alphas, refresh=refresh, positions=positions,
                     record_scores=record_scores)
-
-
-def _summed_caa(items: list[SteeringField], layer: int) -> RowField:
-    from svf_kernels import StaticVector
-
-    units = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in items]
-    return StaticVector(torch.stack(units).sum(0))

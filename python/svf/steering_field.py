@@ -36,6 +36,19 @@ def target_score(target: float) -> float:
     return math.log(target / (1.0 - target))
 
 
+def entry_concepts(entry: object, what: str = "fields") -> list[SteeringField]:
+    """The concepts of an *entry* (what one request or one ``steer`` call steers with): one
+    :class:`SteeringField`, or a non-empty sequence of them combined by soft minimum.
+    ``what`` names the argument in the error."""
+    if isinstance(entry, SteeringField):
+        return [entry]
+    items = list(entry) if isinstance(entry, Sequence) and not isinstance(entry, str) else []
+    if not items or not all(isinstance(f, SteeringField) for f in items):
+        raise SVFArgumentError(f"{what} must be a SteeringField or a non-empty sequence of them, "
+                               f"got {entry!r:.200}")
+    return items
+
+
 def strength_scale(fields: Sequence[SteeringField], layers: int | Sequence[int],
                    unit: str | None = None) -> float:
     """What a relative strength multiplies (``alpha = strength * scale``): the fields' ``unit``

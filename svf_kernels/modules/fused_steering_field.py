@@ -167,19 +167,30 @@ def _check_module_args(layer: object, field: object, alpha: object, planner: obj
     if not isinstance(field, RowField):
         raise SVFArgumentError(f"field must be a RowField (PackedField, StaticVector, FieldTable, ...), "
                                f"got {type(field).__name__}")
+    check_row_alpha(alpha)
+    if planner is not None and not callable(planner):
+        raise SVFArgumentError(f"planner must be callable or None, got {type(planner).__name__}")
+    if field_ids is not None:
+        check_field_ids(field_ids)
+    if isinstance(field, FieldTable) != (field_ids is not None):
+        raise SVFArgumentError("field_ids must be given exactly when field is a FieldTable")
+    if not isinstance(last_only, bool):
+        raise SVFArgumentError(f"last_only must be True or False, got {last_only!r}")
+
+
+def check_row_alpha(alpha: object) -> None:
+    """``alpha`` is a finite number or a ``[B]`` floating-point tensor of per-row strengths."""
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1 or not alpha.is_floating_point():
             raise SVFArgumentError(f"alpha must be a float or a [B] float tensor, got {alpha.dtype} "
                                    f"{tuple(alpha.shape)}")
     elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise SVFArgumentError(f"alpha must be a finite number or a [B] float tensor, got {alpha!r}")
-    if planner is not None and not callable(planner):
-        raise SVFArgumentError(f"planner must be callable or None, got {type(planner).__name__}")
-    if field_ids is not None and (not isinstance(field_ids, torch.Tensor) or field_ids.dim() != 1
-                                  or field_ids.is_floating_point() or field_ids.dtype == torch.bool):
-        raise SVFArgumentError("field_ids must be a [B] integer tensor or None, got "
+
+
+def check_field_ids(field_ids: object) -> None:
+    """``field_ids`` is a ``[B]`` integer tensor (one field-table index per batch row)."""
+    if (not isinstance(field_ids, torch.Tensor) or field_ids.dim() != 1
+            or field_ids.is_floating_point() or field_ids.dtype == torch.bool):
+        raise SVFArgumentError("field_ids must be a [B] integer tensor, got "
                                f"{getattr(field_ids, 'dtype', type(field_ids).__name__)}")
-    if isinstance(field, FieldTable) != (field_ids is not None):
-        raise SVFArgumentError("field_ids must be given exactly when field is a FieldTable")
-    if not isinstance(last_only, bool):
-        raise SVFArgumentError(f"last_only must be True or False, got {last_only!r}")

@@ -198,8 +198,9 @@ class StaticVector(RowField):
         return self.vector.shape[-1]
 
     def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-        vector = self.vector.to(rows.device)
-        h = rows.float()
+        dt = torch.float64 if rows.dtype == torch.float64 else torch.float32  # as the op computes
+        vector = self.vector.to(device=rows.device, dtype=dt)
+        h = rows.to(dt)
         scores = (h @ vector).unsqueeze(-1)
         a = alpha.to(h).reshape(-1, 1) if isinstance(alpha, torch.Tensor) else alpha
         new = h + a * vector

@@ -14,9 +14,10 @@ from helpers import random_field
 
 from svf import ArtifactError
 from svf.field_packing import layer_tables
+from svf.hf import decoder_layers
 from svf.vllm_plugin.config import ENV_VAR, FieldSpec, served_fields
 from svf.vllm_plugin.request_params import SteerRequest, parse_request
-from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer, decoder_layers
+from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer
 from svf_kernels import SVFArgumentError
 
 L, D = 6, 40

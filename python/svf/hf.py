@@ -50,21 +50,36 @@ def hidden_size(model: nn.Module) -> int:
     return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
 
-def decoder_layers_path(model: nn.Module) -> tuple[nn.Module, str]:
-    """The module that owns the decoder layer list, and the list's attribute name."""
+def decoder_layers_path(model: nn.Module, num_layers: int | None = None) -> tuple[nn.Module, str]:
+    """The module that owns the decoder layer list, and the list's attribute name.
+
+    The one search rule for decoder layers, of Hugging Face models and of vLLM's (which keep
+    them at ``model.layers`` too): the first non-empty ``nn.ModuleList`` at a known path; with
+    ``num_layers``, the list must have that many layers, and a model whose layers sit elsewhere
+    (a multimodal wrapper, say) is searched for a ``...layers`` list of that length.
+    """
     for path in _LAYER_PATHS:
         layers = _get(model, path)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        if (isinstance(layers, nn.ModuleList) and len(layers) > 0
+                and (num_layers is None or len(layers) == num_layers)):
             owner_path, _, name = path.rpartition(".")
             return (_get(model, owner_path) if owner_path else model), name
+    if num_layers is not None:
+        for path, module in model.named_modules():
+            if (isinstance(module, nn.ModuleList) and path.endswith("layers")
+                    and len(module) == num_layers):
+                owner_path, _, name = path.rpartition(".")
+                return (model.get_submodule(owner_path) if owner_path else model), name
+        raise SVFArgumentError(f"found no list of {num_layers} decoder layers in "
+                               f"{type(model).__name__}")
     raise SVFArgumentError(
         f"model must be a Hugging Face decoder model: cannot find the decoder layers of {type(model).__name__}"
     )
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers, in order."""
-    owner, name = decoder_layers_path(model)
+def decoder_layers(model: nn.Module, num_layers: int | None = None) -> nn.ModuleList:
+    """The decoder layers, in order (:func:`decoder_layers_path` finds them)."""
+    owner, name = decoder_layers_path(model, num_layers)
     return getattr(owner, name)
 
 

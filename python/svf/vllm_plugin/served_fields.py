@@ -51,17 +51,6 @@ class SteeredLayer(nn.Module):
         return out
 
 
-def decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The model's list of ``num_layers`` decoder layers (``model.model.layers`` in vLLM's
-    decoders)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.endswith("layers") and len(module) == num_layers:
-            return module
-    raise SVFArgumentError(f"found no list of {num_layers} decoder layers in "
-                           f"{type(model).__name__}; the svf plugin steers vLLM decoders with "
-                           "model.layers")
-
-
 class ServedFields:
     """Named fields for one model of ``hidden_size`` and ``num_layers``; see the module doc."""
 

@@ -20,9 +20,10 @@ import logging
 
 from svf_kernels import SVFArgumentError
 
+from ..hf import decoder_layers
 from .config import served_fields
 from .request_params import SteerRequest, parse_request
-from .served_fields import ServedFields, decoder_layers
+from .served_fields import ServedFields
 
 logger = logging.getLogger(__name__)
 _INSTALLED = False

@@ -180,6 +180,7 @@ def bos_setup(request):
 
 
 def _one_bos_first(rows: list[list[int]]) -> None:
+    assert rows, "no row was fed to the model"
     for row in rows:
         assert row[0] == BOS and row.count(BOS) == 1, row
         assert row[-1] != EOS, row
@@ -201,8 +202,12 @@ def test_training_pairs_are_fed_with_the_bos(bos_setup):
     with Fed(model) as fed:
         svf.train_field(model, tok, pairs, concept="c", train_layers=[1], progress=False,
                         config=svf.TrainConfig(r=4, de=2, m=4, max_epochs=1))
-    for call in range(len(fed.calls)):
-        _one_bos_first(fed.rows(call))
+    assert fed.calls, "training fed nothing to the model"
+    fed_rows = [row for call in range(len(fed.calls)) for row in fed.rows(call)]
+    _one_bos_first(fed_rows)
+    # every text of every pair, once, exactly as encode_texts writes it
+    texts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    assert sorted(fed_rows) == sorted(encode_texts(tok, texts))
 
 
 def test_generate_feeds_the_bos(bos_setup):

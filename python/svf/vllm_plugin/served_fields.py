@@ -25,7 +25,7 @@ from ..field_packing import check_train_layers, layer_tables
 from ..steering_field import SteeringField
 from .config import FieldSpec
 from .request_params import SteerRequest
-from .steer_op import SteeredLayers, register_table, unregister
+from .steer_op import EngineTables, register_table, unregister
 
 _ENGINE_IDS = itertools.count()
 
@@ -86,7 +86,7 @@ class ServedFields:
         self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])    # [L, F + 1]
         self.units = np.stack([packed[i].units.numpy() for i in self.layers])       # [L, F + 1]
         device = torch.device(device)
-        self.steered = SteeredLayers({i: packed[i].table.to(device) for i in self.layers})
+        self.steered = EngineTables({i: packed[i].table.to(device) for i in self.layers})
         self.uid = next(_ENGINE_IDS)
         # Persistent per-token buffers, one row per steered layer; -1 / 0: not steered.
         self.max_tokens = int(max_tokens)

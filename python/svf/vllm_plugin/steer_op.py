@@ -20,7 +20,7 @@ from svf_kernels import FieldTable
 
 
 @dataclass
-class SteeredLayers:
+class EngineTables:
     """One engine's tables by layer, and the layers at which this step steers some token."""
 
     tables: dict[int, FieldTable]
@@ -33,16 +33,16 @@ class SteeredLayers:
         return bool(self.live)
 
 
-_REGISTRY: dict[str, tuple[SteeredLayers, int]] = {}
+_REGISTRY: dict[str, tuple[EngineTables, int]] = {}
 
 
-def register_table(name: str, layers: SteeredLayers, layer: int) -> None:
+def register_table(name: str, layers: EngineTables, layer: int) -> None:
     """Make ``layers.tables[layer]`` the table the op finds under ``name``."""
     _REGISTRY[name] = (layers, layer)
     layers.names.append(name)
 
 
-def unregister(layers: SteeredLayers) -> None:
+def unregister(layers: EngineTables) -> None:
     """Forget every name registered for ``layers``."""
     for name in layers.names:
         _REGISTRY.pop(name, None)

@@ -68,7 +68,9 @@ def test_what_the_tokenizer_adds_is_read_from_it(bos, eos):
 def test_plain_text_gets_one_bos_where_defined_and_never_a_trailing_eos(bos, eos):
     tok = _tok(bos, eos)
     texts = ["hello world", "x", "", "a<eos>b"]
-    for text, ids in zip(texts, encode_texts(tok, texts)):
+    encoded = encode_texts(tok, texts)
+    assert len(encoded) == len(texts)
+    for text, ids in zip(texts, encoded):
         assert ids == [BOS] * bos + _bare(tok, text)
         assert ids.count(BOS) == bos
     # a text that already starts with the BOS (a template wrote it) keeps exactly one

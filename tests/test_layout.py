@@ -87,3 +87,20 @@ def test_the_checker_sees_a_relative_import_into_eval(tmp_path):
     f.write_text("def g():\n    from .eval.judges import vader_compound\n    from . import cli\n")
     found = _imports(f, "svf.mod")
     assert "svf.eval.judges" in found and "svf.cli" in found
+
+
+def test_kernels_keep_the_op_layer_apart_from_the_module_layer():
+    """``svf_kernels.ops`` (op, checks, dispatch, reference, backends) never imports the module
+    layer; the modules reach the ops only through ``svf_kernels.ops``' public names."""
+    modules = _modules(KERNELS, "svf_kernels")
+    assert {"svf_kernels.ops.op", "svf_kernels.ops.dispatch", "svf_kernels.ops.reference",
+            "svf_kernels.modules.row_fields", "svf_kernels.modules.fused_steering_field"} <= set(modules)
+    for module, path in modules.items():
+        names = _imports(path, module)
+        if module.startswith("svf_kernels.ops"):
+            bad = sorted(n for n in names if n.startswith("svf_kernels.modules"))
+            assert not bad, f"{module} imports {bad}"
+        if module.startswith("svf_kernels.modules"):
+            private = sorted(n for n in names if n.startswith("svf_kernels.ops")
+                             and n.rpartition(".")[2].startswith("_"))
+            assert not private, f"{module} imports private names of the op layer: {private}"

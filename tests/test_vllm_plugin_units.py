@@ -135,7 +135,7 @@ def test_layers_and_tables_match_batch_steering(artifacts):
     want = layer_tables(entries, [(2, 3), (2, 3), (1,)], directions=["gradient"] * 3, targets=[None] * 3)
     for row, i in enumerate(served.layers):
         assert torch.equal(torch.from_numpy(served.id_maps[row]), want[i].id_map)
-        assert torch.allclose(torch.from_numpy(served.units[row]), want[i].units)
+        assert torch.allclose(torch.from_numpy(served.scales[row]), want[i].scales)
 
 
 @pytest.mark.parametrize("problem", ["missing", "hidden", "layers", "garbage"])
@@ -180,7 +180,7 @@ def _expected(served, scheduled, computed, prompt, requests):
                         alphas[row, t] = q.alpha
                     else:
                         s = served.default_strengths[g] if q.strength is None else q.strength
-                        alphas[row, t] = s * served.units[row, g + 1]
+                        alphas[row, t] = s * served.scales[row, g + 1]
             t += 1
     return ids, alphas
 

@@ -33,7 +33,7 @@ class BatchSteering:
     Build it with :func:`steer_requests`. ``set_requests(fields, strengths)`` before each
     batched forward or ``generate`` (or :meth:`generate`, which does both). Strengths are
     relative, as in :func:`svf.steer`: row ``r`` at layer ``i`` moves by
-    ``strengths[r] * unit(field, i)``. Each field steers along its own ``default_direction``
+    ``strengths[r] * strength_scale(field, i)``. Each field steers along its own ``default_direction``
     and closed-loop at its own ``default_target`` unless ``direction`` / ``target`` are given
     for all.
     """
@@ -78,7 +78,7 @@ class BatchSteering:
                               directions=directions, targets=targets, unit=unit)
         tables = {i: p.table.to(device) for i, p in packed.items()}
         self._id_map = {i: p.id_map.to(device) for i, p in packed.items()}
-        self._norms = {i: p.units.to(device) for i, p in packed.items()}
+        self._scales = {i: p.scales.to(device) for i, p in packed.items()}
         # Per-layer per-row tensors, empty until set_requests; Steering.set_row_inputs updates
         # them in place while the batch size stays (a compiled forward keeps the same tensors).
         alphas = {i: torch.zeros(0, device=device) for i in self.layers}
@@ -113,7 +113,7 @@ class BatchSteering:
         g1 = g1.to(self.device)
         s = torch.tensor(strengths, dtype=torch.float32, device=self.device)
         for i in self.layers:
-            self.steering.set_row_inputs(i, s * self._norms[i][g1], self._id_map[i][g1])
+            self.steering.set_row_inputs(i, s * self._scales[i][g1], self._id_map[i][g1])
         return self
 
     def generate(self, *args, fields: Sequence[str | None],

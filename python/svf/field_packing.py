@@ -72,8 +72,8 @@ def row_field(fields: Sequence[SteeringField], layer: int, method: str = "svf", 
         return packed_field(fields, layer, tau=tau, normalize=normalize, direction=direction,
                             target=target)
     if method == "caa":
-        units = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in fields]
-        return StaticVector(torch.stack(units).sum(0))
+        vectors = [f.caa_vector(layer) / f.caa_vector(layer).norm() for f in fields]
+        return StaticVector(torch.stack(vectors).sum(0))
     raise SVFArgumentError(f"method must be one of {STEER_METHODS}, got {method!r}")
 
 
@@ -143,12 +143,13 @@ class LayerTable:
 
     ``table`` holds the entries that steer the layer; ``id_map[g + 1]`` is entry ``g``'s row
     in it (``-1``: entry ``g`` does not steer this layer; ``id_map[0] = -1`` is "no field");
-    ``units[g + 1]`` is what a relative strength of entry ``g`` multiplies here.
+    ``scales[g + 1]`` is what a relative strength of entry ``g`` multiplies here (its strength
+    scale).
     """
 
     table: FieldTable
     id_map: torch.Tensor
-    units: torch.Tensor
+    scales: torch.Tensor
 
 
 def layer_tables(entries: Sequence[Sequence[SteeringField]], layers: Sequence[Sequence[int]], *,
@@ -163,9 +164,9 @@ def layer_tables(entries: Sequence[Sequence[SteeringField]], layers: Sequence[Se
                             directions=[directions[g] for g in members],
                             targets=[targets[g] for g in members])
         id_map = torch.full((len(entries) + 1,), -1, dtype=torch.long)
-        units = torch.zeros(len(entries) + 1)
+        scales = torch.zeros(len(entries) + 1)
         for local, g in enumerate(members):
             id_map[g + 1] = local
-            units[g + 1] = strength_scale(entries[g], i, unit)
-        tables[i] = LayerTable(table, id_map, units)
+            scales[g + 1] = strength_scale(entries[g], i, unit)
+        tables[i] = LayerTable(table, id_map, scales)
     return tables

@@ -269,7 +269,7 @@ def steer(
     """Build (not yet attached) steering of ``model`` by one or several concept fields.
 
     ``strength`` is relative and per layer: every steered layer moves by
-    ``alpha = strength * unit[layer]`` (``unit="robust"``: the training activations' norm
+    ``alpha = strength * strength_scale(fields, layer, unit)`` (``unit="robust"``: the training activations' norm
     there without the outlier dimensions; ``"mean_norm"``: their mean norm; None: robust when
     the fields store robust norms, else the mean norm; averaged over the fields), so steering
     more layers pushes more in total (docs/STEERING.md).

@@ -2,7 +2,7 @@
 
 :class:`ServedFields` loads every configured artifact (a missing, bad or mismatched file
 raises the artifact error here, at engine start), packs them as :func:`svf.steer_requests`
-does (same tables, same strength units, so both paths steer alike), wraps the steered
+does (same tables, same strength scales, so both paths steer alike), wraps the steered
 decoder layers, and before each forward turns the scheduled batch into per-token field ids
 and strengths (:meth:`set_batch`). Positions follow DESIGN.md §4: a request's last prompt
 token, then every generated token; with chunked prefill a chunk that ends before the last
@@ -84,7 +84,7 @@ class ServedFields:
         self.default_strengths = np.array([e[0].default_strength for e in self.entries],
                                           dtype=np.float32)
         self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])    # [L, F + 1]
-        self.units = np.stack([packed[i].units.numpy() for i in self.layers])       # [L, F + 1]
+        self.scales = np.stack([packed[i].scales.numpy() for i in self.layers])     # [L, F + 1]
         device = torch.device(device)
         self.steered = EngineTables({i: packed[i].table.to(device) for i in self.layers})
         self.uid = next(_ENGINE_IDS)
@@ -141,7 +141,7 @@ class ServedFields:
         if on.any():
             g1 = np.where(on, g[req] + 1, 0)                                        # 0: no field
             ids = self.id_maps[:, g1]                                               # [L, n]
-            alphas = np.where(absolute[req], value[req], value[req] * self.units[:, g1])
+            alphas = np.where(absolute[req], value[req], value[req] * self.scales[:, g1])
             ids_out[:, :n] = ids
             alphas_out[:, :n] = np.where(ids >= 0, alphas, 0.0)
             written = n

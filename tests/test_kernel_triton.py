@@ -3,14 +3,17 @@
 The interpreter flag takes effect only if it is set before triton is imported (``triton.jit``
 decides at decoration time), and another test of the session may already have imported triton.
 So the numerical checks run in a fresh interpreter: this file, run as a script (which sets
-``TRITON_INTERPRET=1`` first), executes every ``check_*`` function and exits non-zero on a
-failure. The pytest process itself never sets the flag, so a GPU session's other tests keep
-compiled Triton.
+``TRITON_INTERPRET=1`` first), executes the ``check_*`` functions it is given and writes each
+one's result. Under pytest one module fixture runs the selected checks in one such process and
+``test_triton_kernel_interpreter[check_...]`` reports each check on its own; a check with no
+result (the process died or ran over its deadline) fails. The pytest process itself never sets
+the flag, so a GPU session's other tests keep compiled Triton.
 Triton is in the ``dev`` extra: a missing triton fails these tests rather than skipping them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -23,6 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -549,23 +553,46 @@ def check_table_B_and_target():
             assert bool(((step - want).abs() < 1e-4).all()), f"{label}: {step} vs {want}"
 
 
-def _main() -> int:
+# Every check above, by name: one test each.
+CHECKS = sorted(name for name, fn in globals().items() if name.startswith("check_") and callable(fn))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _main(argv: list[str]) -> int:
+    """``test_kernel_triton.py [--json PATH] [CHECK ...]``: run the named checks (all by default)
+    under ``TRITON_INTERPRET=1``; with ``--json``, write ``{check: {"passed", "seconds",
+    "error"}}`` to PATH after each check, so a process that dies keeps what it finished."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("run with TRITON_INTERPRET=1")
         return 2
+    out = None
+    if argv[:1] == ["--json"]:
+        out, argv = Path(argv[1]), argv[2:]
+    unknown = sorted(set(argv) - set(CHECKS))
+    if unknown:
+        print(f"no such checks: {unknown}; known: {CHECKS}")
+        return 2
     torch.set_num_threads(1)
-    failures = 0
-    for name, fn in sorted(globals().items()):
-        if not (name.startswith("check_") and callable(fn)):
-            continue
+    results: dict[str, dict] = {}
+    for name in argv or CHECKS:
         t0 = time.perf_counter()
         try:
-            fn()
-            print(f"PASS {name} ({time.perf_counter() - t0:.1f}s)")
+            globals()[name]()
+            error = ""
         except Exception:  # noqa: BLE001 - report every failing check
-            failures += 1
-            print(f"FAIL {name} ({time.perf_counter() - t0:.1f}s)\n{traceback.format_exc()}")
-    return 1 if failures else 0
+            error = traceback.format_exc()
+        seconds = time.perf_counter() - t0
+        results[name] = {"passed": not error, "seconds": round(seconds, 2), "error": error}
+        print(f"{'FAIL' if error else 'PASS'} {name} ({seconds:.1f}s)" + (f"\n{error}" if error else ""),
+              flush=True)
+        if out is not None:
+            _write_json(out, results)
+    return 0 if all(r["passed"] for r in results.values()) else 1
 
 
 def test_triton_is_installed():
@@ -577,18 +604,44 @@ def test_triton_is_installed():
     )
 
 
-def test_triton_kernel_interpreter():
-    """Every check_* above, in a fresh interpreter with TRITON_INTERPRET=1."""
+INTERPRETER_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def interpreter(request, tmp_path_factory) -> dict:
+    """The checks this session selected, run once in a fresh interpreter with
+    ``TRITON_INTERPRET=1``: ``{"results": {check: result}, "output": str, "returncode": int}``."""
+    wanted = sorted({
+        item.callspec.params["check"] for item in request.session.items
+        if getattr(item, "module", None) is request.module
+        and "check" in getattr(getattr(item, "callspec", None), "params", {})
+    })
+    path = tmp_path_factory.mktemp("triton-interpreter") / "results.json"
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        check=False, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--json", str(path), *wanted]
+    try:
+        proc = subprocess.run(cmd, check=False, env=env, cwd=str(ROOT), capture_output=True,
+                              text=True, timeout=INTERPRETER_TIMEOUT)
+        output, returncode = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        output = "".join(x.decode() if isinstance(x, bytes) else (x or "")
+                         for x in (exc.stdout, exc.stderr))
+        output += f"\n(killed after {INTERPRETER_TIMEOUT} s)"
+        returncode = None
+    results = json.loads(path.read_text()) if path.exists() else {}
+    return {"results": results, "output": output, "returncode": returncode}
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_triton_kernel_interpreter(check, interpreter):
+    """One check above, run under TRITON_INTERPRET=1; a check with no result fails."""
+    result = interpreter["results"].get(check)
+    assert result is not None, (
+        f"{check}: no result from the interpreter process (exit status "
+        f"{interpreter['returncode']}):\n{interpreter['output'][-4000:]}"
     )
-    out = proc.stdout + proc.stderr
-    print(out)
-    assert proc.returncode == 0, f"Triton interpreter checks failed:\n{out}"
-    assert "FAIL" not in proc.stdout and proc.stdout.count("PASS") >= 10, out
+    assert result["passed"], f"{check} failed under TRITON_INTERPRET=1:\n{result['error']}"
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(_main(sys.argv[1:]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svf_kernels import available_backends
+from svf_kernels import SVFArgumentError, select_backend
 from svf_kernels.ops.reference import field_table_update_reference, field_update_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -109,16 +109,41 @@ def overflow_alpha_and_scale(dtype: torch.dtype, normalize: bool) -> tuple[float
     return (float("inf"), 1.0) if normalize else (3e38, 1e-3)
 
 
+# (backend, device) of every compiled kernel. The list is fixed whatever this machine has, so a
+# case that cannot run here is reported (skipped or failed by require_backend), never left out.
+COMPILED_KERNELS = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
+
+
+def require_backend(backend: str, device: str) -> None:
+    """Skip or fail a ``(backend, device)`` case that cannot run here; call with ``SVF_BACKEND``
+    set to ``backend``.
+
+    A case on a CUDA device is skipped, with the reason, where there is no CUDA device. Every
+    other case that cannot run fails with the backend's reason: the ``cpu`` kernel must be built,
+    and a machine with a CUDA device must run the ``cuda`` and ``triton`` kernels.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{backend} kernel: no CUDA device (torch.cuda.is_available() is False)")
+    try:
+        chosen, why = select_backend(torch.device(device)).name, ""
+    except SVFArgumentError as exc:
+        chosen, why = None, str(exc)
+    if why:  # failed outside the except block: the report shows the reason alone
+        pytest.fail(f"the {backend} kernel cannot run on this machine's {device} device: {why}",
+                    pytrace=False)
+    assert chosen == backend, f"SVF_BACKEND={backend!r} chose {chosen!r} on {device}"
+
+
 def backend_fixture(kernels: list[tuple[str, str]]):
     """A fixture over ``(backend, device)`` pairs that sets ``SVF_BACKEND`` so the public ops
-    run that backend; the ``cpu`` kernel must be built (a missing extension fails, not skips)."""
+    run that backend, after :func:`require_backend` (skip without the device, fail without the
+    backend)."""
 
     @pytest.fixture(params=kernels, ids=[f"{b}-{d}" for b, d in kernels])
     def kernel(request, monkeypatch):
         backend, device = request.param
-        if backend == "cpu":
-            assert "cpu" in available_backends("cpu"), "svf_kernels._C not built"
         monkeypatch.setenv("SVF_BACKEND", backend)
+        require_backend(backend, device)
         return backend, torch.device(device)
 
     return kernel

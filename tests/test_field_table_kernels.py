@@ -3,8 +3,9 @@
 A table holds F fields (``A [F, C, m, d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and row ``r`` is
 moved by field ``field_ids[r]`` exactly as the one-field op would move it; an id outside
 ``[0, F)`` leaves the row bit-identical with NaN scores. Runs the ``torch`` reference and every
-compiled kernel that can run here: ``cpu`` always (the extension must be built), and on a GPU
-``cuda`` and ``triton`` too. Ground truth is
+compiled kernel: ``cpu`` (the extension must be built), ``cuda`` and ``triton`` (skipped without
+a CUDA device, failed on a machine with one that cannot run them;
+``kernel_checks.require_backend``). Ground truth is
 :func:`svf_kernels.ops.reference.field_table_update_reference` in float64 on float64 copies; a
 kernel must be within the per-dtype tolerance of it AND no worse than twice the torch
 reference's own error in the same storage dtype (``kernel_checks``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_checks import (
+    COMPILED_KERNELS,
     DTYPES,
     HIDDEN_TOL,
     SCORE_ATOL,
@@ -33,16 +35,14 @@ from kernel_checks import (
 import svf_kernels
 from svf_kernels import (
     SVFArgumentError,
-    available_backends,
     field_table_update_,
     field_table_update_reference,
     field_update_,
 )
 
-# (backend, device): the torch reference and the cpu kernel always; cuda/triton on a GPU.
-KERNELS = [("torch", "cpu"), ("cpu", "cpu")] + [
-    (b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")
-]
+# (backend, device): the torch reference and the compiled kernels; without a CUDA device the
+# cuda and triton cases skip.
+KERNELS = [("torch", "cpu"), *COMPILED_KERNELS]
 # Backends whose table rows are bit-identical to the one-field op on the same rows: the cpu
 # kernel runs the same per-row body with the parameter pointers offset by the row's field, and
 # the torch reference evaluates field_direction(hidden, A[f], ...) exactly as the one-field op.

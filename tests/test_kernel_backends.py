@@ -1,7 +1,8 @@
 """Every compiled backend of ``field_update_`` against the float64 reference (DESIGN.md §3).
 
-Runs each kernel that can run on this machine: ``cpu`` always (the extension must be built:
-a missing one fails), and on a GPU ``cuda`` and ``triton`` too (``benchmarks/gpu/run.sh``).
+Runs every compiled kernel: ``cpu`` (the extension must be built: a missing one fails), ``cuda``
+and ``triton`` (skipped without a CUDA device, failed on a machine with one that cannot run them;
+``kernel_checks.require_backend``; ``benchmarks/gpu/run.sh`` runs them on a GPU).
 Ground truth is :func:`svf_kernels.ops.reference.field_update_reference` evaluated in float64 on
 float64 copies of the (low-precision) inputs. The kernel must be within a per-dtype tolerance
 of it AND no worse than twice the torch reference's own error in the same storage dtype.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_checks import (
+    COMPILED_KERNELS,
     DTYPES,
     HIDDEN_TOL,
     SCORE_ATOL,
@@ -27,11 +29,11 @@ from kernel_checks import (
     truth,
 )
 
-from svf_kernels import available_backends, field_update_
+from svf_kernels import field_update_
 from svf_kernels.ops.reference import field_update_reference
 
-# (backend, device): the cpu kernel always; cuda and triton where a GPU is present.
-KERNELS = [("cpu", "cpu")] + [(b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")]
+# (backend, device): the cpu, cuda and triton kernels; without a CUDA device the last two skip.
+KERNELS = COMPILED_KERNELS
 
 kernel = backend_fixture(KERNELS)  # (backend, device), SVF_BACKEND set for the test
 

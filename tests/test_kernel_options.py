@@ -1,8 +1,9 @@
 """The optional arguments of both ops on every backend: ``B`` (a second folded matrix for the
 direction) and ``target`` / ``band`` (closed-loop strength), DESIGN.md §2-§3.
 
-Runs the ``torch`` reference (for the contract's exact parts) and every compiled kernel that can
-run here: ``cpu`` always (the extension must be built), and on a GPU ``cuda`` and ``triton`` too.
+Runs the ``torch`` reference (for the contract's exact parts) and every compiled kernel: ``cpu``
+(the extension must be built), ``cuda`` and ``triton`` (skipped without a CUDA device, failed on
+a machine with one that cannot run them; ``kernel_checks.require_backend``).
 Ground truth is :mod:`svf_kernels.ops.reference` in float64 on float64 copies; a kernel must be within
 the per-dtype tolerance of it AND no worse than twice the torch reference's own error in the same
 storage dtype (``kernel_checks.check_close``). Sizes are odd (d = 769, m = 37) and ``hidden`` is a
@@ -16,6 +17,7 @@ import math
 import pytest
 import torch
 from kernel_checks import (
+    COMPILED_KERNELS,
     DTYPES,
     HIDDEN_TOL,
     SCORE_ATOL,
@@ -32,7 +34,6 @@ from kernel_checks import (
 
 from svf_kernels import (
     SVFArgumentError,
-    available_backends,
     field_table_update_,
     field_update_,
 )
@@ -43,7 +44,7 @@ from svf_kernels.ops.reference import (
 )
 
 M = 37  # hidden units: odd, no multiple of a vector width
-KERNELS = [("cpu", "cpu")] + [(b, "cuda") for b in ("cuda", "triton") if b in available_backends("cuda")]
+KERNELS = COMPILED_KERNELS  # without a CUDA device the cuda and triton cases skip
 kernel = backend_fixture(KERNELS)  # (backend, device), SVF_BACKEND set for the test
 # The torch reference too, for the contract's exact parts (gates of 0 and 1, NaN targets).
 any_kernel = backend_fixture([("torch", "cpu")] + KERNELS)

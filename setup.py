@@ -1,7 +1,10 @@
 """Build script: the one place that decides which packages, package data, compiled
 extensions and core requirements exist.
 
-Metadata and the optional extras are in pyproject.toml.  Install with
+Metadata and the optional extras are in pyproject.toml; MANIFEST.in adds to the source
+distribution what a build elsewhere needs beyond the sources compiled here (every header,
+the CUDA sources), the tests and the docs.  ``make dist`` writes the sdist and a manylinux
+wheel.  Install with
 
     pip install torch==2.13.0            # or any torch >= 2.4 you already have
     pip install --no-build-isolation -e '.[dev]'

@@ -1,12 +1,14 @@
 """Which strength unit keeps a relative strength comparable across models.
 
-A relative strength ``s`` moves each steered layer by ``s * unit``. The unit is fair when the
-same ``s`` disturbs different models about equally. This measures, per unit, method and
+A relative strength ``s`` moves each steered layer by ``s`` times its norm in a strength unit
+(``robust`` or ``mean_norm``, :func:`svf.steering_field.strength_scale`). The unit is fair when
+the same ``s`` disturbs different models about equally. This measures, per unit, method and
 strength, the mean KL divergence of the next-token distribution at the last prompt token
 (steered against unsteered) on a concept's validation prompts: how hard the push is, as the
-model feels it. Run it on several models and compare the KL at the same ``s``.
+model feels it. Run it on several models and compare the KL at the same ``s``
+(docs/EVALUATION.md, "Strength unit across models").
 
-    python -m svf.eval.strength_units --model default --model gemma-3-270m --out docs/eval/strength_units
+    python benchmarks/strength_units.py --model default --model gemma-3-270m --out runs/strength_units
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..concepts import load_concept
-from ..layer_windows import default_layers
-from ..models import load_model
-from ..steering import steer
-from ..steering_field import STRENGTH_UNITS, strength_scale
-from ..tokenization import encode_prompts
-from ..training import TrainConfig, train_field
+from svf.concepts import load_concept
+from svf.layer_windows import default_layers
+from svf.models import load_model
+from svf.progress import progress_bar
+from svf.steering import steer
+from svf.steering_field import STRENGTH_UNITS, strength_scale
+from svf.tokenization import encode_prompts
+from svf.training import TrainConfig, train_field
 
 STRENGTHS = (0.05, 0.1, 0.2, 0.4)
 
@@ -39,7 +41,7 @@ def _last_logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 def measure(model, tokenizer, model_name: str, concept: str = "sentiment", n_prompts: int = 24,
             strengths: tuple[float, ...] = STRENGTHS) -> list[dict]:
     """KL rows for one model: the field trained on ``concept`` (default layer windows), every
-    unit, both methods, every strength."""
+    unit, method (CAA, SVF, SVF with the preconditioned direction) and strength."""
     train_layers, steer_layers = default_layers(model.config.num_hidden_layers)
     c = load_concept(concept)
     field, _ = train_field(model, tokenizer, c.pairs, concept=concept, train_layers=train_layers,
@@ -49,7 +51,7 @@ def measure(model, tokenizer, model_name: str, concept: str = "sentiment", n_pro
     base = _last_logprobs(model, ids, mask)
     rows = []
     todo = [(u, m, s) for u in STRENGTH_UNITS for m in ("caa", "svf", "svf-precond") for s in strengths]
-    for unit, method, s in tqdm(todo, desc=f"strength units {model_name}"):
+    for unit, method, s in progress_bar(todo, desc=f"strength units {model_name}"):
         kind, direction = ("svf", "preconditioned") if method == "svf-precond" else (method, None)
         with steer(model, field, strength=s, unit=unit, method=kind, direction=direction):
             lp = _last_logprobs(model, ids, mask)

@@ -13,6 +13,7 @@ piece of work (the checks are what is tested; ``tests/test_evaluation.py`` runs 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -31,10 +32,10 @@ from hypothesis import strategies as st
 from svf import data as sdata
 from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
-from svf.eval import evaluate_mwe, evaluation, judges, metrics
-from svf.eval.evaluation import EvalConfig, quick_config
+from svf.eval import evaluate_mwe, evaluation, judges, metrics, stages
+from svf.eval.config import EvalConfig, quick_config
 from svf.eval.knn_field import KNNField, knn_fields
-from svf.eval.stages import STAGES
+from svf.eval.stages import STAGE_NAMES, plan
 from svf.training import TrainConfig
 from svf_kernels import SVFArgumentError
 
@@ -94,7 +95,7 @@ TEXTS = st.lists(TEXT, max_size=6)
 _COUNTS = ("knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts", "long_tokens",
            "long_window", "multi_samples", "fluency_val_prompts", "fluency_test_prompts", "fluency_samples",
            "fluency_tokens")
-_SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_strengths", "directions",
+_SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_strengths", "signs",
               "long_refresh", "mwe_behaviors", "stages", "fluency_strengths", "fluency_budgets")
 
 
@@ -108,7 +109,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
         "concepts": data.draw(st.lists(st.sampled_from(CONCEPTS), min_size=1, unique=True), label="concepts"),
         "sweep": data.draw(strengths, label="sweep"),
         "gen_total_strengths": data.draw(strengths, label="gen_total_strengths"),
-        "directions": list(data.draw(st.sampled_from([(1,), (-1,), (1, -1), (-1, 1)]), label="directions")),
+        "signs": list(data.draw(st.sampled_from([(1,), (-1,), (1, -1), (-1, 1)]), label="signs")),
         "n_pairs": data.draw(st.none() | st.integers(1, 60), label="n_pairs"),
         "n_completions": data.draw(st.integers(1, 8), label="n_completions"),
         "n_prompts": data.draw(st.none() | st.integers(2, 60), label="n_prompts"),
@@ -119,7 +120,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
                                             unique=True), label="mwe_behaviors"),
         "mwe_items": data.draw(st.none() | st.integers(1, 100), label="mwe_items"),
         "seed": data.draw(st.integers(-(2**40), 2**40), label="seed"),
-        "stages": data.draw(st.lists(st.sampled_from(STAGES), min_size=1, unique=True), label="stages"),
+        "stages": data.draw(st.lists(st.sampled_from(STAGE_NAMES), min_size=1, unique=True), label="stages"),
         "fluency_strengths": data.draw(strengths, label="fluency_strengths"),
         "fluency_budgets": data.draw(st.lists(st.floats(1.0, 10), min_size=1, max_size=3), label="budgets"),
         "fluency_target": data.draw(st.floats(0.51, 0.999), label="fluency_target"),
@@ -148,8 +149,8 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("sweep", ("0.2",)), ("sweep", 0.2),
         ("gen_total_strengths", ()), ("gen_total_strengths", (NAN,)), ("gen_total_strengths", (-1.0,)),
         ("gen_total_strengths", (True,)),
-        ("directions", (0,)), ("directions", (2,)), ("directions", (1, 1)), ("directions", ()),
-        ("directions", (True,)), ("directions", (1.0,)), ("directions", 1), ("directions", "1"),
+        ("signs", (0,)), ("signs", (2,)), ("signs", (1, 1)), ("signs", ()),
+        ("signs", (True,)), ("signs", (1.0,)), ("signs", 1), ("signs", "1"),
         ("n_pairs", 0), ("n_pairs", -1), ("n_pairs", 1.5), ("n_pairs", "10"), ("n_pairs", True),
         ("n_completions", 0), ("n_completions", None), ("n_completions", 2.0),
         ("n_prompts", 1), ("n_prompts", 0), ("n_prompts", "all"),
@@ -246,7 +247,7 @@ def _stop_at_work(seen: list):
         seen.append("mwe")
         raise _Reached
 
-    with mock.patch.object(evaluation, "prepare", prepare), mock.patch.object(evaluate_mwe, "run_mwe", run_mwe):
+    with mock.patch.object(stages, "prepare", prepare), mock.patch.object(evaluate_mwe, "run_mwe", run_mwe):
         yield
 
 
@@ -266,13 +267,18 @@ def test_run_eval_valid_arguments_reach_the_work(tiny_llama, data):
     with tempfile.TemporaryDirectory() as tmp:
         args = _run_eval_args(data, model, tok, Path(tmp))
         cfg, seen = args["cfg"], []
-        with _stop_at_work(seen), pytest.raises(_Reached):
+        steps = plan(cfg)  # the first step does the first piece of work (none: the run has none)
+        with _stop_at_work(seen), pytest.raises(_Reached) if steps else contextlib.nullcontext():
             evaluation.run_eval(**args)
         assert Path(args["out"]).is_dir()
-        if cfg.mwe_behaviors:
+        if not steps:
+            assert not seen
+            return
+        if steps[0].name == "mwe":
             assert seen == ["mwe"]
             return
         (concept,) = seen
+        assert steps[0].name == f"{concept.name}: train + choose layers"
         assert concept.name == cfg.concepts[0]
         default = SENTIMENT_PAIRS if concept.name == "sentiment" else len(load_concept(concept.name).pairs)
         assert len(concept.pairs) == (cfg.n_pairs or default)
@@ -765,7 +771,7 @@ def _metric_calls(data) -> dict:
         "likelihood_gap": (metrics.likelihood_gap, {"pos": torch.randn(p, 2, generator=g),
                                                     "neg": torch.randn(p, 3, generator=g)}),
         "steerability": (metrics.steerability, {"alphas": alphas, "gaps": torch.randn(3, p, generator=g),
-                                                "direction": data.draw(st.sampled_from([1, -1]))}),
+                                                "sign": data.draw(st.sampled_from([1, -1]))}),
         "mcq_gap": (metrics.mcq_gap, {"logits": torch.randn(p, v, generator=g),
                                       "match_ids": torch.randint(0, v, (p,), generator=g),
                                       "other_ids": torch.randint(0, v, (p,), generator=g)}),
@@ -776,7 +782,7 @@ def _metric_calls(data) -> dict:
                                                   "window": data.draw(st.integers(1, 8))}),
         "moved_shares": (metrics.moved_shares, {"base": torch.randn(p, 2, generator=g),
                                                 "steered": torch.randn(p, 3, generator=g),
-                                                "direction": data.draw(st.sampled_from([1, -1])),
+                                                "sign": data.draw(st.sampled_from([1, -1])),
                                                 "eps": data.draw(st.floats(0, 0.5))}),
     }
 
@@ -784,7 +790,7 @@ def _metric_calls(data) -> dict:
 _METRIC_BREAKS = {
     "likelihood_gap": [("pos", [[0.0, 1.0]]), ("neg", None), ("pos", torch.zeros(1, 0))],
     "steerability": [("alphas", "abc"), ("alphas", [0.0, "x", 1.0]), ("alphas", None), ("alphas", 3.0),
-                     ("gaps", [[0.0], [1.0], [2.0]]), ("gaps", None), ("direction", 0), ("direction", True)],
+                     ("gaps", [[0.0], [1.0], [2.0]]), ("gaps", None), ("sign", 0), ("sign", True)],
     "mcq_gap": [("logits", [[0.0, 1.0]]), ("match_ids", [0]), ("other_ids", None),
                 ("match_ids", "float ids")],
     "mcq_accuracy": [("gaps", [1.0, -1.0]), ("gaps", None), ("gaps", torch.zeros(0))],
@@ -793,7 +799,7 @@ _METRIC_BREAKS = {
     "distinct_n_per_text": [("token_lists", None), ("token_lists", [["x"]]), ("n", True)],
     "window_scores": [("token_ids", None), ("token_ids", "abc"), ("token_ids", 7), ("window", 0),
                       ("window", 2.0)],
-    "moved_shares": [("base", [[0.0]]), ("steered", None), ("direction", 2), ("eps", "0.1"), ("eps", NAN),
+    "moved_shares": [("base", [[0.0]]), ("steered", None), ("sign", 2), ("eps", "0.1"), ("eps", NAN),
                      ("eps", -1.0), ("eps", None)],
 }
 

@@ -12,7 +12,10 @@ from helpers import tiny_model
 from svf import concepts
 from svf.concepts import Concept
 from svf.data import ContrastivePair
-from svf.eval import evaluate_mwe, evaluation
+from svf.eval import config as eval_config
+from svf.eval import evaluate_mwe, evaluation, judges
+from svf.eval.config import EvalConfig
+from svf.eval.stages import plan
 from svf.training import TrainConfig
 
 WORDS = {"toy": ("good", "bad"), "tone": ("formal", "casual"), "sea": ("ocean", "desert")}
@@ -40,7 +43,7 @@ def _mwe_items(behavior: str, source: str = "all") -> list[dict]:
 
 def _tiny_config(**overrides) -> dict:
     base = {"train_layers": (0, 1, 2, 3), "steer_layers": (1, 2), "sweep": (0.2, 0.6), "knn_k": 4,
-            "directions": (1, -1), "n_prompts": None, "gen_prompts": 5,
+            "signs": (1, -1), "n_prompts": None, "gen_prompts": 5,
             "train": TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_total_strengths": (0.5,),
             "gen_samples": 2, "gen_tokens": 6, "long_refresh": (1, 2), "long_prompts": 2, "long_tokens": 16,
             "long_window": 8, "multi_samples": 1, "mwe_behaviors": ("toy-behaviour",), "mwe_items": None,
@@ -65,7 +68,7 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
 
     model, tok = toy_world
     monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
-    real_quick, real_run = evaluation.quick_config, evaluation.run_eval
+    real_quick, real_run = eval_config.quick_config, evaluation.run_eval
     seen = {}
 
     def tiny_quick(**overrides):  # the default layers do not exist in a 4-layer model
@@ -75,7 +78,7 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
         seen["tables"] = real_run(*args, **kwargs)
         return seen["tables"]
 
-    monkeypatch.setattr(evaluation, "quick_config", tiny_quick)
+    monkeypatch.setattr(eval_config, "quick_config", tiny_quick)
     monkeypatch.setattr(evaluation, "run_eval", run_and_keep)
     assert cli.main(["eval", "--quick", "--concepts", *WORDS, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -85,24 +88,24 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
     for f in FILES:
         assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0, f
     lik = tables["likelihood"]
-    assert {(r["concept"], r["method"], r["direction"]) for r in lik} == {
-        (c, m, d) for c in WORDS for m in STEERED_METHODS for d in (1, -1)}
+    assert {(r["concept"], r["method"], r["sign"]) for r in lik} == {
+        (c, m, sg) for c in WORDS for m in STEERED_METHODS for sg in (1, -1)}
     for r in lik:
         assert r["n_test"] == 7  # 10 prompts: 3 validation, 7 test
-        assert r["total_strength"] * r["direction"] in (0.2, 0.6)
+        assert r["total_strength"] * r["sign"] in (0.2, 0.6)
         assert 0.0 <= r["steerable_rate"] <= 1.0 and 0.0 <= r["anti_steerable"] <= 1.0
         assert torch.isfinite(torch.tensor([r["mean_shift"], r["mean_slope"]])).all()
     assert len(tables["slopes"]) == len(lik) * 7
     opened = tables["open_ended"]
-    assert {(r["concept"], r["method"], r["direction"]) for r in opened} == {
-        (c, m, d) for c in WORDS for m in STEERED_METHODS for d in (1, -1)} | {(c, "base", 0) for c in WORDS}
+    assert {(r["concept"], r["method"], r["sign"]) for r in opened} == {
+        (c, m, sg) for c in WORDS for m in STEERED_METHODS for sg in (1, -1)} | {(c, "base", 0) for c in WORDS}
     base_score = {r["concept"]: r["embed_score"] for r in opened if r["method"] == "base"}
     for r in opened:
         assert r["samples"] == 2 and r["n_prompts"] == 5 and -1.0 <= r["embed_score"] <= 1.0
         assert r["ppl_median"] > 1.0 and 0.0 <= r["distinct2"] <= 1.0
         if r["method"] != "base":
             assert 0.0 <= r["embed_right"] + r["embed_wrong"] <= 1.0
-            want = r["direction"] * (r["embed_score"] - base_score[r["concept"]])
+            want = r["sign"] * (r["embed_score"] - base_score[r["concept"]])
             assert r["embed_delta"] == pytest.approx(want, abs=1e-9)
     runs = {r["run"] for r in tables["long_form"]}
     assert runs == {"base", "caa-multi", "svf-shared K=1", "svf-shared K=2"}
@@ -122,38 +125,38 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
     _check_fluency_tables(tables)
 
 
-def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), directions=(1, -1)) -> None:
-    """Every method swept on validation, one row per budget, direction and method on test at a
-    strength the validation sweep allows, and one verdict per concept, budget and direction."""
+def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1)) -> None:
+    """Every method swept on validation, one row per budget, sign and method on test at a
+    strength the validation sweep allows, and one verdict per concept, budget and sign."""
     sweep, chosen = tables["fluency_sweep"], tables["equal_fluency"]
-    assert {(r["concept"], r["method"], r["direction"], r["total_strength"]) for r in sweep} == {
-        (c, m, d, t) for c in concepts for m in FLUENCY_METHODS for d in directions for t in (0.5, 2.0)
+    assert {(r["concept"], r["method"], r["sign"], r["total_strength"]) for r in sweep} == {
+        (c, m, sg, t) for c in concepts for m in FLUENCY_METHODS for sg in signs for t in (0.5, 2.0)
     } | {(c, "base", 0, 0.0) for c in concepts}
     assert all(r["n_prompts"] == 3 for r in sweep)
     for r in chosen:
         assert r["n_prompts"] == 4
         base_ppl = next(x["ppl_median"] for x in sweep if x["concept"] == r["concept"] and x["method"] == "base")
-        rows = [x for x in sweep if (x["concept"], x["method"], x["direction"]) ==
-                (r["concept"], r["method"], r["direction"])]
+        rows = [x for x in sweep if (x["concept"], x["method"], x["sign"]) ==
+                (r["concept"], r["method"], r["sign"])]
         allowed = [x for x in rows if x["ppl_median"] <= r["budget"] * base_ppl and x["delta"] > 0]
         if allowed:  # the strongest shift within the budget was kept
             best = max(allowed, key=lambda x: (x["delta"], -x["total_strength"]))
             assert (r["total_strength"], r["val_delta"]) == (best["total_strength"], best["delta"])
         else:  # nothing within the budget: not moved
             assert r["total_strength"] == 0.0 and r["delta"] == 0.0 and r["ppl_median"] == r["base_ppl"]
-    assert {(r["concept"], r["budget"], r["direction"], r["method"]) for r in chosen} == {
-        (c, b, d, m) for c in concepts for b in (1.25, 100.0) for d in directions for m in FLUENCY_METHODS}
+    assert {(r["concept"], r["budget"], r["sign"], r["method"]) for r in chosen} == {
+        (c, b, sg, m) for c in concepts for b in (1.25, 100.0) for sg in signs for m in FLUENCY_METHODS}
     verdicts = tables["fluency_verdicts"]
-    assert {(r["concept"], r["budget"], r["direction"]) for r in verdicts} == {
-        (c, b, d) for c in concepts for b in (1.25, 100.0) for d in directions}
+    assert {(r["concept"], r["budget"], r["sign"]) for r in verdicts} == {
+        (c, b, sg) for c in concepts for b in (1.25, 100.0) for sg in signs}
     for v in verdicts:
         assert v["svf_at_least_caa"] == (v["svf_delta"] >= v["caa_delta"])
 
 
 def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path):
     model, tok = toy_world
-    cfg = evaluation.EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",)))
-    assert evaluation.run_stages(cfg) == ["toy: train + choose layers", "toy: equal-fluency"]
+    cfg = EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",)))
+    assert [step.name for step in plan(cfg)] == ["toy: train + choose layers", "toy: equal-fluency"]
     tables = evaluation.run_eval(model, tok, cfg, tmp_path)
     assert not tables["likelihood"] and not tables["open_ended"] and not tables["mwe"]
     _check_fluency_tables(tables, concepts=("toy",))
@@ -176,7 +179,7 @@ def test_choose_strength_keeps_the_strongest_shift_within_the_budget():
 
 def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):
     model, tok = toy_world
-    cfg = evaluation.EvalConfig(concepts=("toy",), **_tiny_config(mwe_behaviors=()))
+    cfg = EvalConfig(concepts=("toy",), **_tiny_config(mwe_behaviors=()))
     tables = evaluation.run_eval(model, tok, cfg, tmp_path)
     assert not tables["mwe"] and not tables["multi_attribute"] and not (tmp_path / "mwe.csv").exists()
     assert (tmp_path / "likelihood.csv").is_file() and (tmp_path / "long_form.png").is_file()
@@ -189,14 +192,14 @@ def cheap_judges(monkeypatch):
     def judge(texts):
         return [(sum(map(ord, t)) % 101) / 50.0 - 1.0 for t in texts]
 
-    monkeypatch.setattr(evaluation, "concept_judges",
+    monkeypatch.setattr(judges, "concept_judges",
                         lambda concept: ({"embed": judge}, {"embed_heldout_accuracy": 1.0, "embed_n_heldout": 0}))
 
 
 def _no_layers(**overrides) -> dict:
     """The tiny configuration without layers (derived from the model's depth), shrunk further:
-    one direction, one sweep point, 4 prompts (1 validation, 3 test), short generations."""
-    base = _tiny_config(**{"directions": (1,), "sweep": (0.2,), "n_prompts": 4, "gen_prompts": 2,
+    one sign, one sweep point, 4 prompts (1 validation, 3 test), short generations."""
+    base = _tiny_config(**{"signs": (1,), "sweep": (0.2,), "n_prompts": 4, "gen_prompts": 2,
                            "gen_samples": 1, "gen_tokens": 4, "long_refresh": (1,), "long_prompts": 1,
                            "long_tokens": 8, "long_window": 4, "mwe_items": 20, **overrides})
     return {k: v for k, v in base.items() if k not in ("train_layers", "steer_layers")}
@@ -216,9 +219,9 @@ def test_eval_quick_on_an_18_layer_model_derives_the_layers(toy_world, cheap_jud
     _, tok = toy_world
     model = tiny_model("llama", vocab_size=len(tok), layers=18, d=32)
     monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
-    real_quick = evaluation.quick_config
-    monkeypatch.setattr(evaluation, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
-    assert evaluation.quick_config().train_layers is None
+    real_quick = eval_config.quick_config
+    monkeypatch.setattr(eval_config, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
+    assert eval_config.quick_config().train_layers is None
     assert cli.main(["eval", "--quick", "--concepts", "toy", "tone", "--out", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
     config = json.loads((tmp_path / "config.json").read_text())
@@ -242,8 +245,8 @@ def test_eval_cli_layer_options_reach_the_config(toy_world, cheap_judges, tmp_pa
 
     model, tok = toy_world  # 4 decoder layers
     monkeypatch.setattr(cli, "_load_model", lambda name: (model, tok))
-    real_quick = evaluation.quick_config
-    monkeypatch.setattr(evaluation, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
+    real_quick = eval_config.quick_config
+    monkeypatch.setattr(eval_config, "quick_config", lambda **o: real_quick(**{**_no_layers(), **o}))
     for argv, train, steer, origin in (
             (["--layers", "0-3", "--steer-layers", "1,3"], [0, 1, 2, 3], [1, 3], "training given, steering given"),
             (["--layers", "1-3"], [1, 2, 3], [2, 3], "training given, steering derived"),
@@ -257,6 +260,6 @@ def test_eval_cli_layer_options_reach_the_config(toy_world, cheap_judges, tmp_pa
 
 def test_run_eval_leaves_the_callers_config_alone(toy_world, cheap_judges, tmp_path):
     model, tok = toy_world
-    cfg = evaluation.EvalConfig(concepts=("toy",), **_no_layers(mwe_behaviors=()))
+    cfg = EvalConfig(concepts=("toy",), **_no_layers(mwe_behaviors=()))
     evaluation.run_eval(model, tok, cfg, tmp_path)
     assert cfg.train_layers is None and cfg.steer_layers is None and cfg.chat is None

@@ -8,8 +8,9 @@ import torch
 from helpers import random_field
 
 from svf.eval.likelihood import completion_logprobs
-from svf.eval.methods import build_methods, steering, total_strength_unit
+from svf.eval.methods import build_methods, steer_by_method
 from svf.generation import format_prompts
+from svf.steering_field import strength_scale
 
 PROMPTS = ["hi", "tell me a story about a cat", "ok?"]
 COMPLETIONS = ["yes.", "no way at all", "x"]
@@ -41,12 +42,12 @@ def test_steering_acts_where_generation_steers(tiny):
     model, tok = tiny
     field = random_field(model)
     methods = build_methods(field, field.steer_layers, field.steer_layers[0])
-    unit = total_strength_unit(field, field.steer_layers)
+    scale = strength_scale([field], field.steer_layers)
     prompt, completion = PROMPTS[1], "abcdefgh"
     base = completion_logprobs(model, tok, [prompt], [completion])
     p = tok(format_prompts(tok, [prompt])[0], add_special_tokens=False).input_ids
     c = tok(completion, add_special_tokens=False).input_ids
-    with steering(model, methods["svf-shared"], 0.5, unit):
+    with steer_by_method(model, methods["svf-shared"], 0.5, scale):
         steered = completion_logprobs(model, tok, [prompt], [completion])
         with torch.no_grad():
             model(input_ids=torch.tensor([p]))
@@ -64,13 +65,13 @@ def test_methods_split_total_displacement(tiny):
     field = random_field(model, steer_layers=(1, 2))
     methods = build_methods(field, (1, 2), 2)
     assert list(methods) == ["base", "caa-1", "caa-multi", "svf-1", "svf-shared"]
-    unit = total_strength_unit(field, (1, 2))
-    assert unit == pytest.approx((field.mean_norm(1) + field.mean_norm(2)) / 2)
-    ctx = steering(model, methods["caa-multi"], 0.4, unit)
-    assert ctx.alphas == {1: pytest.approx(0.2 * unit), 2: pytest.approx(0.2 * unit)}
-    assert steering(model, methods["caa-1"], -0.4, unit).alphas == {2: pytest.approx(-0.4 * unit)}
-    assert not hasattr(steering(model, methods["base"], 0.4, unit), "alphas")
-    assert not hasattr(steering(model, methods["svf-1"], 0.0, unit), "alphas")
+    scale = strength_scale([field], (1, 2))
+    assert scale == pytest.approx((field.mean_norm(1) + field.mean_norm(2)) / 2)
+    ctx = steer_by_method(model, methods["caa-multi"], 0.4, scale)
+    assert ctx.alphas == {1: pytest.approx(0.2 * scale), 2: pytest.approx(0.2 * scale)}
+    assert steer_by_method(model, methods["caa-1"], -0.4, scale).alphas == {2: pytest.approx(-0.4 * scale)}
+    assert not hasattr(steer_by_method(model, methods["base"], 0.4, scale), "alphas")
+    assert not hasattr(steer_by_method(model, methods["svf-1"], 0.0, scale), "alphas")
     with pytest.raises(ValueError, match="one_layer 3"):
         build_methods(field, (1, 2), 3)
 

@@ -56,8 +56,8 @@ def test_steerability_by_hand():
     assert s["anti_steerable"] == pytest.approx(2 / 4)  # p2 and p3 have negative slopes
 
 
-def test_steerability_downward_direction():
-    s = metrics.steerability(ALPHAS, GAPS, direction=-1)
+def test_steerability_downward_sign():
+    s = metrics.steerability(ALPHAS, GAPS, sign=-1)
     assert s["slope"].tolist() == pytest.approx(SLOPES, abs=1e-6)  # the slope itself is unsigned
     assert s["shift"].tolist() == pytest.approx([-2.0, 0.0, 2.0, -1.0])  # positive = fell
     assert s["mean_shift"] == pytest.approx(-1 / 4)
@@ -102,12 +102,12 @@ def test_steerability_rejects(alphas, gaps, match):
         metrics.steerability(alphas, gaps)
 
 
-@pytest.mark.parametrize("direction", [0, 2, -2])
-def test_direction_must_be_plus_or_minus_one(direction):
-    with pytest.raises(ValueError, match="direction"):
-        metrics.steerability(ALPHAS, GAPS, direction=direction)
-    with pytest.raises(ValueError, match="direction"):
-        metrics.moved_shares(torch.zeros(1, 2), torch.zeros(1, 2), direction)
+@pytest.mark.parametrize("sign", [0, 2, -2])
+def test_sign_must_be_plus_or_minus_one(sign):
+    with pytest.raises(ValueError, match="sign"):
+        metrics.steerability(ALPHAS, GAPS, sign=sign)
+    with pytest.raises(ValueError, match="sign"):
+        metrics.moved_shares(torch.zeros(1, 2), torch.zeros(1, 2), sign)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The report's plots, drawn from tiny synthetic tables: tick labels are plain numbers that do
-not collide, legends are clear of the data, and the two directions look different."""
+not collide, legends are clear of the data, and the two signs (toward, away) look different."""
 
 from __future__ import annotations
 
@@ -21,25 +21,25 @@ DOCS_EVAL = Path(__file__).resolve().parents[1] / "docs" / "eval"
 
 def _sweeps() -> list[dict]:
     rng = random.Random(0)
-    return [{"concept": c, "method": m, "direction": d, "total_strength": s,
+    return [{"concept": c, "method": m, "sign": sg, "total_strength": s,
              "gap_shift": s * rng.uniform(0.5, 4.0)}
-            for c in CONCEPTS for m in METHODS for d in (1, -1)
+            for c in CONCEPTS for m in METHODS for sg in (1, -1)
             for s in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)]
 
 
 def _slopes() -> list[dict]:
     rng = random.Random(1)
-    return [{"concept": c, "method": m, "direction": d, "prompt": i, "slope": rng.gauss(1.0, 0.8)}
-            for c in CONCEPTS for m in METHODS for d in (1, -1) for i in range(30)]
+    return [{"concept": c, "method": m, "sign": sg, "prompt": i, "slope": rng.gauss(1.0, 0.8)}
+            for c in CONCEPTS for m in METHODS for sg in (1, -1) for i in range(30)]
 
 
 def _open_ended() -> list[dict]:
     rng = random.Random(2)
-    rows = [{"concept": c, "method": "base", "direction": 0, "ppl_median": 3.1, "embed_delta": 0.0}
+    rows = [{"concept": c, "method": "base", "sign": 0, "ppl_median": 3.1, "embed_delta": 0.0}
             for c in CONCEPTS]
-    rows += [{"concept": c, "method": m, "direction": d, "ppl_median": rng.uniform(3.2, 8.5),
+    rows += [{"concept": c, "method": m, "sign": sg, "ppl_median": rng.uniform(3.2, 8.5),
               "embed_delta": rng.uniform(-0.05, 0.6)}
-             for c in CONCEPTS for m in METHODS for d in (1, -1)]
+             for c in CONCEPTS for m in METHODS for sg in (1, -1)]
     return rows
 
 
@@ -52,11 +52,11 @@ def _long_form() -> list[dict]:
 
 def _fluency_sweep() -> list[dict]:
     rng = random.Random(4)
-    rows = [{"concept": c, "method": "base", "direction": 0, "total_strength": 0.0, "delta": 0.0,
+    rows = [{"concept": c, "method": "base", "sign": 0, "total_strength": 0.0, "delta": 0.0,
              "ppl_median": 4.2} for c in CONCEPTS]
-    rows += [{"concept": c, "method": m, "direction": d, "total_strength": s,
+    rows += [{"concept": c, "method": m, "sign": sg, "total_strength": s,
               "delta": s * rng.uniform(0.1, 0.5), "ppl_median": 4.2 * (1 + s * rng.uniform(0.2, 2.0))}
-             for c in CONCEPTS for m in ("caa-multi", "svf", "svf-precond") for d in (1, -1)
+             for c in CONCEPTS for m in ("caa-multi", "svf", "svf-precond") for sg in (1, -1)
              for s in (0.1, 0.2, 0.4, 0.8, 1.6)]
     return rows
 
@@ -107,7 +107,7 @@ def test_tick_labels_do_not_overlap(drawn):
 
 
 def _data_artists(fig):
-    """The plotted data: every line and patch drawn with a ``"<method> <direction>"`` gid."""
+    """The plotted data: every line and patch drawn with a ``"<method> <sign>"`` gid."""
     return [(ax, a) for ax in fig.axes for a in (*ax.lines, *ax.patches) if a.get_gid()]
 
 
@@ -127,24 +127,43 @@ def test_the_legend_is_clear_of_every_data_point(drawn):
                 assert not box.overlaps(artist.get_window_extent(renderer)), artist.get_gid()
 
 
-def test_the_two_directions_look_different(drawn):
-    name, fig, _ = drawn
-    by_direction: dict[str, set] = {"+1": set(), "-1": set()}
+def _looks(fig) -> dict[str, set]:
+    """Per sign (``+1``, ``-1``), the looks (marker or fill, line style) of its data."""
+    by_sign: dict[str, set] = {"+1": set(), "-1": set()}
     for _, artist in _data_artists(fig):
-        direction = artist.get_gid().rsplit(" ", 1)[1]
+        sign = artist.get_gid().rsplit(" ", 1)[1]
         if hasattr(artist, "get_marker"):
             look = (artist.get_marker(), artist.get_linestyle())
         else:
             look = (artist.get_fill(), artist.get_linestyle())
-        by_direction[direction].add(look)
-    if name == "long_form":  # long-form runs steer toward the concept only: one direction drawn
-        assert by_direction["+1"] and not by_direction["-1"]
+        by_sign[sign].add(look)
+    return by_sign
+
+
+def test_the_two_signs_look_different(drawn):
+    name, fig, _ = drawn
+    by_sign = _looks(fig)
+    if name == "long_form":  # long-form runs steer toward the concept only: one sign drawn
+        assert by_sign["+1"] and not by_sign["-1"]
         return
-    assert by_direction["+1"] and by_direction["-1"]
-    assert not by_direction["+1"] & by_direction["-1"]
+    assert by_sign["+1"] and by_sign["-1"]
+    assert not by_sign["+1"] & by_sign["-1"]
     if name in ("gap_vs_alpha", "open_ended"):
-        markers = [{m for m, _ in looks} for looks in by_direction.values()]
+        markers = [{m for m, _ in looks} for looks in by_sign.values()]
         assert len(markers[0]) == len(markers[1]) == 1 and markers[0] != markers[1]
+
+
+def test_a_direction_column_reads_as_the_sign():
+    """The reports committed under docs/eval*/ name the sign column ``direction``: their rows
+    draw as the same rows with ``sign`` do."""
+    renamed = [{("direction" if k == "sign" else k): v for k, v in r.items()} for r in _fluency_sweep()]
+    figs = [rp.draw_equal_fluency(rows) for rows in (_fluency_sweep(), renamed)]
+    try:
+        assert _looks(figs[0]) == _looks(figs[1])
+        assert [a.get_gid() for _, a in _data_artists(figs[0])] == [a.get_gid() for _, a in _data_artists(figs[1])]
+    finally:
+        for fig in figs:
+            rp.plt.close(fig)
 
 
 def test_replot_redraws_the_committed_reports(tmp_path):

@@ -14,9 +14,9 @@ from helpers import random_field, tiny_model
 
 import svf
 from svf.cli.commands import build_parser
-from svf.eval.methods import build_methods, steering, total_strength_unit
+from svf.eval.methods import build_methods, steer_by_method
 from svf.hf import decoder_layers
-from svf.steering_field import DEFAULT_STRENGTH, SteeringField
+from svf.steering_field import DEFAULT_STRENGTH, SteeringField, strength_scale
 from svf.training import TrainConfig
 
 LAYERS = (1, 2, 3)
@@ -68,16 +68,16 @@ def test_eval_total_strength_is_split_over_the_layers():
     model = tiny_model("llama")
     field = random_field(model, steer_layers=LAYERS)
     method = build_methods(field, LAYERS, LAYERS[0])["svf-shared"]
-    unit = total_strength_unit(field, LAYERS)
-    assert unit == pytest.approx(sum(field.mean_norm(i) for i in LAYERS) / len(LAYERS))
+    scale = strength_scale([field], LAYERS)
+    assert scale == pytest.approx(sum(field.mean_norm(i) for i in LAYERS) / len(LAYERS))
     T = 0.3
-    moved = _measure(model, steering(model, method, T, unit))
+    moved = _measure(model, steer_by_method(model, method, T, scale))
     assert sorted(moved) == list(LAYERS)
     for i in LAYERS:
-        torch.testing.assert_close(moved[i], torch.full_like(moved[i], T * unit / len(LAYERS)),
+        torch.testing.assert_close(moved[i], torch.full_like(moved[i], T * scale / len(LAYERS)),
                                    rtol=1e-5, atol=0)
     total = sum(moved.values())
-    torch.testing.assert_close(total, torch.full_like(total, T * unit), rtol=1e-5, atol=0)
+    torch.testing.assert_close(total, torch.full_like(total, T * scale), rtol=1e-5, atol=0)
 
 
 def test_defaults_agree_with_the_readme():

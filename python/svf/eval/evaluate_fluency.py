@@ -3,7 +3,7 @@
 Likelihood steerability does not charge for fluency, and a fixed strength is not a fair point
 of comparison (one method's direction may break the text at a strength where another's is
 still fluent). Here every method sweeps its total strength on *validation* prompts, both
-directions, recording the judge's shift toward the requested side, the shares of samples moved
+signs (+1 toward the concept, -1 away), recording the judge's shift toward the requested side, the shares of samples moved
 the right and wrong way, and the median perplexity of the continuations under the *unsteered*
 model. For each fluency budget (perplexity at most ``budget`` times the unsteered one, on
 validation), each method keeps the strength that moved the judge most within the budget
@@ -17,18 +17,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from svf_kernels import RowField
 
 from ..concepts import Concept
+from ..progress import progress_bar
 from ..steering_field import SteeringField
 from .continuations import sample
 from .evaluate_generation import Judge, judge_scores, median_perplexity
-from .methods import Method, steering
+from .methods import Method, steer_by_method
 from .metrics import moved_shares
 
-#: The SVF variants: (direction, closed-loop target probability or None).
+#: The SVF variants: (steering direction, closed loop at the target probability or not).
 SVF_VARIANTS = {
     "svf": ("gradient", None),
     "svf-precond": ("preconditioned", None),
@@ -67,22 +67,22 @@ def fluency_methods(shared: SteeringField, layers: Sequence[int], target: float,
 class _Runner:
     """Generates, judges and scores one prompt set under one method and strength."""
 
-    def __init__(self, model, tokenizer, unit: float, judge: Judge, s: FluencySettings,
+    def __init__(self, model, tokenizer, scale: float, judge: Judge, s: FluencySettings,
                  chat: bool | None, seed: int) -> None:
-        self.model, self.tokenizer, self.unit, self.judge = model, tokenizer, unit, judge
+        self.model, self.tokenizer, self.scale, self.judge = model, tokenizer, scale, judge
         self.kw = {"samples": s.samples, "max_new_tokens": s.max_new_tokens, "chat": chat, "seed": seed}
 
     def base(self, prompts: Sequence[str]) -> tuple[torch.Tensor, float]:
         cont = sample(self.model, self.tokenizer, prompts, **self.kw)
         return judge_scores(self.judge, cont), median_perplexity(self.model, cont)
 
-    def row(self, prompts: Sequence[str], method: Method, direction: int, total: float,
+    def row(self, prompts: Sequence[str], method: Method, sign: int, total: float,
             base: torch.Tensor) -> dict:
-        with steering(self.model, method, direction * total, self.unit):
+        with steer_by_method(self.model, method, sign * total, self.scale):
             cont = sample(self.model, self.tokenizer, prompts, **self.kw)
         scores = judge_scores(self.judge, cont)
-        shares = moved_shares(base, scores, direction)
-        return {"delta": direction * float(scores.mean() - base.mean()), "right": shares["right"],
+        shares = moved_shares(base, scores, sign)
+        return {"delta": sign * float(scores.mean() - base.mean()), "right": shares["right"],
                 "wrong": shares["wrong"], "ppl_median": median_perplexity(self.model, cont)}
 
 
@@ -93,60 +93,63 @@ def choose_strength(rows: Sequence[dict], base_ppl: float, budget: float) -> dic
     return max(ok, key=lambda r: (r["delta"], -r["total_strength"])) if ok else None
 
 
-def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Method], scale: float,
                   judge: Judge, settings: FluencySettings | None = None, *,
-                  chat: bool | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+                  chat: bool | None = None, seed: int = 0,
+                  progress: bool | None = None) -> tuple[list[dict], list[dict]]:
     """The validation sweep and the test rows at equal fluency for one concept.
 
-    Returns ``(sweep, chosen)``: ``sweep`` one row per method, direction and total strength on
-    validation prompts (plus the unsteered row); ``chosen`` one row per budget, direction and
-    method with the test-prompt measures at the strength kept on validation."""
+    Returns ``(sweep, chosen)``: ``sweep`` one row per method, sign and total strength on
+    validation prompts (plus the unsteered row); ``chosen`` one row per budget, sign and
+    method with the test-prompt measures at the strength kept on validation. ``progress``: the
+    bars' rule of :func:`svf.progress.progress_bar`."""
     s = settings or FluencySettings()
     val = concept.validation_prompts[: s.val_prompts]
     test = concept.test_prompts[: s.test_prompts]
-    run = _Runner(model, tokenizer, unit, judge, s, chat, seed)
+    run = _Runner(model, tokenizer, scale, judge, s, chat, seed)
     base_val, ppl_val = run.base(val)
     base_test, ppl_test = run.base(test)
-    sweep = [{"concept": concept.name, "method": "base", "direction": 0, "total_strength": 0.0,
+    sweep = [{"concept": concept.name, "method": "base", "sign": 0, "total_strength": 0.0,
               "delta": 0.0, "right": 0.0, "wrong": 0.0, "ppl_median": ppl_val, "n_prompts": len(val)}]
-    todo = [(m, d, t) for m in methods.values() for d in (1, -1) for t in s.total_strengths]
-    for method, direction, total in tqdm(todo, desc=f"equal fluency {concept.name}: validation"):
-        sweep.append({"concept": concept.name, "method": method.name, "direction": direction,
-                      "total_strength": total, **run.row(val, method, direction, total, base_val),
+    todo = [(m, sg, t) for m in methods.values() for sg in (1, -1) for t in s.total_strengths]
+    for method, sign, total in progress_bar(todo, desc=f"equal fluency {concept.name}: validation",
+                                            enabled=progress):
+        sweep.append({"concept": concept.name, "method": method.name, "sign": sign,
+                      "total_strength": total, **run.row(val, method, sign, total, base_val),
                       "n_prompts": len(val)})
     picks = []
     for budget in s.budgets:
-        for direction in (1, -1):
+        for sign in (1, -1):
             for name in methods:
-                rows = [r for r in sweep if r["method"] == name and r["direction"] == direction]
+                rows = [r for r in sweep if r["method"] == name and r["sign"] == sign]
                 best = choose_strength(rows, ppl_val, budget) or {"total_strength": 0.0, "delta": 0.0}
-                picks.append((budget, direction, name, best["total_strength"], best["delta"]))
+                picks.append((budget, sign, name, best["total_strength"], best["delta"]))
     measured: dict[tuple[str, int, float], dict] = {}
-    need = sorted({(n, d, t) for _, d, n, t, _ in picks if t > 0})
-    for name, direction, total in tqdm(need, desc=f"equal fluency {concept.name}: test"):
-        measured[(name, direction, total)] = run.row(test, methods[name], direction, total, base_test)
+    need = sorted({(n, sg, t) for _, sg, n, t, _ in picks if t > 0})
+    for name, sign, total in progress_bar(need, desc=f"equal fluency {concept.name}: test", enabled=progress):
+        measured[(name, sign, total)] = run.row(test, methods[name], sign, total, base_test)
     unmoved = {"delta": 0.0, "right": 0.0, "wrong": 0.0, "ppl_median": ppl_test}
-    chosen = [{"concept": concept.name, "budget": budget, "direction": direction, "method": name,
+    chosen = [{"concept": concept.name, "budget": budget, "sign": sign, "method": name,
                "total_strength": total, "val_delta": val_delta,
-               **measured.get((name, direction, total), unmoved), "base_ppl": ppl_test,
+               **measured.get((name, sign, total), unmoved), "base_ppl": ppl_test,
                "n_prompts": len(test)}
-              for budget, direction, name, total, val_delta in picks]
+              for budget, sign, name, total, val_delta in picks]
     return sweep, chosen
 
 
 def verdicts(chosen: Sequence[dict]) -> list[dict]:
-    """Per concept, budget and direction: the SVF variant and the CAA method that moved the
+    """Per concept, budget and sign: the SVF variant and the CAA method that moved the
     judge most on *validation* within the budget, their test shifts, and whether SVF moved the
     test text at least as far."""
     out = []
-    keys = sorted({(r["concept"], r["budget"], r["direction"]) for r in chosen})
-    for concept, budget, direction in keys:
-        rows = [r for r in chosen if (r["concept"], r["budget"], r["direction"]) == (concept, budget, direction)]
+    keys = sorted({(r["concept"], r["budget"], r["sign"]) for r in chosen})
+    for concept, budget, sign in keys:
+        rows = [r for r in chosen if (r["concept"], r["budget"], r["sign"]) == (concept, budget, sign)]
         svf = max((r for r in rows if r["method"].startswith("svf")), key=lambda r: r["val_delta"], default=None)
         caa = max((r for r in rows if r["method"].startswith("caa")), key=lambda r: r["val_delta"], default=None)
         if svf is None or caa is None:
             continue
-        out.append({"concept": concept, "budget": budget, "direction": direction,
+        out.append({"concept": concept, "budget": budget, "sign": sign,
                     "best_svf": svf["method"], "svf_delta": svf["delta"], "svf_ppl": svf["ppl_median"],
                     "caa_delta": caa["delta"], "caa_ppl": caa["ppl_median"],
                     "svf_at_least_caa": svf["delta"] >= caa["delta"]})

@@ -1,7 +1,7 @@
 """Open-ended, long-form and multi-attribute evaluation.
 
 Continuations are sampled under each method at *matched total displacement* (a total strength,
-split over the layers a method steers, :func:`svf.eval.methods.steering`), judged by judges
+split over the layers a method steers, :func:`svf.eval.methods.steer_by_method`), judged by judges
 independent of the steered model (scores in [-1, 1], + = the concept's positive side), and
 scored for fluency (perplexity under the *unsteered* model) and repetition (distinct-2).
 Total strengths are fixed in the configuration, the same for every method, so nothing here is
@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from statistics import median
 
 import torch
-from tqdm.auto import tqdm
 
 from ..concepts import Concept
+from ..progress import progress_bar
 from ..steering import steer
 from ..steering_field import SteeringField
 from .continuations import Continuations, perplexity, sample, token_nll
-from .methods import Method, steering
+from .methods import Method, layer_alpha, steer_by_method
 from .metrics import distinct_n, distinct_n_per_text, moved_shares, window_scores
 
 #: A judge maps texts to scores in [-1, 1] (+ = the concept's positive side).
@@ -45,55 +45,57 @@ def _fluency(model, cont: Continuations) -> dict:
             "mean_tokens": sum(len(t) for t in cont.tokens) / len(cont.tokens)}
 
 
-def _judged_row(base: Mapping[str, torch.Tensor], steered: Mapping[str, torch.Tensor], direction: int) -> dict:
+def _judged_row(base: Mapping[str, torch.Tensor], steered: Mapping[str, torch.Tensor], sign: int) -> dict:
     row = {}
     for name, s in steered.items():
-        shares = moved_shares(base[name], s, direction)
+        shares = moved_shares(base[name], s, sign)
         row[f"{name}_score"] = float(s.mean())
-        row[f"{name}_delta"] = direction * float(s.mean() - base[name].mean())
+        row[f"{name}_delta"] = sign * float(s.mean() - base[name].mean())
         row[f"{name}_right"] = shares["right"]
         row[f"{name}_wrong"] = shares["wrong"]
     return row
 
 
-def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+def open_ended(model, tokenizer, concept: Concept, methods: Mapping[str, Method], scale: float,
                total_strengths: Sequence[float], judges: Mapping[str, Judge], *,
                n_prompts: int | None = None, samples: int = 3, max_new_tokens: int = 48,
-               chat: bool | None = None, seed: int = 0, examples: list | None = None) -> list[dict]:
-    """Every method, both directions, every total strength, on the concept's first
-    ``n_prompts`` test prompts (all when None): per judge the mean score, the shift in the
-    requested direction, and the shares of samples moved the right / wrong way from their
-    prompt's unsteered mean; fluency and repetition."""
+               chat: bool | None = None, seed: int = 0, examples: list | None = None,
+               progress: bool | None = None) -> list[dict]:
+    """Every method, both signs (+1 toward the concept, -1 away), every total strength, on the
+    concept's first ``n_prompts`` test prompts (all when None): per judge the mean score, the
+    shift toward the requested side, and the shares of samples moved the right / wrong way from
+    their prompt's unsteered mean; fluency and repetition. ``progress``: the bar's rule of
+    :func:`svf.progress.progress_bar`."""
     prompts = concept.test_prompts[:n_prompts]
     kw = {"samples": samples, "max_new_tokens": max_new_tokens, "chat": chat, "seed": seed}
     base_cont = sample(model, tokenizer, prompts, **kw)
     base = {name: judge_scores(j, base_cont) for name, j in judges.items()}
-    rows = [{"concept": concept.name, "method": "base", "layers": "", "direction": 0, "total_strength": 0.0,
+    rows = [{"concept": concept.name, "method": "base", "layers": "", "sign": 0, "total_strength": 0.0,
              **{f"{name}_score": float(b.mean()) for name, b in base.items()},
              **_fluency(model, base_cont), "n_prompts": len(prompts),
              "samples": samples}]
     if examples is not None:
-        examples.append({"concept": concept.name, "method": "base", "direction": 0, "total_strength": 0.0,
+        examples.append({"concept": concept.name, "method": "base", "sign": 0, "total_strength": 0.0,
                          "prompt": prompts[0], "text": base_cont.texts[0]})
-    todo = [(m, d, s) for m in methods.values() if m.fields for d in (1, -1) for s in total_strengths]
-    for method, direction, total in tqdm(todo, desc=f"open-ended {concept.name}"):
-        with steering(model, method, direction * total, unit):
+    todo = [(m, sg, s) for m in methods.values() if m.fields for sg in (1, -1) for s in total_strengths]
+    for method, sign, total in progress_bar(todo, desc=f"open-ended {concept.name}", enabled=progress):
+        with steer_by_method(model, method, sign * total, scale):
             cont = sample(model, tokenizer, prompts, **kw)
         scores = {name: judge_scores(j, cont) for name, j in judges.items()}
         rows.append({"concept": concept.name, "method": method.name,
-                     "layers": "+".join(map(str, method.layers)), "direction": direction,
-                     "total_strength": total, **_judged_row(base, scores, direction),
+                     "layers": "+".join(map(str, method.layers)), "sign": sign,
+                     "total_strength": total, **_judged_row(base, scores, sign),
                      **_fluency(model, cont), "n_prompts": len(prompts), "samples": samples})
         if examples is not None:
-            examples.append({"concept": concept.name, "method": method.name, "direction": direction,
+            examples.append({"concept": concept.name, "method": method.name, "sign": sign,
                              "total_strength": total, "prompt": prompts[0], "text": cont.texts[0]})
     return rows
 
 
-def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method], unit: float,
+def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method], scale: float,
               total_strength: float, judge: Judge, *, refreshes: Sequence[int] = (1, 2, 4),
               n_prompts: int = 16, length: int = 256, window: int = 32, chat: bool | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, progress: bool | None = None) -> list[dict]:
     """``length``-token continuations (end of sequence suppressed) toward the concept at
     ``total_strength``, scored per ``window``-token window: judge score and unsteered
     perplexity, for the unsteered model, static CAA on the SVF layers, and shared-space SVF at
@@ -102,9 +104,9 @@ def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method],
     runs = [("base", methods["base"], 1), ("caa-multi", methods["caa-multi"], 1)]
     runs += [(f"svf-shared K={k}", methods["svf-shared"], k) for k in refreshes]
     rows = []
-    for label, method, k in tqdm(runs, desc=f"long-form {concept.name}"):
+    for label, method, k in progress_bar(runs, desc=f"long-form {concept.name}", enabled=progress):
         total = total_strength if method.fields else 0.0
-        with steering(model, method, total, unit, refresh=k):
+        with steer_by_method(model, method, total, scale, refresh=k):
             cont = sample(model, tokenizer, prompts, samples=1, max_new_tokens=length,
                           min_new_tokens=length, chat=chat, seed=seed)
         nll = token_nll(model, cont)
@@ -122,10 +124,10 @@ def long_form(model, tokenizer, concept: Concept, methods: Mapping[str, Method],
 
 
 def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layers: Sequence[int],
-                    unit: float, total_strength: float, judges: Mapping[str, Judge],
+                    scale: float, total_strength: float, judges: Mapping[str, Judge],
                     prompts: Sequence[str], *, combos: Sequence[Sequence[str]],
                     samples: int = 2, max_new_tokens: int = 48, chat: bool | None = None,
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, progress: bool | None = None) -> list[dict]:
     """Several concepts at once: SVF's softmin composition (DESIGN.md §2) against the sum of
     the concepts' unit CAA vectors, at the same total displacement; per component concept,
     its judge's shift toward it and the right/wrong shares; fluency and repetition."""
@@ -134,9 +136,9 @@ def multi_attribute(model, tokenizer, fields: Mapping[str, SteeringField], layer
     base = {c: judge_scores(judges[c], base_cont) for c in fields}
     rows = [{"combo": "", "method": "base", "total_strength": 0.0, **_fluency(model, base_cont),
              **{f"{c}_score": float(base[c].mean()) for c in fields}}]
-    per_layer = total_strength * unit / len(layers)  # as svf.eval.methods.steering splits it
+    per_layer = layer_alpha(total_strength, scale, len(layers))
     todo = [(combo, m) for combo in combos for m in ("svf", "caa")]
-    for combo, method in tqdm(todo, desc="multi-attribute"):
+    for combo, method in progress_bar(todo, desc="multi-attribute", enabled=progress):
         with steer(model, [fields[c] for c in combo], alpha=per_layer, layers=layers, method=method):
             cont = sample(model, tokenizer, prompts, **kw)
         row = {"combo": "+".join(combo), "method": "softmin-svf" if method == "svf" else "summed-caa",

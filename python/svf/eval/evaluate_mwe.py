@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import load_mwe, mwe_item_pairs, split
+from ..progress import progress_bar
+from ..steering_field import strength_scale
 from ..tokenization import encode_texts, pad_id
 from ..training import TrainConfig, train_field
-from .methods import Method, build_methods, steering, total_strength_unit
+from .methods import Method, build_methods, steer_by_method
 from .metrics import mcq_accuracy, mcq_gap, steerability
 
 __all__ = ["ab_gaps", "run_mwe"]
@@ -71,9 +72,9 @@ def ab_gaps(model: nn.Module, tokenizer, items: Sequence[Mapping[str, str]], *,
     return out
 
 
-def _gaps_at(model, tokenizer, items, method: Method, total_strength: float, unit: float,
+def _gaps_at(model, tokenizer, items, method: Method, total_strength: float, scale: float,
              batch_size: int) -> torch.Tensor:
-    with steering(model, method, total_strength, unit):
+    with steer_by_method(model, method, total_strength, scale):
         return ab_gaps(model, tokenizer, items, batch_size=batch_size)
 
 
@@ -81,10 +82,10 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
             train_layers: Sequence[int], steer_layers: Sequence[int],
             sweep: Sequence[float] = (0.05, 0.1, 0.2), n_items: int | None = None,
             train_config: TrainConfig | None = None, seed: int = 0, model_name: str = "",
-            batch_size: int = 16) -> list[dict]:
+            batch_size: int = 16, progress: bool | None = None) -> list[dict]:
     """Every behaviour, every steered method, toward the behaviour: one row per (behaviour,
     method) with the total strength chosen on validation and the test accuracy, shift, rates
-    and slope."""
+    and slope. ``progress``: the bar's rule of :func:`svf.progress.progress_bar`."""
     if not behaviors:
         raise ValueError("no behaviours")
     if not sweep or any(not s > 0 for s in sweep):
@@ -110,19 +111,19 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
                                 train_layers=train_layers, steer_layers=steer_layers,
                                 config=config, model_name=model_name, progress=False)
         methods = build_methods(shared, steer_layers, steer_layers[len(steer_layers) // 2])
-        unit = total_strength_unit(shared, steer_layers)
+        scale = strength_scale([shared], steer_layers)
         base_val = ab_gaps(model, tokenizer, val, batch_size=batch_size)
         base_test = ab_gaps(model, tokenizer, test, batch_size=batch_size)
         base_acc = mcq_accuracy(base_test)
         steered = [(name, m) for name, m in methods.items() if m.fields]
-        for name, method in tqdm(steered, desc=f"A/B {behavior}"):
-            shift = [float((_gaps_at(model, tokenizer, val, method, s, unit, batch_size)
+        for name, method in progress_bar(steered, desc=f"A/B {behavior}", enabled=progress):
+            shift = [float((_gaps_at(model, tokenizer, val, method, s, scale, batch_size)
                             - base_val).mean()) for s in sweep]
             best = float(sweep[max(range(len(sweep)), key=shift.__getitem__)])
             totals = [0.0, best / 2, best]
             test_gaps = torch.stack([base_test] + [
-                _gaps_at(model, tokenizer, test, method, s, unit, batch_size) for s in totals[1:]])
-            stats = steerability([abs(s) for s in totals], test_gaps, direction=1)
+                _gaps_at(model, tokenizer, test, method, s, scale, batch_size) for s in totals[1:]])
+            stats = steerability([abs(s) for s in totals], test_gaps, sign=1)
             rows.append({
                 "behavior": behavior, "method": name, "layers": "+".join(map(str, method.layers)),
                 "total_strength": best, "n_test": len(test), "base_accuracy": base_acc,

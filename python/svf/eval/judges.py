@@ -6,6 +6,8 @@
   nothing is downloaded). For sentiment it is trained on rt-polarity and cached once
   (:func:`load_embedding_judge`); for the other concepts on their contrastive pairs
   (:func:`train_pair_judge`).
+
+:func:`concept_judges` says which judges each concept of ``svf eval`` gets.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +34,7 @@ from ..arguments import (
     check_path,
     check_texts,
 )
+from ..concepts import Concept
 from ..hf import quiet_loading
 from ..optional import require
 
@@ -223,3 +226,17 @@ def load_embedding_judge(cache: Path | None = None) -> EmbeddingJudge:
     path.with_suffix(".json").write_text(json.dumps(
         {"heldout_accuracy": judge.heldout_accuracy, "n_train": judge.n_train, "n_heldout": judge.n_heldout}))
     return judge
+
+
+def concept_judges(concept: Concept) -> tuple[dict[str, Callable[[Sequence[str]], list[float]]], dict]:
+    """Judges independent of the steered model for ``concept`` (name -> texts to scores in
+    [-1, 1]; ``embed`` always), and their held-out accuracies: sentiment gets VADER and the
+    rt-polarity embedding classifier, other concepts an embedding classifier fitted on their
+    contrastive pairs."""
+    if concept.name == "sentiment":
+        judge = load_embedding_judge()
+        return {"embed": judge.score, "vader": vader_compound}, {"embed_heldout_accuracy": judge.heldout_accuracy,
+                                                                 "embed_n_heldout": judge.n_heldout}
+    judge = train_pair_judge(concept.pairs)
+    return {"embed": judge.score}, {"embed_heldout_accuracy": judge.heldout_accuracy,
+                                    "embed_n_heldout": judge.n_heldout}

@@ -2,11 +2,11 @@
 
 Every method is a map ``layer -> RowField`` plus the layers it steers; they differ only in the
 field. The evaluation compares methods at a ``total_strength`` T: a *total* displacement
-``T * unit`` (``unit``: the training residual norm without outlier dimensions, the robust
-strength unit of docs/STEERING.md, averaged over the steered layers), split evenly
-over a method's L layers (each moves ``T * unit / L``), so a 4-layer method does not get 4x the
-push of a 1-layer one. Negative T steers away from the concept. This differs from the per-layer
-``strength`` of :func:`svf.steer` (docs/STEERING.md).
+``T * scale`` (``scale``: :func:`svf.steering_field.strength_scale` of the concept's field over
+the evaluation's steering layers, the robust strength unit of docs/STEERING.md), split evenly
+over a method's L layers (each moves ``T * scale / L``, :func:`layer_alpha`), so a 4-layer
+method does not get 4x the push of a 1-layer one. Negative T steers away from the concept. This
+differs from the per-layer ``strength`` of :func:`svf.steer` (docs/STEERING.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from svf_kernels import RowField, SVFArgumentError
 
 from ..steering import Steering
-from ..steering_field import SteeringField, strength_scale
+from ..steering_field import SteeringField
 
 #: Display order: base (no steering), static vectors, KNN, then SVF variants.
 EVAL_METHODS = ("base", "caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared")
@@ -70,20 +70,18 @@ def build_methods(
     return {name: out[name] for name in EVAL_METHODS if name in out}
 
 
-def total_strength_unit(shared: SteeringField, layers: Sequence[int], unit: str | None = None) -> float:
-    """The training residual norm over ``layers`` (``unit``: ``robust``, without the outlier
-    dimensions, or ``mean_norm``; None: the field's own, robust for a trained field; averaged
-    over the layers): total strength 1.0 moves this far in total, summed over the steered
-    layers."""
-    return strength_scale([shared], layers, unit)
+def layer_alpha(total_strength: float, scale: float, n_layers: int) -> float:
+    """The displacement each of ``n_layers`` steered layers applies for ``total_strength``:
+    an equal share of ``total_strength * scale``."""
+    return total_strength * scale / n_layers
 
 
-def steering(model, method: Method, total_strength: float, unit: float, *, refresh: int = 1):
+def steer_by_method(model, method: Method, total_strength: float, scale: float, *, refresh: int = 1):
     """Context manager that steers ``model`` by ``method`` at total displacement
-    ``total_strength * unit``, each of its layers by an equal share (a no-op for ``base`` or
-    total strength 0); ``refresh``: recompute the direction every ``refresh`` generated tokens
-    (DESIGN.md §4)."""
+    ``total_strength * scale``, each of its layers by an equal share (:func:`layer_alpha`; a
+    no-op for ``base`` or total strength 0); ``refresh``: recompute the direction every
+    ``refresh`` generated tokens (DESIGN.md §4)."""
     if not method.fields or total_strength == 0:
         return nullcontext()
-    per_layer = total_strength * unit / len(method.fields)
+    per_layer = layer_alpha(total_strength, scale, len(method.fields))
     return Steering(model, dict(method.fields), dict.fromkeys(method.fields, per_layer), refresh=refresh)

@@ -39,15 +39,15 @@ def likelihood_gap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return pos.float().mean(1) - neg.float().mean(1)
 
 
-def _check_direction(direction: int) -> None:
-    if isinstance(direction, bool) or direction not in (1, -1):
-        raise SVFArgumentError(f"direction must be +1 or -1, got {direction}")
+def _check_sign(sign: int) -> None:
+    if isinstance(sign, bool) or sign not in (1, -1):
+        raise SVFArgumentError(f"sign must be +1 or -1, got {sign}")
 
 
-def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1) -> dict:
+def steerability(alphas: Sequence[float], gaps: torch.Tensor, sign: int = 1) -> dict:
     """Per-input response of the gap to steering strength, over a sweep that includes alpha = 0.
 
-    ``gaps[k, p]`` is prompt ``p``'s gap at strength ``alphas[k]``. Let ``d = direction`` (+1:
+    ``gaps[k, p]`` is prompt ``p``'s gap at strength ``alphas[k]``. Let ``d = sign`` (+1:
     steering is meant to raise the gap, -1: to lower it), ``a*`` the sweep's alpha of largest
     ``|alpha|``, and ``g(a)`` a prompt's gap at ``a`` (the mean, if ``a`` is repeated). Returns:
 
@@ -60,12 +60,12 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
     * ``anti_steerable``: share of prompts with ``d * slope < 0`` (strictly: flat is neither).
 
     Alphas are meant as strengths on one side of 0, normally magnitudes ``>= 0`` with the
-    requested movement given by ``direction`` (as :mod:`svf.eval.evaluate_likelihood` passes them);
+    requested movement given by ``sign`` (as :mod:`svf.eval.evaluate_likelihood` passes them);
     for a sweep of negative alphas the slope's sign is opposite to the shift's, so pass
     ``|alpha|``. ``ValueError`` when alpha = 0 is missing, alphas are not finite or fewer than
     two distinct, ``a*`` is ambiguous (``+a`` and ``-a`` both largest), or shapes disagree.
     """
-    _check_direction(direction)
+    _check_sign(sign)
     if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__iter__"):
         raise SVFArgumentError(f"alphas must be a sequence of numbers, got {type(alphas).__name__}")
     try:
@@ -97,12 +97,12 @@ def steerability(alphas: Sequence[float], gaps: torch.Tensor, direction: int = 1
     g = gaps.double()
     ac = a - a.mean()
     slope = (ac[:, None] * (g - g.mean(0))).sum(0) / ac.square().sum()
-    shift = direction * (g[at_top].mean(0) - g[at_zero].mean(0))
+    shift = sign * (g[at_top].mean(0) - g[at_zero].mean(0))
     return {
         "slope": slope.float(),
         "mean_slope": float(slope.mean()),
         "steerable_rate": float((shift > 0).double().mean()),
-        "anti_steerable": float((direction * slope < 0).double().mean()),
+        "anti_steerable": float((sign * slope < 0).double().mean()),
         "mean_shift": float(shift.mean()),
         "shift": shift.float(),
     }
@@ -201,16 +201,16 @@ def window_scores(token_ids: Sequence[int], window: int = 32) -> list[tuple[int,
 # Open-ended judge scores
 
 
-def moved_shares(base: torch.Tensor, steered: torch.Tensor, direction: int, eps: float = 1e-9) -> dict:
+def moved_shares(base: torch.Tensor, steered: torch.Tensor, sign: int, eps: float = 1e-9) -> dict:
     """Judge scores ``base [P, S0]`` (unsteered) and ``steered [P, S]``, S samples per prompt:
-    per prompt, the share of steered samples that moved in the requested direction from that
-    prompt's mean unsteered score (up for ``direction`` +1, down for -1), and the share moved
+    per prompt, the share of steered samples that moved toward the requested side from that
+    prompt's mean unsteered score (up for ``sign`` +1, down for -1), and the share moved
     the wrong way; ``|delta| <= eps`` counts as neither.
 
     Returns ``right`` / ``wrong`` (means over prompts) and ``right_per_prompt`` /
     ``wrong_per_prompt`` ``[P]``.
     """
-    _check_direction(direction)
+    _check_sign(sign)
     _tensor(base, "base")
     _tensor(steered, "steered")
     if base.dim() != 2 or steered.dim() != 2 or base.shape[0] != steered.shape[0]:
@@ -222,7 +222,7 @@ def moved_shares(base: torch.Tensor, steered: torch.Tensor, direction: int, eps:
         raise SVFArgumentError(f"eps must be finite and >= 0, got {eps}")
     if not (torch.isfinite(base).all() and torch.isfinite(steered).all()):
         raise SVFArgumentError("base or steered scores contain NaN or infinite values")
-    delta = direction * (steered.double() - base.double().mean(1, keepdim=True))
+    delta = sign * (steered.double() - base.double().mean(1, keepdim=True))
     right = (delta > eps).double().mean(1)
     wrong = (delta < -eps).double().mean(1)
     return {"right": float(right.mean()), "wrong": float(wrong.mean()),

@@ -2,7 +2,7 @@
 reading the rows the evaluation wrote to CSV, so a figure can be redrawn from the CSV alone
 (:func:`replot`).
 
-In every figure a method keeps one color in all panels, the two directions (``+`` toward the
+In every figure a method keeps one color in all panels, the two signs (``+`` toward the
 concept, ``-`` away) have their own marker and line style, tick labels are plain decimals
 (``0.2``, ``4``, never ``4×10⁰``) and the legend sits outside the panels, clear of the data.
 """
@@ -30,17 +30,20 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-#: Marker, line style and legend label of each direction.
-DIRECTIONS = {
+#: Marker, line style and legend label of each sign.
+SIGNS = {
     1: {"marker": "^", "linestyle": "-", "label": "+ toward the concept"},
     -1: {"marker": "v", "linestyle": "--", "label": "− away from it"},
 }
 LEGEND_WIDTH = 1.9  # inches added to a figure for the legend at its right
 
 
-def _direction(row: dict) -> int:
-    """The row's direction (+1 or -1); tables without the column steer toward the concept."""
-    return -1 if int(float(row.get("direction") or 1)) < 0 else 1
+def _sign(row: dict) -> int:
+    """The row's sign (+1 toward the concept or -1 away): its ``sign`` column, or ``direction``
+    in reports that name the column so (the committed ones under docs/eval*/); tables without
+    either steer toward the concept."""
+    value = row["sign"] if "sign" in row else row.get("direction")
+    return -1 if int(float(value or 1)) < 0 else 1
 
 
 def _total_strength(row: dict) -> float:
@@ -74,12 +77,12 @@ def _method_handles(colors: dict[str, tuple]) -> list:
     return [Line2D([], [], color=c, lw=2, label=name) for name, c in colors.items()]
 
 
-def _direction_handles(directions: Iterable[int], lines: bool = True) -> list:
-    """Legend entries of the directions present: their marker (and line style if ``lines``)."""
-    return [Line2D([], [], color="0.35", marker=DIRECTIONS[d]["marker"],
-                   linestyle=DIRECTIONS[d]["linestyle"] if lines else "",
-                   label=DIRECTIONS[d]["label"])
-            for d in sorted(set(directions), reverse=True)]
+def _sign_handles(signs: Iterable[int], lines: bool = True) -> list:
+    """Legend entries of the signs present: their marker (and line style if ``lines``)."""
+    return [Line2D([], [], color="0.35", marker=SIGNS[sg]["marker"],
+                   linestyle=SIGNS[sg]["linestyle"] if lines else "",
+                   label=SIGNS[sg]["label"])
+            for sg in sorted(set(signs), reverse=True)]
 
 
 def _plain_log(axis: Axis) -> None:
@@ -103,9 +106,9 @@ def _strength_ticks(ax: Axes, values: Iterable[float], min_gap: float = 0.125) -
 
 
 def draw_gap_vs_alpha(sweeps: Sequence[dict]) -> Figure:
-    """Validation mean gap shift (in the requested direction) against total strength, a line per
-    method and direction, a panel per concept (rows: concept, method, total_strength, gap_shift,
-    optionally direction)."""
+    """Validation mean gap shift (toward the requested side) against total strength, a line per
+    method and sign, a panel per concept (rows: concept, method, total_strength, gap_shift,
+    optionally sign)."""
     concepts = sorted({r["concept"] for r in sweeps})
     colors = _colors(r["method"] for r in sweeps)
     fig, (axes,) = _figure(len(concepts))
@@ -113,19 +116,19 @@ def draw_gap_vs_alpha(sweeps: Sequence[dict]) -> Figure:
         lines = defaultdict(list)
         for r in sweeps:
             if r["concept"] == concept:
-                lines[r["method"], _direction(r)].append(
+                lines[r["method"], _sign(r)].append(
                     (_total_strength(r), float(r["gap_shift"])))
-        for (method, direction), pts in sorted(lines.items()):
+        for (method, sign), pts in sorted(lines.items()):
             pts = sorted(pts + [(0.0, 0.0)])
-            style = DIRECTIONS[direction]
+            style = SIGNS[sign]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[method],
                     marker=style["marker"], linestyle=style["linestyle"],
-                    gid=f"{method} {direction:+d}")
+                    gid=f"{method} {sign:+d}")
         _strength_ticks(ax, [_total_strength(r) for r in sweeps if r["concept"] == concept])
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(title=concept, xlabel="total strength (x mean residual norm)",
                ylabel="mean gap shift vs unsteered (validation)")
-    _legend(fig, _method_handles(colors) + _direction_handles(_direction(r) for r in sweeps))
+    _legend(fig, _method_handles(colors) + _sign_handles(_sign(r) for r in sweeps))
     return fig
 
 
@@ -136,7 +139,7 @@ def draw_slope_histograms(slopes: Sequence[dict],
                           pairs: Sequence[tuple[str, str]] = SLOPE_PAIRS) -> Figure:
     """Per-input test slopes (gap over total strength, toward the concept), SVF against CAA, a
     panel per concept and pair; ``+`` filled, ``-`` dashed outlines (rows: concept, method,
-    direction, slope)."""
+    sign, slope)."""
     np = require("numpy", "eval")
     concepts = sorted({r["concept"] for r in slopes})
     panels = [(c, p) for c in concepts for p in pairs]
@@ -146,26 +149,26 @@ def draw_slope_histograms(slopes: Sequence[dict],
         groups = defaultdict(list)
         for r in slopes:
             if r["concept"] == concept and r["method"] in pair:
-                groups[r["method"], _direction(r)].append(float(r["slope"]))
+                groups[r["method"], _sign(r)].append(float(r["slope"]))
         values = [v for vals in groups.values() for v in vals]
         bins = np.histogram_bin_edges(values or [0.0], bins=20)
         both = len({d for _, d in groups}) > 1
         counts = []
-        for (method, direction), vals in sorted(groups.items(),
+        for (method, sign), vals in sorted(groups.items(),
                                                 key=lambda g: (-g[0][1], pair.index(g[0][0]))):
-            if direction > 0:
+            if sign > 0:
                 ax.hist(vals, bins=bins, alpha=0.55, color=colors[method], gid=f"{method} +1")
             else:
                 ax.hist(vals, bins=bins, histtype="step", linestyle="--", lw=1.5,
                         color=colors[method], gid=f"{method} -1")
-            sign = ("+" if direction > 0 else "−") if both else ""
-            counts.append(f"{method}{sign} {sum(v < 0 for v in vals)}/{len(vals)}")
+            mark = ("+" if sign > 0 else "−") if both else ""
+            counts.append(f"{method}{mark} {sum(v < 0 for v in vals)}/{len(vals)}")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(f"{concept}: {pair[0]} vs {pair[1]}\nslopes < 0: " + ", ".join(counts),
                      fontsize=9)
         ax.set(xlabel="per-prompt slope of gap over total strength", ylabel="prompts")
     handles = [Patch(color=c, alpha=0.55, label=m) for m, c in colors.items()]
-    if any(_direction(r) < 0 for r in slopes):
+    if any(_sign(r) < 0 for r in slopes):
         handles += [Patch(facecolor="0.6", label="+ toward the concept"),
                     Patch(fill=False, edgecolor="0.3", linestyle="--", label="− away from it")]
     _legend(fig, handles)
@@ -174,7 +177,7 @@ def draw_slope_histograms(slopes: Sequence[dict],
 
 def draw_long_form_curves(rows: Sequence[dict]) -> Figure:
     """Judge score and unsteered perplexity per 32-token window, a line per run (rows: concept,
-    run, window, start, score, ppl_median, optionally direction)."""
+    run, window, start, score, ppl_median, optionally sign)."""
     concepts = sorted({r["concept"] for r in rows})
     colors = _colors(r["run"] for r in rows)
     fig, (top, bottom) = _figure(len(concepts), width=5.5, height=3.5, rows=2)
@@ -182,26 +185,26 @@ def draw_long_form_curves(rows: Sequence[dict]) -> Figure:
         runs = defaultdict(list)
         for r in rows:
             if r["concept"] == concept:
-                runs[r["run"], _direction(r)].append(
+                runs[r["run"], _sign(r)].append(
                     (int(r["start"]), float(r["score"]), float(r["ppl_median"])))
-        for (run, direction), pts in sorted(runs.items()):
+        for (run, sign), pts in sorted(runs.items()):
             pts.sort()
-            style = {k: v for k, v in DIRECTIONS[direction].items() if k != "label"}
+            style = {k: v for k, v in SIGNS[sign].items() if k != "label"}
             for ax, col in ((top[j], 1), (bottom[j], 2)):
                 ax.plot([p[0] for p in pts], [p[col] for p in pts], color=colors[run],
-                        gid=f"{run} {direction:+d}", **style)
+                        gid=f"{run} {sign:+d}", **style)
         top[j].set(title=f"{concept}: judge score per window", ylabel="judge score (+ = concept)")
         bottom[j].set(xlabel="window start (generated tokens)",
                       ylabel="median perplexity (unsteered)")
         bottom[j].set_yscale("log")
         _plain_log(bottom[j].yaxis)
-    _legend(fig, _method_handles(colors) + _direction_handles(_direction(r) for r in rows))
+    _legend(fig, _method_handles(colors) + _sign_handles(_sign(r) for r in rows))
     return fig
 
 
 def draw_open_ended_tradeoff(rows: Sequence[dict], judge: str = "embed") -> Figure:
-    """Score shift in the requested direction against median perplexity, a point per method,
-    direction and total strength; a panel per concept."""
+    """Score shift toward the requested side against median perplexity, a point per method,
+    sign and total strength; a panel per concept."""
     concepts = sorted({r["concept"] for r in rows})
     steered = [r for r in rows if r["method"] != "base"]
     colors = _colors(r["method"] for r in steered)
@@ -213,36 +216,36 @@ def draw_open_ended_tradeoff(rows: Sequence[dict], judge: str = "embed") -> Figu
         groups = defaultdict(list)
         for r in steered:
             if r["concept"] == concept:
-                groups[r["method"], _direction(r)].append(
+                groups[r["method"], _sign(r)].append(
                     (float(r["ppl_median"]), float(r[f"{judge}_delta"])))
-        for (method, direction), pts in sorted(groups.items()):
+        for (method, sign), pts in sorted(groups.items()):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="",
-                    marker=DIRECTIONS[direction]["marker"], markersize=6, color=colors[method],
-                    gid=f"{method} {direction:+d}")
+                    marker=SIGNS[sign]["marker"], markersize=6, color=colors[method],
+                    gid=f"{method} {sign:+d}")
         ax.axhline(0, color="k", lw=0.5)
         ax.set(title=concept, xlabel="median perplexity under the unsteered model",
-               ylabel=f"{judge} judge shift, requested direction")
+               ylabel=f"{judge} judge shift, requested side")
         ax.set_xscale("log")
         _plain_log(ax.xaxis)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=m)
                for m, c in colors.items()]
-    handles += _direction_handles((_direction(r) for r in steered), lines=False)
+    handles += _sign_handles((_sign(r) for r in steered), lines=False)
     handles.append(Line2D([], [], color="grey", lw=0.8, ls="--", label="unsteered perplexity"))
     _legend(fig, handles)
     return fig
 
 
 def draw_equal_fluency(sweep: Sequence[dict], budgets: Sequence[float] = (1.25, 1.5)) -> Figure:
-    """The validation sweep of the equal-fluency comparison: judge shift in the requested
-    direction against median perplexity, a line per method through its total strengths; a
-    panel per concept (columns) and direction (rows); the unsteered perplexity and the fluency
+    """The validation sweep of the equal-fluency comparison: judge shift toward the requested
+    side against median perplexity, a line per method through its total strengths; a
+    panel per concept (columns) and sign (rows); the unsteered perplexity and the fluency
     budgets as vertical lines."""
     concepts = sorted({r["concept"] for r in sweep})
     steered = [r for r in sweep if r["method"] != "base"]
     colors = _colors(r["method"] for r in steered)
-    directions = sorted({_direction(r) for r in steered}, reverse=True)
-    fig, axes = _figure(len(concepts), rows=len(directions))
-    for row, direction in zip(axes, directions):
+    signs = sorted({_sign(r) for r in steered}, reverse=True)
+    fig, axes = _figure(len(concepts), rows=len(signs))
+    for row, sign in zip(axes, signs):
         for ax, concept in zip(row, concepts):
             base = [r for r in sweep if r["concept"] == concept and r["method"] == "base"]
             if base:
@@ -252,19 +255,19 @@ def draw_equal_fluency(sweep: Sequence[dict], budgets: Sequence[float] = (1.25, 
                     ax.axvline(ppl * float(b), color="grey", lw=0.6, ls=":")
             groups = defaultdict(list)
             for r in steered:
-                if r["concept"] == concept and _direction(r) == direction:
+                if r["concept"] == concept and _sign(r) == sign:
                     groups[r["method"]].append((_total_strength(r), float(r["ppl_median"]), float(r["delta"])))
             for method, pts in sorted(groups.items()):
                 pts.sort()
                 ax.plot([p[1] for p in pts], [p[2] for p in pts], color=colors[method], lw=1.5,
-                        marker=DIRECTIONS[direction]["marker"], markersize=5, gid=f"{method} {direction:+d}")
+                        marker=SIGNS[sign]["marker"], markersize=5, gid=f"{method} {sign:+d}")
             ax.axhline(0, color="k", lw=0.5)
-            ax.set(title=f"{concept} ({'+' if direction > 0 else '−'})",
+            ax.set(title=f"{concept} ({'+' if sign > 0 else '−'})",
                    xlabel="median perplexity under the unsteered model",
-                   ylabel="judge shift, requested direction")
+                   ylabel="judge shift, requested side")
             ax.set_xscale("log")
             _plain_log(ax.xaxis)
-    handles = _method_handles(colors) + _direction_handles(directions, lines=False)
+    handles = _method_handles(colors) + _sign_handles(signs, lines=False)
     handles += [Line2D([], [], color="grey", lw=0.8, ls="--", label="unsteered perplexity"),
                 Line2D([], [], color="grey", lw=0.6, ls=":", label="fluency budgets")]
     _legend(fig, handles)

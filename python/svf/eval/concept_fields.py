@@ -1,0 +1,79 @@
+"""One concept's fields and methods for ``svf eval``: trained once per concept, before its stages.
+
+:func:`prepare` trains the shared field and the per-layer independent scorers, builds the KNN
+banks and every method (:mod:`svf.eval.methods`), and chooses the single layer of the one-layer
+methods on validation prompts (:func:`choose_layer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..concepts import Concept
+from ..steering_field import SteeringField, strength_scale
+from ..training import pair_features, train_field
+from .evaluate_likelihood import gaps
+from .knn_field import KNNField
+from .methods import Method, build_methods
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
+
+
+def choose_layer(model, tokenizer, concept: Concept, per_layer: dict[int, Method], scale: float,
+                 total_strength: float, chat: bool) -> int:
+    """The layer whose one-layer method moves the validation gap most (toward the concept) at
+    ``total_strength``."""
+    val = concept.validation_prompts
+    base = gaps(model, tokenizer, concept, val, Method("base", {}), [0.0], scale, chat=chat)[0]
+    shift = {i: float((gaps(model, tokenizer, concept, val, m, [total_strength], scale, chat=chat)[0]
+                       - base).mean())
+             for i, m in per_layer.items()}
+    return max(shift, key=shift.get)
+
+
+@dataclass
+class Prepared:
+    """One concept's trained fields and methods, and the choices made on validation.
+
+    ``scale``: what a total strength multiplies (:func:`svf.steering_field.strength_scale` of
+    the shared field over the steering layers); ``info``: the choices, written to
+    ``<concept>_choices.json`` (``scale`` under the key ``unit``)."""
+
+    methods: dict[str, Method]
+    scale: float
+    shared: SteeringField
+    info: dict
+
+
+def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "") -> Prepared:
+    """Train the shared field and the per-layer independent scorers, build the KNN banks and
+    every method; the single layer of one-layer methods is chosen on validation prompts."""
+    feats = pair_features(model, tokenizer, concept.pairs, cfg.train_layers, cfg.train, progress=False)
+    shared, report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
+                                 train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
+                                 config=cfg.train, model_name=model_name, progress=False, features=feats)
+    independent: dict[int, SteeringField] = {}
+    for i in cfg.steer_layers:
+        independent[i], _ = train_field(model, tokenizer, concept.pairs, concept=concept.name,
+                                        train_layers=[i], steer_layers=[i], config=cfg.train,
+                                        model_name=model_name, progress=False, features=feats)
+    # KNN banks: every pair's positive text, the same activations (last token, layer output)
+    device = next(model.parameters()).device
+    positives = torch.cat([f.pos for f in (feats.train, feats.val, feats.test)])
+    knn = {i: KNNField(positives[:, cfg.train_layers.index(i)], k=cfg.knn_k).to(device) for i in cfg.steer_layers}
+    scale = strength_scale([shared], cfg.steer_layers)
+    mid = cfg.sweep[len(cfg.sweep) // 2]
+    layer_caa = choose_layer(model, tokenizer, concept,
+                             {i: Method("caa-1", {i: shared.row_field(i, "caa")}) for i in cfg.steer_layers},
+                             scale, mid, cfg.chat)
+    layer_svf = choose_layer(model, tokenizer, concept,
+                             {i: Method("svf-1", {i: shared.row_field(i, "svf")}) for i in cfg.steer_layers},
+                             scale, mid, cfg.chat)
+    methods = build_methods(shared, cfg.steer_layers, layer_svf, independent=independent, knn=knn)
+    methods["caa-1"] = Method("caa-1", {layer_caa: shared.row_field(layer_caa, "caa")})
+    info = {"train_report": report.as_dict(), "caa_1_layer": layer_caa, "svf_1_layer": layer_svf, "unit": scale}
+    return Prepared(methods, scale, shared, info)

@@ -1,6 +1,7 @@
 """``vllm serve`` with the plugin on 127.0.0.1, called through the ``openai`` client as users
 call it: steered and unsteered completions and chats, malformed steering answered with HTTP
-400 naming the problem, and the server stopped with nothing left behind."""
+400 naming the problem. The server fixture's teardown checks that it stopped with nothing left
+behind (every test selection and order ends with that check)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,18 @@ def _alive(pgid: int) -> bool:
         return False
 
 
+def _port_taken(port: int) -> bool:
+    """Whether something still listens on ``port`` (closed connections waiting out TIME_WAIT
+    do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return False
+        except OSError:
+            return True
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, default_model_dir):
     folder = tmp_path_factory.mktemp("vllm-serve")
@@ -69,25 +82,27 @@ def server(tmp_path_factory, default_model_dir):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=engine_env(VLLM_ENABLE_V1_MULTIPROCESSING="1"),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    stopped: dict = {}
 
     def stop() -> dict:
-        """SIGTERM to the server's process group (SIGKILL after 30 s); what it left behind."""
-        if not stopped:
-            _signal(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _signal(proc.pid, signal.SIGKILL)
-                proc.wait()
-            deadline = time.monotonic() + 15
-            while _alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            stopped["leftover_processes"] = _alive(proc.pid)
+        """SIGTERM to the server's process group (SIGKILL after 30 s); what it left behind,
+        which is then removed."""
+        stopped = {"needed_sigkill": False}
+        _signal(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stopped["needed_sigkill"] = True
             _signal(proc.pid, signal.SIGKILL)
-            stopped["shm"] = sorted(_shm() - before)
-            for name in stopped["shm"]:
-                Path("/dev/shm", name).unlink(missing_ok=True)
+            proc.wait()
+        deadline = time.monotonic() + 15
+        while _alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stopped["leftover_processes"] = _alive(proc.pid)
+        _signal(proc.pid, signal.SIGKILL)
+        stopped["port_taken"] = _port_taken(port)
+        stopped["shm"] = sorted(_shm() - before)
+        for name in stopped["shm"]:
+            Path("/dev/shm", name).unlink(missing_ok=True)
         return stopped
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120,
@@ -102,9 +117,16 @@ def server(tmp_path_factory, default_model_dir):
                 break
             except openai.APIConnectionError:
                 time.sleep(1)
-        yield {"client": client, "fields": fields, "log": log, "stop": stop}
+        yield {"client": client, "fields": fields, "log": log}
     finally:
-        stop()
+        stopped = stop()
+    # Teardown after the module's last test, whichever tests ran and in whatever order (a
+    # failed start raised above and skips this): SIGTERM stops every process of the server and
+    # its engine, frees the port, and leaves no shared-memory file.
+    assert not stopped["needed_sigkill"], "vllm serve did not exit within 30 s of SIGTERM"
+    assert not stopped["leftover_processes"], "vllm serve left processes after SIGTERM"
+    assert not stopped["port_taken"], f"port {port} still taken after vllm serve stopped"
+    assert not stopped["shm"], f"vllm serve left shared memory: {stopped['shm']}"
 
 
 def _complete(client, xargs=None, prompt=PROMPT) -> str:
@@ -161,11 +183,3 @@ def test_malformed_steering_is_a_400_naming_the_problem(server, xargs, needle):
     assert info.value.status_code == 400
     assert needle in str(info.value), str(info.value)
     assert _complete(server["client"], {"svf_field": "a", "svf_strength": 5})  # still serving
-
-
-def test_server_stops_clean(server):
-    """Runs last in this module: SIGTERM stops every process of the server and its engine,
-    and no shared-memory file stays."""
-    stopped = server["stop"]()
-    assert not stopped["leftover_processes"], "vllm serve left processes after SIGTERM"
-    assert not stopped["shm"], f"vllm serve left shared memory: {stopped['shm']}"

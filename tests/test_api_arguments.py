@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import svf
 from svf import SteeringField, SVFArgumentError, TrainConfig
 from svf.artifacts import ArtifactError
+from svf.field_packing import row_field
 from svf.generation import format_prompts
 from svf.scorer import ScorerConfig
 from svf.training import pair_features
@@ -312,9 +313,9 @@ def test_saving_a_broken_field_writes_nothing(setup, tmp_path):
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda f: f.row_field(9), "layer 9 is not in the scorer's training layers"),
-    (lambda f: f.row_field("1"), "layer '1' is not in the scorer's training layers"),
-    (lambda f: f.row_field(1, method="knn"), "method must be 'svf' or 'caa'"),
+    (lambda f: row_field([f], 9), "layer 9 is not in the scorer's training layers"),
+    (lambda f: row_field([f], "1"), "layer '1' is not in the scorer's training layers"),
+    (lambda f: row_field([f], 1, method="knn"), r"method must be one of \('svf', 'caa'\), got 'knn'"),
     (lambda f: f.mean_norm(-1), "layer -1 is not"),
     (lambda f: f.caa_vector(4), "layer 4 is not"),
 ])

@@ -5,6 +5,7 @@ import torch
 from helpers import random_field, tiny_model
 
 import svf
+from svf.field_packing import row_field
 from svf.hf import decoder_layers
 from svf.steering import Steering, steer
 from svf_kernels import FusedSteeringField, SVFArgumentError
@@ -277,7 +278,7 @@ def test_attach_refuses_a_model_of_another_size(tiny):
     small = tiny_model(kind, vocab_size=model.config.vocab_size, d=32)
     with pytest.raises(SVFArgumentError,
                        match="the field at layer 1 is for hidden_size 64 but the model has 32"):
-        Steering(small, {1: random_field(model).row_field(1)}, {1: 1.0})
+        Steering(small, {1: row_field([random_field(model)], 1)}, {1: 1.0})
 
 
 def test_set_row_inputs_updates_the_attached_wrapper(tiny):

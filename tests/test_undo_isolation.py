@@ -65,6 +65,7 @@ import svf
 import svf.steering as steering_module
 from svf import SVFArgumentError
 from svf.batch_steering import BatchSteering
+from svf.field_packing import row_field
 from svf.hf import decoder_layers
 from svf.steering import Steering
 from svf_kernels import FusedSteeringField, RowField
@@ -309,7 +310,7 @@ def test_snapshot_detects_every_kind_of_change(char_tok):
     assert changed(lambda: h.append(torch.nn.modules.module.register_module_forward_hook(lambda *a: None)),
                    lambda: h.pop().remove())
     original = decoder_layers(model)[0]
-    wrapper = FusedSteeringField(original, random_field(model).row_field(0), 1.0)
+    wrapper = FusedSteeringField(original, row_field([random_field(model)], 0), 1.0)
 
     def put(m):
         decoder_layers(model)[0] = m

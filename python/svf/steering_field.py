@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from svf_kernels import PackedField, RowField, StaticVector, SVFArgumentError
+from svf_kernels import SVFArgumentError
 
 from . import artifacts
 from .scorer import DIRECTIONS, ConceptScorer, ScorerConfig
@@ -55,8 +55,8 @@ def strength_scale(fields: Sequence[SteeringField], layers: int | Sequence[int],
     norm (``robust`` or ``mean_norm``) averaged over ``fields`` and ``layers``.
 
     The one rule for strengths: :func:`svf.steer` and :func:`svf.steer_requests` call it per
-    layer for the concepts of an entry; the evaluation calls it over a method's steered layers
-    for its total strength. ``unit`` None: ``robust`` when every field stores robust norms,
+    layer for the concepts of an entry; the evaluation calls it once over its steering layers
+    for the scale of its total strengths. ``unit`` None: ``robust`` when every field stores robust norms,
     else ``mean_norm``.
     """
     check_unit(unit)
@@ -143,19 +143,6 @@ class SteeringField:
     def caa_vector(self, layer: int) -> torch.Tensor:
         """CAA direction (positive mean minus negative mean) at ``layer``."""
         return self.caa[self.scorer.layer_position(layer)]
-
-    def row_field(self, layer: int, method: str = "svf", *, direction: str = "gradient",
-                  target: float | None = None, **kwargs: Any) -> RowField:
-        """The per-layer field: ``svf`` (folded scorer, along ``direction``, closed-loop when
-        ``target`` is a probability) or ``caa`` (static vector)."""
-        if method == "svf":
-            check_target(target, "target")
-            f = self.fold(layer, direction)
-            return PackedField(f.A, f.c, f.w2, f.b2, eps=self.scorer.config.eps, B=f.B,
-                               target=None if target is None else target_score(target), **kwargs)
-        if method == "caa":
-            return StaticVector(self.caa_vector(layer))
-        raise SVFArgumentError(f"method must be 'svf' or 'caa', got {method!r}")
 
     # ---- artifacts -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -27,14 +27,15 @@ class Backend:
 
     ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, field_ids, B, target, band)``
     serves both ops: one field (``field_ids`` None) and the field table (``A [F, C, m, d]``,
-    ``rows`` None).
+    ``rows`` None). ``why_unavailable()`` says why it cannot run here, asked when needed so the
+    reason is current.
     """
 
     name: str
     device_types: tuple[str, ...]
     impl: Callable[..., torch.Tensor]
     available: Callable[[], bool]
-    why_unavailable: str = ""
+    why_unavailable: Callable[[], str] = lambda: ""
 
 
 # Later registrations take precedence: compiled kernels register after the torch reference.
@@ -84,7 +85,7 @@ def _choose(device: torch.device, requested: str) -> Backend:
         if not backend.available():
             raise SVFArgumentError(
                 f"SVF_BACKEND={requested!r} is not available here"
-                + (f": {backend.why_unavailable}" if backend.why_unavailable else "")
+                + (f": {why}" if (why := backend.why_unavailable()) else "")
             )
         if device.type not in backend.device_types:
             raise SVFArgumentError(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..concepts import Concept
+from ..field_packing import row_field
 from ..steering_field import SteeringField, strength_scale
 from ..training import pair_features, train_field
 from .evaluate_likelihood import gaps
@@ -68,12 +69,12 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
     scale = strength_scale([shared], cfg.steer_layers)
     mid = cfg.sweep[len(cfg.sweep) // 2]
     layer_caa = choose_layer(model, tokenizer, concept,
-                             {i: Method("caa-1", {i: shared.row_field(i, "caa")}) for i in cfg.steer_layers},
+                             {i: Method("caa-1", {i: row_field([shared], i, "caa")}) for i in cfg.steer_layers},
                              scale, mid, cfg.chat)
     layer_svf = choose_layer(model, tokenizer, concept,
-                             {i: Method("svf-1", {i: shared.row_field(i, "svf")}) for i in cfg.steer_layers},
+                             {i: Method("svf-1", {i: row_field([shared], i, "svf")}) for i in cfg.steer_layers},
                              scale, mid, cfg.chat)
     methods = build_methods(shared, cfg.steer_layers, layer_svf, independent=independent, knn=knn)
-    methods["caa-1"] = Method("caa-1", {layer_caa: shared.row_field(layer_caa, "caa")})
+    methods["caa-1"] = Method("caa-1", {layer_caa: row_field([shared], layer_caa, "caa")})
     info = {"train_report": report.as_dict(), "caa_1_layer": layer_caa, "svf_1_layer": layer_svf, "unit": scale}
     return Prepared(methods, scale, shared, info)

@@ -21,6 +21,7 @@ import torch
 from svf_kernels import RowField
 
 from ..concepts import Concept
+from ..field_packing import row_field
 from ..progress import progress_bar
 from ..steering_field import SteeringField
 from .continuations import sample
@@ -54,12 +55,12 @@ def fluency_methods(shared: SteeringField, layers: Sequence[int], target: float,
                     knn: Mapping[int, RowField] | None = None) -> dict[str, Method]:
     """CAA on the SVF layers, KNN (when given) and the four SVF variants (plain and
     preconditioned direction, each open and closed loop at ``target``)."""
-    out = {"caa-multi": Method("caa-multi", {i: shared.row_field(i, "caa") for i in layers})}
+    out = {"caa-multi": Method("caa-multi", {i: row_field([shared], i, "caa") for i in layers})}
     if knn is not None:
         out["knn"] = Method("knn", {i: knn[i] for i in layers})
     for name, (direction, closed) in SVF_VARIANTS.items():
         t = target if closed else None
-        out[name] = Method(name, {i: shared.row_field(i, "svf", direction=direction, target=t)
+        out[name] = Method(name, {i: row_field([shared], i, "svf", direction=direction, target=t)
                                   for i in layers})
     return out
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from svf_kernels import RowField, SVFArgumentError
 
+from ..field_packing import row_field
 from ..steering import Steering
 from ..steering_field import SteeringField
 
@@ -52,16 +53,16 @@ def build_methods(
         raise SVFArgumentError(f"one_layer {one_layer} must be one of the steering layers {layers}")
     out = {
         "base": Method("base", {}),
-        "caa-1": Method("caa-1", {one_layer: shared.row_field(one_layer, "caa")}),
-        "caa-multi": Method("caa-multi", {i: shared.row_field(i, "caa") for i in layers}),
-        "svf-1": Method("svf-1", {one_layer: shared.row_field(one_layer, "svf")}),
-        "svf-shared": Method("svf-shared", {i: shared.row_field(i, "svf") for i in layers}),
+        "caa-1": Method("caa-1", {one_layer: row_field([shared], one_layer, "caa")}),
+        "caa-multi": Method("caa-multi", {i: row_field([shared], i, "caa") for i in layers}),
+        "svf-1": Method("svf-1", {one_layer: row_field([shared], one_layer, "svf")}),
+        "svf-shared": Method("svf-shared", {i: row_field([shared], i, "svf") for i in layers}),
     }
     if independent is not None:
         missing = sorted(set(layers) - set(independent))
         if missing:
             raise SVFArgumentError(f"no independent scorer for layers {missing}")
-        out["svf-indep"] = Method("svf-indep", {i: independent[i].row_field(i, "svf") for i in layers})
+        out["svf-indep"] = Method("svf-indep", {i: row_field([independent[i]], i, "svf") for i in layers})
     if knn is not None:
         missing = sorted(set(layers) - set(knn))
         if missing:

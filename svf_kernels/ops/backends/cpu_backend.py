@@ -30,7 +30,7 @@ field_update_cpu = kernel_entry("cpu", lambda: _C and _C.field_update_cpu, _why_
 
 def register() -> None:
     register_backend(
-        Backend("cpu", ("cpu",), field_update_cpu, available, why_unavailable=_why_unavailable())
+        Backend("cpu", ("cpu",), field_update_cpu, available, why_unavailable=_why_unavailable)
     )
 
 

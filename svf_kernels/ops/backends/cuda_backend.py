@@ -34,7 +34,7 @@ field_update_cuda = kernel_entry(
 
 def register() -> None:
     register_backend(
-        Backend("cuda", ("cuda",), field_update_cuda, available, why_unavailable=_why_unavailable())
+        Backend("cuda", ("cuda",), field_update_cuda, available, why_unavailable=_why_unavailable)
     )
 
 

@@ -340,7 +340,7 @@ field_update_triton = kernel_entry(
 def register() -> None:
     register_backend(
         Backend("triton", ("cuda",), field_update_triton, available,
-                why_unavailable=_why_unavailable())
+                why_unavailable=_why_unavailable)
     )
 
 

@@ -88,6 +88,7 @@ def _tick_labels(axis):
 
 def test_tick_labels_are_plain_numbers(drawn):
     _, fig, _ = drawn
+    assert fig.axes
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             texts = [label.get_text() for label in _tick_labels(axis)]
@@ -97,6 +98,7 @@ def test_tick_labels_are_plain_numbers(drawn):
 
 def test_tick_labels_do_not_overlap(drawn):
     _, fig, renderer = drawn
+    assert fig.axes
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             boxes = [(label.get_text(), label.get_window_extent(renderer))

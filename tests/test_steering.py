@@ -155,6 +155,7 @@ def test_refresh_reuses_the_anchor_displacement(tiny):
         _generate(model, enc, n=7)
     # step 0 = prompt end (last column of the prompt pass), then one column per decode step
     deltas = [rec.deltas[0][:, -1]] + [d[:, -1] for d in rec.deltas[1:]]
+    assert len(deltas) == 7  # the prompt pass and six decode steps
     for k, d in enumerate(deltas):
         anchor = deltas[k - k % K]
         if k % K:

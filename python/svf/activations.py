@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .hf import check_layers, decoder_layers, layer_output
+from .progress import progress_bar
 from .tokenization import encode_texts, pad_id, pad_left
 
 
@@ -26,7 +26,7 @@ def last_token_activations(
     batch_size: int = 16,
     max_length: int = 256,
     desc: str = "activations",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """``[len(texts), len(layers), d]`` float32: each layer's output at the last real token.
 
@@ -34,7 +34,8 @@ def last_token_activations(
     leading special tokens once (:func:`svf.tokenization.encode_texts`), batched by length to
     limit padding; the forward pass stops after the deepest requested layer. A text over
     ``max_length`` tokens is cut from the left: the leading special tokens and the text's last
-    tokens, ``max_length`` in all, are read.
+    tokens, ``max_length`` in all, are read. ``progress``: a bar over the batches on stderr
+    (None: only when stderr is a terminal; False: never).
     """
     layers = list(layers)
     check_layers(model, layers)
@@ -57,7 +58,7 @@ def last_token_activations(
     handles = [blocks[i].register_forward_hook(hook_for(i)) for i in layers]
     try:
         starts = range(0, len(order), batch_size)
-        for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        for s in progress_bar(starts, desc=desc, enabled=progress):
             idx = order[s : s + batch_size]
             ids, mask = pad_left(encode_texts(tokenizer, [texts[i] for i in idx], max_length), pad)
             ids, mask = ids.to(device), mask.to(device)

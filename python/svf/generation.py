@@ -3,16 +3,15 @@ greedy continuation with a per-token progress bar and the concept score of every
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from .arguments import check_bool, check_int, check_texts, check_tokenizer
 from .hf import check_model
+from .progress import progress_bar
 from .steering import steer
 from .steering_field import SteeringField
 from .tokenization import check_chat, encode_prompts, format_prompts, pad_id
@@ -55,16 +54,16 @@ def generate(
 
 
 class TokenProgress(BaseStreamer):
-    """A ``generate`` streamer that only counts: one tqdm step per generated token, on stderr.
+    """A ``generate`` streamer that only counts: one step per generated token of a
+    :func:`svf.progress.progress_bar` on stderr.
 
-    ``enabled=None`` shows the bar only when stderr is a terminal (tqdm's ``disable=None``); it
-    appears after ``delay`` seconds, so short generations print nothing.
+    ``enabled=None`` shows the bar only when stderr is a terminal; it appears after ``delay``
+    seconds, so short generations print nothing.
     """
 
     def __init__(self, total: int, desc: str = "generate", enabled: bool | None = None,
                  delay: float = 0.5) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, leave=False,
-                        delay=delay, disable=None if enabled is None else not enabled)
+        self.bar = progress_bar(total=total, desc=desc, unit="tok", delay=delay, enabled=enabled)
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:

@@ -18,15 +18,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from svf_kernels import SVFArgumentError
 
 from .activations import last_token_activations
 from .arguments import (
-    check_bool,
     check_int,
     check_number,
+    check_optional_bool,
     check_text,
     check_tokenizer,
     show,
@@ -35,6 +34,7 @@ from .calibration import robust_norm, within_class_covariance
 from .data import TRAIN_PAIRS_NEEDED, min_split_size, pairs_needed, training_split
 from .hf import check_layers, check_model, hidden_size, layer_list, num_layers
 from .pair_data import as_pairs
+from .progress import progress_bar
 from .scorer import ConceptScorer, ScorerConfig, rms_normalize
 from .steering_field import DEFAULT_STRENGTH, SteeringField
 
@@ -199,9 +199,11 @@ def _loss(scorer: ConceptScorer, h, pos, y, batch: int = 4096) -> float:
 
 
 def train_scorer(
-    train: Features, val: Features, train_layers: Sequence[int], config: TrainConfig, progress: bool = True
+    train: Features, val: Features, train_layers: Sequence[int], config: TrainConfig,
+    progress: bool | None = None,
 ) -> tuple[ConceptScorer, list[dict], int]:
-    """Fit a :class:`ConceptScorer`; returns it (best validation loss), the history, the best epoch."""
+    """Fit a :class:`ConceptScorer`; returns it (best validation loss), the history, the best epoch.
+    ``progress``: an epoch bar on stderr (None: only on a terminal, :func:`svf.progress.progress_bar`)."""
     torch.manual_seed(config.seed)
     d = train.pos.shape[-1]
     scorer = ConceptScorer(ScorerConfig(d, tuple(train_layers), config.r, config.de, config.m))
@@ -212,7 +214,7 @@ def train_scorer(
     gen = torch.Generator().manual_seed(config.seed)
     best = (_loss(scorer, hv, posv, yv), 0, copy.deepcopy(scorer.state_dict()))
     history = [{"epoch": 0, "train_loss": _loss(scorer, h, pos, y), "val_loss": best[0]}]
-    bar = tqdm(range(1, config.max_epochs + 1), desc="train scorer", disable=not progress, leave=False)
+    bar = progress_bar(range(1, config.max_epochs + 1), desc="train scorer", enabled=progress)
     for epoch in bar:
         scorer.train()
         perm = torch.randperm(len(y), generator=gen)
@@ -295,9 +297,9 @@ def _check_features(features: object, model: nn.Module) -> None:
 
 def pair_features(model: nn.Module, tokenizer, pairs: Sequence, layers: Sequence[int],
                   config: TrainConfig | None = None, *, batch_size: int = 16,
-                  progress: bool = True) -> PairFeatures:
+                  progress: bool | None = None) -> PairFeatures:
     """Split ``pairs`` by ``config.fractions`` (see :class:`TrainConfig`) and extract each
-    split's last-token activations."""
+    split's last-token activations. ``progress``: bars on stderr (None: only on a terminal)."""
     config = _check_config(config)
     check_model(model)
     check_tokenizer(tokenizer)
@@ -307,7 +309,7 @@ def pair_features(model: nn.Module, tokenizer, pairs: Sequence, layers: Sequence
     if not layers:
         raise SVFArgumentError("layers is empty: give at least one layer")
     check_int(batch_size, "batch_size", minimum=1)
-    check_bool(progress, "progress")
+    check_optional_bool(progress, "progress")
     tr, va, te = training_split(pairs, config.fractions, config.seed)
     if min(len(tr), len(va), len(te)) < 2:
         rule = "the adaptive split" if config.fractions is None else f"fractions {config.fractions}"
@@ -336,7 +338,7 @@ def train_field(
     config: TrainConfig | None = None,
     model_name: str = "",
     batch_size: int = 16,
-    progress: bool = True,
+    progress: bool | None = None,
     features: PairFeatures | None = None,
 ) -> tuple[SteeringField, TrainReport]:
     """Train a field from contrastive pairs: :class:`svf.ContrastivePair`, ``(positive,
@@ -347,7 +349,8 @@ def train_field(
     scorer trains on the train split and stops early on the validation split; the CAA vector
     and the mean norms use both; the test split is used once, for the report's held-out
     accuracies. ``features``: activations already extracted by :func:`pair_features` from the
-    same pairs and config (for a superset of the layers).
+    same pairs and config (for a superset of the layers). ``progress``: bars on stderr for the
+    activations and the epochs (None: only when stderr is a terminal; False: never).
     """
     config = _check_config(config)
     check_model(model)
@@ -364,7 +367,7 @@ def train_field(
         raise SVFArgumentError(f"steer_layers {steer_layers} must be a subset of train_layers {train_layers}")
     check_text(model_name, "model_name", allow_empty=True)
     check_int(batch_size, "batch_size", minimum=1)
-    check_bool(progress, "progress")
+    check_optional_bool(progress, "progress")
     if features is not None:
         _check_features(features, model)
     if features is None:

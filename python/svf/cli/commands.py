@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     field, report = train_field(
         model, tok, pairs, concept=concept, train_layers=train_layers,
         steer_layers=steer_layers, config=config, model_name=args.model or "SmolLM2-135M-Instruct",
+        progress=False if args.no_progress else None,
     )
     print(report.table())
     path = field.save(args.out)
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=field_out_path, required=True,
                    help="where to write the field: a directory (holding field.safetensors) "
                         "or a .safetensors file")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on stderr (shown only when stderr is a terminal)")
     t.set_defaults(func=cmd_train, check=_check_train_args, parser=t)
 
     g = sub.add_parser("generate",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from ..tokenization import check_chat, encode_continuations, encode_texts, format_prompts, pad_id
 
 
@@ -45,7 +45,7 @@ def completion_logprobs(
     *,
     chat: bool | None = None,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """``[len(prompts), len(completions)]``: mean per-token log-likelihood of each completion
     (its own tokens only) after each prompt, under whatever steering is attached.
@@ -72,7 +72,7 @@ def completion_logprobs(
     # Each prompt runs once; its KV cache is repeated for every completion.
     per_batch = max(1, batch_size // n_c)
     chunks = range(0, len(prompts), per_batch)
-    for start in tqdm(chunks, desc="completion likelihoods", disable=not progress):
+    for start in progress_bar(chunks, desc="completion likelihoods", enabled=progress):
         rows = list(range(start, min(start + per_batch, len(prompts))))
         P = max(len(p_ids[i]) for i in rows)
         prompt = torch.full((len(rows), P), pad, dtype=torch.long)

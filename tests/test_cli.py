@@ -54,3 +54,15 @@ def test_train_layer_defaults(tiny_dir, tmp_path, capsys, argv, train, steer):
                  *argv]) == 0
     _, meta = load_field(out)
     assert (list(meta["train_layers"]), list(meta["steer_layers"])) == (train, steer)
+
+
+def test_train_on_300_pairs_holds_out_a_fifth_not_half(tiny_dir, tmp_path, capsys):
+    """`svf train --pairs 300`: 10 % validation and 20 % test (each at most 100 pairs), every
+    other pair trains the scorer."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(f'{{"positive": "good {i}", "negative": "bad {i}"}}\n' for i in range(400)))
+    out = tmp_path / "f.safetensors"
+    assert main(["train", "--model", str(tiny_dir), "--data", str(data), "--pairs", "300",
+                 "--layers", "1-2", "--max-epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert "pairs: 210 train, 30 validation (early stopping; CAA uses train + validation), 60 test" in (
+        capsys.readouterr().out)

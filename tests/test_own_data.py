@@ -234,7 +234,7 @@ def test_random_labels_give_the_undertrained_warning(model, char_tok):
         config=TrainConfig(r=8, de=3, m=12, max_epochs=5),
         progress=False,
     )
-    assert report.n_train == TRAIN_PAIRS_NEEDED  # enough pairs: the accuracy alone must warn
+    assert report.n_train >= TRAIN_PAIRS_NEEDED  # enough pairs: the accuracy alone must warn
     assert report.warning is not None and report.warning.startswith(
         "warning: undertrained: held-out accuracy"
     )

@@ -50,8 +50,8 @@ class TrainConfig:
     """Training hyper-parameters. ``max_epochs`` bounds training; early stopping ends it.
 
     ``fractions``: the train/val/test shares, or ``None`` for the adaptive split of
-    :func:`svf.data.split_sizes` (the paper's 40/10/50 from 200 pairs on; below that the test
-    share shrinks towards 20 % so that the scorer gets the pairs it needs).
+    :func:`svf.data.split_sizes` (10 % validation and 20 % test, each at least 2 and at most
+    100 pairs; every other pair trains the scorer).
     """
 
     r: int = 64

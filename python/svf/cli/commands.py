@@ -18,7 +18,7 @@ from svf_kernels import SVFArgumentError
 
 from ..artifacts import ArtifactError
 from ..concepts import CONCEPTS
-from ..data import TRAIN_PAIRS_NEEDED, pairs_needed
+from ..data import MAX_HELDOUT_PAIRS, TRAIN_PAIRS_NEEDED, pairs_needed
 from ..models import DEFAULT_MODEL, MODELS
 from ..optional import MissingExtraError
 from ..steering_field import DEFAULT_STRENGTH
@@ -129,9 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 #: ``svf train --help``: where the pairs come from, how they are split, how many the scorer needs.
 TRAIN_DESCRIPTION = (
     "Train a concept field from contrastive pairs: your own (--data) or a concept the project "
-    "ships (--concept). The pairs are split train/validation/test: 40/10/50 from 200 pairs on; "
-    "below that the test share shrinks (to 20 %) so that more pairs train the scorer. The scorer "
-    f"needs about {TRAIN_PAIRS_NEEDED} training pairs, about {pairs_needed()} pairs in all, before "
+    "ships (--concept). The pairs are split train/validation/test: 10 % validation and 20 % test, "
+    f"each at least 2 and at most {MAX_HELDOUT_PAIRS} pairs, and every other pair trains the scorer. "
+    f"The scorer needs about {TRAIN_PAIRS_NEEDED} training pairs, about {pairs_needed()} pairs in "
+    "all, before "
     "its held-out accuracy levels off (measured on the default model, docs/EVALUATION.md); with "
     "fewer, or when held-out accuracy stays low, the report ends with a 'warning: undertrained' "
     "line."

@@ -151,7 +151,7 @@ def fake_gemma(tmp_path, monkeypatch):
         calls.append((gguf, out, gguf.is_file()))
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(models, "convert_gguf", convert)
     return calls
 
 
@@ -182,7 +182,7 @@ def test_prepare_gemma_failure_leaves_nothing(fake_gemma, monkeypatch):
         (out / "partial").write_text("x")
         raise RuntimeError("conversion failed")
 
-    monkeypatch.setattr(models, "_convert", broken)
+    monkeypatch.setattr(models, "convert_gguf", broken)
     with pytest.raises(RuntimeError, match="conversion failed"):
         models.prepare_model("gemma-3-270m")
     assert list((models.cache_dir() / "models").iterdir()) == []

@@ -87,7 +87,7 @@ def fake_convert(tmp_path, monkeypatch):
         calls.append(out)
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(models, "convert_gguf", convert)
     return calls
 
 
@@ -122,7 +122,7 @@ def test_prepare_failure_leaves_nothing(tmp_path, monkeypatch, fake_convert):
         (out / "partial").write_text("x")
         raise RuntimeError("conversion failed")
 
-    monkeypatch.setattr(models, "_convert", broken)
+    monkeypatch.setattr(models, "convert_gguf", broken)
     with pytest.raises(RuntimeError, match="conversion failed"):
         models.prepare_default_model()
     parent = models.default_model_dir().parent
@@ -194,7 +194,7 @@ def test_prepare_default_model_idempotent(monkeypatch):
     def no_convert(*args):
         raise AssertionError("converted again although the cache is complete")
 
-    monkeypatch.setattr(models, "_convert", no_convert)
+    monkeypatch.setattr(models, "convert_gguf", no_convert)
     t0 = time.perf_counter()
     assert models.prepare_default_model() == path
     assert time.perf_counter() - t0 < 0.5

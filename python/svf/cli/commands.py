@@ -34,10 +34,12 @@ from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the comman
     eval_stage,
     field_out_path,
     finite_float,
+    gguf_file,
     int_at_least,
     min_demo_pairs,
     min_train_pairs,
     non_empty_text,
+    own_model_name,
     pairs_file,
     parse_layers,
     positive_int,
@@ -207,8 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..eval.config import EvalConfig, quick_config
-    from ..eval.evaluation import run_eval
+    from ..eval.evaluation import EvalConfig, quick_config, run_eval
 
     model, tok = _load_model(args.model)
     _model_layers(model, args)  # run_eval derives the same layers; here a bad one names its option
@@ -223,8 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
     out = Path(args.out)
     command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
-    run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command,
-             progress=False if args.no_progress else None)
+    run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command)
     for table in ("likelihood", "open_ended"):
         if (out / f"{table}.md").is_file():
             print((out / f"{table}.md").read_text())
@@ -233,9 +233,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..models import prepare_model
+    """Convert a named model, or with ``--gguf`` a GGUF file of your own, once into the cache;
+    print the directory."""
+    from ..models import prepare_gguf, prepare_model
 
-    print(prepare_model(args.model, force=args.force))
+    if args.gguf is not None:
+        print(prepare_gguf(args.gguf, args.name, force=args.force))
+    else:
+        print(prepare_model(args.model, force=args.force))
     return 0
 
 
@@ -253,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "extension); without --data: the shipped pairs to train on, one of "
                    f"{', '.join(CONCEPTS)} or mwe:<behaviour> (default: sentiment)")
     t.add_argument("--model", type=non_empty_text, default=None,
-                   help="local path or hub id (default: SmolLM2-135M-Instruct)")
+                   help=f"a model name ({', '.join(MODELS)}, or one given to svf prepare --gguf), a "
+                   "local directory or .gguf file, or a hub id (default: SmolLM2-135M-Instruct)")
     t.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
     t.add_argument("--steer-layers", type=parse_layers, default=None,
                    help="layers the field steers by default, a subset of the training window "
@@ -300,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder layers to steer, 0-based, e.g. 16,18,20 or 16-20; each must be "
                    "one of the field's training layers (default: the field's steering layers)")
     g.add_argument("--model", type=non_empty_text, default=None,
-                   help="local path or hub id of the model the field was trained on "
-                   "(default: SmolLM2-135M-Instruct from the cache)")
+                   help="the model the field was trained on: a model name (one of "
+                   f"{', '.join(MODELS)}, or one given to svf prepare --gguf), a local path or a hub "
+                   "id (default: SmolLM2-135M-Instruct from the cache)")
     g.add_argument("--max-new-tokens", type=positive_int, default=40,
                    help="tokens to generate in each continuation (default: %(default)s)")
     chat = g.add_mutually_exclusive_group()
@@ -347,19 +354,43 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained whenever one of its stages runs")
     e.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
     e.add_argument("--steer-layers", type=parse_layers, default=None, help=STEER_LAYERS_HELP)
-    e.add_argument("--no-progress", action="store_true",
-                   help="no progress bars on stderr (shown only when stderr is a terminal)")
     e.set_defaults(func=cmd_eval, check=check_layer_options, parser=e)
 
-    m = sub.add_parser("prepare", help="convert a named model once into the cache",
-                       description="Convert a named model's GGUF (from its pip packages) once into "
-                       "a float32 safetensors directory in the cache ($SVF_CACHE_DIR or "
-                       "~/.cache/svf-kernels) and print the directory; later loads take seconds.")
-    m.add_argument("--model", type=prepared_model, default=DEFAULT_MODEL,
-                   help=f"the model: one of {', '.join(MODELS)} (default: %(default)s)")
-    m.add_argument("--force", action="store_true", help="convert again even when cached")
-    m.set_defaults(func=cmd_prepare, parser=m)
+    m = sub.add_parser("prepare", help="convert a named model, or a GGUF file of your own, once "
+                       "into the cache",
+                       description="Convert a named model's GGUF (from its pip packages), or with "
+                       "--gguf a GGUF file of your own, once into a float32 safetensors directory in "
+                       "the cache ($SVF_CACHE_DIR or ~/.cache/svf-kernels) and print the directory; "
+                       "later loads take seconds instead of de-quantising the GGUF again. A GGUF of "
+                       "your own then loads by its name (svf train --model NAME) or by its path (the "
+                       "converted copy is found by the file's content).")
+    source = m.add_mutually_exclusive_group()
+    source.add_argument("--model", type=prepared_model, default=DEFAULT_MODEL,
+                        help=f"the model: one of {', '.join(MODELS)} (default: %(default)s)")
+    source.add_argument("--gguf", type=gguf_file, default=None, metavar="PATH",
+                        help="a GGUF file of your own (an architecture transformers loads from GGUF)")
+    m.add_argument("--name", type=own_model_name, default=None,
+                   help="with --gguf: the name to load it by (letters, digits, '.', '_', '-'; not a "
+                   "named model's; default: the file name without .gguf)")
+    m.add_argument("--force", action="store_true",
+                   help="convert again even when cached (with --gguf: also replace another file's "
+                   "conversion of the same name)")
+    m.set_defaults(func=cmd_prepare, check=_check_prepare_args, parser=m)
     return p
+
+
+def _check_prepare_args(args: argparse.Namespace) -> str | None:
+    """``--name`` only with ``--gguf``; without ``--name``, a name derived from the file name."""
+    if args.gguf is None:
+        return "argument --name: only with --gguf" if args.name is not None else None
+    if args.name is None:
+        from ..models import gguf_model_name
+
+        try:
+            gguf_model_name(args.gguf)
+        except SVFArgumentError as exc:
+            return f"argument --gguf: {exc}"
+    return None
 
 
 def _check_train_args(args: argparse.Namespace) -> str | None:

@@ -152,11 +152,11 @@ def eval_concept(text: str) -> str:
 
 
 def eval_stage(text: str) -> str:
-    """An argparse type for ``svf eval --stages``: the name of one of :data:`svf.eval.stages.STAGES`."""
-    from ..eval.stages import STAGE_NAMES
+    """An argparse type for ``svf eval --stages``: one of :data:`svf.eval.stages.STAGES`."""
+    from ..eval.stages import STAGES
 
-    if text not in STAGE_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGE_NAMES)}")
+    if text not in STAGES:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGES)}")
     return text
 
 
@@ -169,6 +169,34 @@ def prepared_model(text: str) -> str:
 
     try:
         return model_name(text)
+    except SVFArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def gguf_file(text: str) -> str:
+    """An argparse type for ``svf prepare --gguf``: an existing file that starts with the GGUF
+    magic bytes (:func:`svf.models.check_gguf_file`)."""
+    from svf_kernels import SVFArgumentError
+
+    from ..models import check_gguf_file
+
+    non_empty_text(text)
+    try:
+        check_gguf_file(text, "PATH")
+    except SVFArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def own_model_name(text: str) -> str:
+    """An argparse type for ``svf prepare --name``: a name for a GGUF of your own
+    (:func:`svf.models.check_model_name`)."""
+    from svf_kernels import SVFArgumentError
+
+    from ..models import check_model_name
+
+    try:
+        return check_model_name(text)
     except SVFArgumentError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

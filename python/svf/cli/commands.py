@@ -209,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..eval.evaluation import EvalConfig, quick_config, run_eval
+    from ..eval.config import EvalConfig, quick_config
+    from ..eval.evaluation import run_eval
 
     model, tok = _load_model(args.model)
     _model_layers(model, args)  # run_eval derives the same layers; here a bad one names its option
@@ -224,7 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
     out = Path(args.out)
     command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
-    run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command)
+    run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command,
+             progress=False if args.no_progress else None)
     for table in ("likelihood", "open_ended"):
         if (out / f"{table}.md").is_file():
             print((out / f"{table}.md").read_text())
@@ -354,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained whenever one of its stages runs")
     e.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
     e.add_argument("--steer-layers", type=parse_layers, default=None, help=STEER_LAYERS_HELP)
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on stderr (shown only when stderr is a terminal)")
     e.set_defaults(func=cmd_eval, check=check_layer_options, parser=e)
 
     m = sub.add_parser("prepare", help="convert a named model, or a GGUF file of your own, once "

@@ -152,11 +152,11 @@ def eval_concept(text: str) -> str:
 
 
 def eval_stage(text: str) -> str:
-    """An argparse type for ``svf eval --stages``: one of :data:`svf.eval.stages.STAGES`."""
-    from ..eval.stages import STAGES
+    """An argparse type for ``svf eval --stages``: the name of one of :data:`svf.eval.stages.STAGES`."""
+    from ..eval.stages import STAGE_NAMES
 
-    if text not in STAGES:
-        raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGES)}")
+    if text not in STAGE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGE_NAMES)}")
     return text
 
 

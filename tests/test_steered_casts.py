@@ -78,3 +78,4 @@ def test_static_vector_buffer_keeps_float32_under_half():
     assert vector.half().vector.dtype == torch.float32
     assert vector.to(torch.bfloat16).vector.dtype == torch.float32
     assert vector.double().vector.dtype == torch.float64
+    assert vector.half().vector.dtype == torch.float32  # from float64 too

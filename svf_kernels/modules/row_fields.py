@@ -39,8 +39,8 @@ class RowField(nn.Module):
     def _apply(self, fn, recurse=True):
         def keep_float32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if t.dtype == torch.float32 and out.dtype in _HALF_DTYPES:
-                return t.to(device=out.device)
+            if out.dtype in _HALF_DTYPES and t.dtype in (torch.float32, torch.float64):
+                return t.to(device=out.device, dtype=torch.float32)
             return out
 
         self.forget_cached()

@@ -11,6 +11,12 @@ from svf_kernels import SVFArgumentError
 from .artifacts import ArtifactError
 from .batch_steering import BatchSteering, steer_requests
 from .concepts import CONCEPTS, Concept, load_concept
+from .control_vectors import (
+    ControlVector,
+    control_vector_from_field,
+    load_control_vector,
+    write_control_vector,
+)
 from .data import NEUTRAL_PROMPTS, ContrastivePair, mwe_pairs, sentiment_pairs
 from .generation import generate
 from .models import load_model
@@ -28,14 +34,17 @@ __all__ = [
     "Concept",
     "ConceptScorer",
     "ContrastivePair",
+    "ControlVector",
     "SVFArgumentError",
     "ScorerConfig",
     "Steering",
     "SteeringField",
     "TrainConfig",
     "TrainReport",
+    "control_vector_from_field",
     "generate",
     "load_concept",
+    "load_control_vector",
     "load_model",
     "load_pairs",
     "mwe_pairs",
@@ -43,4 +52,5 @@ __all__ = [
     "steer",
     "steer_requests",
     "train_field",
+    "write_control_vector",
 ]

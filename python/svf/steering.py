@@ -25,6 +25,7 @@ from svf_kernels import FusedSteeringField, RowField, SVFArgumentError
 from svf_kernels.modules import check_field_ids, check_row_alpha
 
 from .arguments import check_bool, check_number
+from .control_vectors import ControlVector, static_row_fields
 from .field_packing import (
     STEER_METHODS,
     check_fits_model,
@@ -251,7 +252,7 @@ def _in_place(held: object, value: float | torch.Tensor) -> float | torch.Tensor
 
 def steer(
     model: nn.Module,
-    fields: SteeringField | Sequence[SteeringField],
+    fields: SteeringField | Sequence[SteeringField] | ControlVector,
     *,
     strength: float | None = None,
     alpha: float | None = None,
@@ -284,8 +285,33 @@ def steer(
     layers with the fields' CAA vectors instead (summed over fields), so the two methods differ
     only in the field. A field trained for another hidden size or layer count is refused here
     (:class:`SVFArgumentError`), before anything is built.
+
+    ``fields`` may instead be a static entry, a :class:`svf.control_vectors.ControlVector`
+    (:func:`svf.load_control_vector` reads one from GGUF): each of its layers (or of ``layers``)
+    is moved along its vector ``v`` by ``alpha = strength * ||v||``, so ``strength=1.0`` (its
+    default) adds the vectors as they are, as llama.cpp at scale 1.0 does (llama.cpp steers every
+    position: ``positions="all"``); ``alpha`` sets the displacement itself. The options of
+    trained fields (``method``, ``tau``, ``normalize``, ``direction``, ``target``, ``unit``)
+    do not apply to it and are refused when given.
     """
     check_model(model)
+    if isinstance(fields, ControlVector):
+        given = {name: value for name, value, default in (
+            ("method", method, "svf"), ("tau", tau, 1.0), ("normalize", normalize, True),
+            ("direction", direction, None), ("target", target, None), ("unit", unit, None))
+            if value != default or type(value) is not type(default)}
+        if given:
+            raise SVFArgumentError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not "
+                                   "apply to a ControlVector (a static entry steers along its own "
+                                   "vectors)")
+        check_bool(record_scores, "record_scores")
+        layer_fields, alphas = static_row_fields(fields, layers, strength=strength, alpha=alpha)
+        problem = model_mismatch("the control vector", fields.hidden_size, None, model)
+        if problem:
+            raise SVFArgumentError(problem)
+        device = next(model.parameters()).device
+        return Steering(model, {i: f.to(device) for i, f in layer_fields.items()}, alphas,
+                        refresh=refresh, positions=positions, record_scores=record_scores)
     items = entry_concepts(fields)
     check_bool(normalize, "normalize")
     check_bool(record_scores, "record_scores")

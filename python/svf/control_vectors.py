@@ -100,7 +100,7 @@ class ControlVector:
                 raise SVFArgumentError(f"vectors[{layer}] has {v.numel()} values but vectors"
                                        f"[{next(iter(out))}] has {width}: one hidden size for all")
             width = v.numel()
-            v = v.detach().to("cpu", torch.float32).contiguous()
+            v = v.detach().to("cpu", torch.float32, copy=True).contiguous()  # owned, not shared
             if not torch.isfinite(v).all():
                 raise SVFArgumentError(f"vectors[{layer}] has non-finite values")
             out[layer] = v

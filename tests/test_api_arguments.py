@@ -333,6 +333,8 @@ def test_every_public_callable_is_covered():
                "sentiment_pairs", "mwe_pairs", "load_concept",  # test_eval_arguments.py
                "Concept",  # plain data, returned by load_concept
                "load_pairs",  # test_own_data.py
+               "ControlVector", "control_vector_from_field", "load_control_vector",
+               "write_control_vector",  # test_control_vectors.py
                "ArtifactError", "SVFArgumentError"}
     public = {n for n in svf.__all__ if callable(getattr(svf, n))}
     assert public <= covered, f"public callables without argument tests: {sorted(public - covered)}"

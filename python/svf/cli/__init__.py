@@ -1,4 +1,4 @@
-"""The ``svf`` command line (``svf train | generate | demo | eval | prepare``).
+"""The ``svf`` command line (``svf train | generate | demo | eval | prepare | export``).
 
 Depends on the core library and, for ``demo`` and ``eval``, on :mod:`svf.eval`; nothing in the
 core imports it.

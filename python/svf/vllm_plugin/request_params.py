@@ -4,16 +4,17 @@ Two spellings: ``{"svf": {"field": NAME, "strength": S}}`` (offline; through the
 OpenAI-compatible server, whose ``vllm_xargs`` values are flat, ``"svf"`` may be that
 object's JSON text) or flat keys ``{"svf_field": NAME, "svf_strength": S}``. ``strength`` is
 relative (as in :func:`svf.steer`), ``alpha`` an absolute L2 displacement per steered
-layer; neither: the field's default strength. No ``svf`` key: the request is not steered.
-Anything else fails the request with a message naming the problem, before it reaches the
-engine.
+layer; neither: the field's default strength. A strength must lie within ``±MAX_STRENGTH``, an
+alpha within ``±MAX_STRENGTH`` times the field's largest strength scale (what strength
+``MAX_STRENGTH`` moves there). No ``svf`` key: the request is not steered. Anything else fails
+the request with a message naming the problem, before it reaches the engine.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from svf_kernels import SVFArgumentError
@@ -22,6 +23,10 @@ from ..arguments import show
 
 KEY = "svf"
 PREFIX = "svf_"
+# The largest |strength| a request may ask for. A field's default is about 0.25; at 10 each
+# steered layer moves ten times the norm of a typical hidden state there, far past where text
+# stays text (a huge strength overflows the residual stream and the reply comes back empty).
+MAX_STRENGTH = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,11 @@ def _options(extra_args: Mapping) -> tuple[Mapping, str] | None:
     return value, "extra_args['svf']['{}']"
 
 
-def parse_request(extra_args: Mapping | None, fields: Collection[str]) -> SteerRequest | None:
-    """The steering ``extra_args`` asks for among the served ``fields`` (None: unsteered)."""
+def parse_request(extra_args: Mapping | None, fields: Collection[str],
+                  alpha_bound: Callable[[str], float] | None = None) -> SteerRequest | None:
+    """The steering ``extra_args`` asks for among the served ``fields`` (None: unsteered).
+    ``alpha_bound(name)``: the largest ``|alpha|`` for that field, asked only of a request that
+    gives an alpha (None: alpha is held to being finite only)."""
     found = _options(extra_args) if isinstance(extra_args, Mapping) else None
     if found is None:
         return None
@@ -94,5 +102,15 @@ def parse_request(extra_args: Mapping | None, fields: Collection[str]) -> SteerR
         raise SVFArgumentError(f"both {where.format('strength')} (relative) and "
                                f"{where.format('alpha')} (absolute) are given; give one")
     strength = _number(value["strength"], where.format("strength")) if "strength" in value else None
+    if strength is not None and abs(strength) > MAX_STRENGTH:
+        raise SVFArgumentError(f"{where.format('strength')} must be between {-MAX_STRENGTH:g} and "
+                               f"{MAX_STRENGTH:g} (a relative strength; a field's default is "
+                               f"about 0.25), got {strength:g}")
     alpha = _number(value["alpha"], where.format("alpha")) if "alpha" in value else None
+    if alpha is not None and alpha_bound is not None:
+        bound = alpha_bound(name)
+        if abs(alpha) > bound:
+            raise SVFArgumentError(f"{where.format('alpha')} must be between {-bound:.6g} and "
+                                   f"{bound:.6g} for field {name!r} ({MAX_STRENGTH:g} times its "
+                                   f"largest strength scale), got {alpha:g}")
     return SteerRequest(name, strength, alpha)

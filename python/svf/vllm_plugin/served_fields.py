@@ -22,12 +22,42 @@ from torch import nn
 from svf_kernels import SVFArgumentError
 
 from ..field_packing import check_train_layers, layer_tables
-from ..steering_field import SteeringField
+from ..steering_field import SteeringField, strength_scale
 from .config import FieldSpec
-from .request_params import SteerRequest
+from .request_params import MAX_STRENGTH, SteerRequest
 from .steer_op import EngineTables, register_table, unregister
 
 _ENGINE_IDS = itertools.count()
+
+
+def load_entry(spec: FieldSpec, hidden_size: int,
+               num_layers: int) -> tuple[list[SteeringField], tuple[int, ...]]:
+    """One served field's concepts, loaded and checked for a model of ``hidden_size`` and
+    ``num_layers``, and the layers it steers."""
+    concepts = [SteeringField.load(p, hidden_size=hidden_size, num_layers=num_layers)
+                for p in spec.paths]
+    layers = spec.layers if spec.layers is not None else tuple(concepts[0].steer_layers)
+    outside = [i for i in layers if i >= num_layers]
+    if outside:
+        raise SVFArgumentError(f"field {spec.name!r}: layers {outside} are outside the model's "
+                               f"{num_layers} layers")
+    try:
+        check_train_layers(concepts, layers)
+    except SVFArgumentError as exc:
+        raise SVFArgumentError(f"field {spec.name!r}: {exc}") from None
+    return concepts, tuple(layers)
+
+
+def alpha_bounds(specs: Mapping[str, FieldSpec], *, hidden_size: int,
+                 num_layers: int) -> dict[str, float]:
+    """Each field's largest ``|alpha|`` a request may ask for: ``MAX_STRENGTH`` times its
+    largest strength scale over the layers it steers (what strength ``MAX_STRENGTH`` moves
+    there; the scales are those :class:`ServedFields` steers with)."""
+    bounds = {}
+    for name, spec in specs.items():
+        concepts, layers = load_entry(spec, hidden_size, num_layers)
+        bounds[name] = MAX_STRENGTH * max(strength_scale(concepts, i) for i in layers)
+    return bounds
 
 
 class SteeredLayer(nn.Module):
@@ -62,20 +92,9 @@ class ServedFields:
         self.entries: list[list[SteeringField]] = []
         own: list[tuple[int, ...]] = []
         for name in self.names:
-            spec = specs[name]
-            concepts = [SteeringField.load(p, hidden_size=hidden_size, num_layers=num_layers)
-                        for p in spec.paths]
-            layers = spec.layers if spec.layers is not None else tuple(concepts[0].steer_layers)
-            outside = [i for i in layers if i >= num_layers]
-            if outside:
-                raise SVFArgumentError(f"field {name!r}: layers {outside} are outside the model's "
-                                       f"{num_layers} layers")
-            try:
-                check_train_layers(concepts, layers)
-            except SVFArgumentError as exc:
-                raise SVFArgumentError(f"field {name!r}: {exc}") from None
+            concepts, layers = load_entry(specs[name], hidden_size, num_layers)
             self.entries.append(concepts)
-            own.append(tuple(layers))
+            own.append(layers)
         packed = layer_tables(self.entries, own,
                               directions=[e[0].default_direction for e in self.entries],
                               targets=[e[0].default_target for e in self.entries])
@@ -108,6 +127,7 @@ class ServedFields:
             layers[i] = SteeredLayer(layers[i], i, name, self.field_ids[row], self.alphas[row])
 
     def close(self) -> None:
+        """Take this engine's tables out of the op's registry (the engine shuts down)."""
         unregister(self.steered)
 
     # -- before each forward -------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""The vLLM plugin's parts that need no vLLM: configuration, request parsing, the per-token
-buffers the runner fills before each forward, and the steering op on a decoder layer's
-``(hidden_states, residual)``. End-to-end engine tests live in ``tests_vllm/``."""
+"""The vLLM plugin's parts that need no vLLM: configuration, request parsing and its bounds,
+the entry point's decision to patch or not, the per-token buffers the runner fills before each
+forward, and the steering op on a decoder layer's ``(hidden_states, residual)``. End-to-end
+engine tests live in ``tests_vllm/``."""
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import types
 
 import numpy as np
@@ -15,9 +18,10 @@ from helpers import random_field
 from svf import ArtifactError
 from svf.field_packing import layer_tables
 from svf.hf import decoder_layers
+from svf.vllm_plugin import register, vllm_hooks
 from svf.vllm_plugin.config import ENV_VAR, FieldSpec, served_fields
-from svf.vllm_plugin.request_params import SteerRequest, parse_request
-from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer
+from svf.vllm_plugin.request_params import MAX_STRENGTH, SteerRequest, parse_request
+from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer, alpha_bounds
 from svf_kernels import SVFArgumentError
 
 L, D = 6, 40
@@ -78,6 +82,9 @@ NAMES = ("pos", "formal")
     ({"svf": '{"field": "pos", "alpha": 3}'}, SteerRequest("pos", alpha=3.0)),
     ({"svf": {"field": "formal"}}, SteerRequest("formal")),
     ({"svf_field": "pos", "svf_strength": -1}, SteerRequest("pos", -1.0)),
+    ({"svf_field": "pos", "svf_strength": MAX_STRENGTH}, SteerRequest("pos", MAX_STRENGTH)),
+    ({"svf": {"field": "pos", "strength": -MAX_STRENGTH}}, SteerRequest("pos", -MAX_STRENGTH)),
+    ({"svf_field": "pos", "svf_alpha": 1e30}, SteerRequest("pos", alpha=1e30)),  # no bound given
 ])
 def test_request_forms(extra, want):
     assert parse_request(extra, NAMES) == want
@@ -89,6 +96,10 @@ def test_request_forms(extra, want):
     ({"svf": {"field": "pos", "strength": math.nan}}, "extra_args['svf']['strength'] must be finite"),
     ({"svf": {"field": "pos", "strength": math.inf}}, "must be finite"),
     ({"svf": {"field": "pos", "strength": "0.2"}}, "extra_args['svf']['strength'] must be a number"),
+    ({"svf_field": "pos", "svf_strength": 1e30}, "extra_args['svf_strength'] must be between -10 and 10"),
+    ({"svf": {"field": "pos", "strength": -10.5}}, "must be between -10 and 10 (a relative "
+                                                   + "strength; a field's default is about 0.25), got -10.5"),
+    ({"svf_field": "pos", "svf_alpha": -math.inf}, "extra_args['svf_alpha'] must be finite"),
     ({"svf_field": "pos", "svf_alpha": True}, "extra_args['svf_alpha'] must be a number"),
     ({"svf": {"field": "pos", "strength": 1, "alpha": 1}}, "give one"),
     ({"svf": {"strength": 1}}, "extra_args['svf']['field'] is missing"),
@@ -104,6 +115,23 @@ def test_request_errors_name_the_problem(extra, needle):
     assert needle in str(info.value)
 
 
+def test_alpha_is_bounded_per_field():
+    bounds = {"pos": 5.0, "formal": 50.0}
+    assert parse_request({"svf_field": "pos", "svf_alpha": -5}, NAMES, bounds.__getitem__) == \
+        SteerRequest("pos", alpha=-5.0)
+    assert parse_request({"svf_field": "formal", "svf_alpha": 6}, NAMES, bounds.__getitem__) == \
+        SteerRequest("formal", alpha=6.0)
+    with pytest.raises(SVFArgumentError) as info:
+        parse_request({"svf_field": "pos", "svf_alpha": 6}, NAMES, bounds.__getitem__)
+    assert str(info.value) == ("extra_args['svf_alpha'] must be between -5 and 5 for field 'pos' "
+                               "(10 times its largest strength scale), got 6")
+
+    def unused(name):
+        raise AssertionError("the bound is read only for a request that gives an alpha")
+
+    assert parse_request({"svf_field": "pos", "svf_strength": 2}, NAMES, unused) == SteerRequest("pos", 2.0)
+
+
 def test_request_to_engine_without_fields():
     with pytest.raises(SVFArgumentError, match="serves no SVF fields"):
         parse_request({"svf": {"field": "pos"}}, ())
@@ -115,6 +143,120 @@ def test_cache_salt_separates_steering():
              SteerRequest("pos").cache_salt()}
     assert len(salts) == 5
     assert SteerRequest("pos", 0.2).cache_salt() == SteerRequest("pos", 0.2).cache_salt()
+
+
+# -- the entry point: patch a tested vLLM, leave any other alone --------------------------------
+
+OUT_OF_RANGE = "0.31.0"
+_VLLM_VERSION = vllm_hooks.vllm_version
+
+
+@pytest.fixture
+def plugin(monkeypatch, caplog):
+    """A process in which the plugin has not run yet, told vLLM's version (outside the tested
+    range unless a test says otherwise), without $SVF_VLLM_FIELDS; returns the svf log lines."""
+    monkeypatch.setattr(vllm_hooks, "_DONE", False)
+    monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: OUT_OF_RANGE)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    caplog.set_level(logging.WARNING)
+    return lambda: [r.getMessage() for r in caplog.records if r.name.startswith("svf")]
+
+
+def test_tested_range():
+    assert vllm_hooks.TESTED_VLLM == ">=0.32.0,<0.33"
+    assert all(map(vllm_hooks.in_tested_range, ["0.32.0", "0.32.3", "0.32.1rc1", "0.32.0+cpu"]))
+    assert not any(map(vllm_hooks.in_tested_range, ["0.31.2", "0.33.0", "0.33.0rc1", "1.0", "dev"]))
+
+
+def test_out_of_range_without_fields_logs_one_line_and_installs_nothing(plugin):
+    register()
+    register()  # vLLM may call it again: nothing more happens
+    assert plugin() == [(f"svf: vLLM {OUT_OF_RANGE} is outside the versions the svf plugin is "
+                         "tested with (>=0.32.0,<0.33); the svf plugin installs nothing (vLLM runs "
+                         "as without it)")]
+    assert vllm_hooks.installed_hooks() == [] and "vllm" not in sys.modules
+
+
+def test_out_of_range_with_fields_stops_naming_both_versions(plugin, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, '{"a": "/a.svf"}')
+    with pytest.raises(vllm_hooks.UnsupportedVLLMError) as info:
+        register()
+    text = str(info.value)
+    assert f"vLLM {OUT_OF_RANGE} is outside" in text and "(>=0.32.0,<0.33)" in text, text
+    assert plugin() == []
+
+
+def test_out_of_range_with_fields_in_the_engine_configuration(plugin):
+    """vLLM loads its plugins while it builds the engine from arguments that hold
+    ``additional_config`` (here: this test's local variable, a caller of ``register``)."""
+    engine_args = types.SimpleNamespace(additional_config={"svf": {"fields": {"a": "/a.svf"}}})
+    with pytest.raises(vllm_hooks.UnsupportedVLLMError, match="0.31.0 is outside"):
+        register()
+    assert engine_args.additional_config
+
+
+class _Runner:
+    def step(self, x):
+        return x
+
+    def stop(self):
+        return "stopped"
+
+
+def _targets(step_params=("self", "x"), stop_patch=None):
+    def wrap(f):
+        return lambda self, *args: f(self, *args) * 2
+
+    return (vllm_hooks.Target(__name__, "_Runner", "step", step_params, wrap),
+            vllm_hooks.Target(__name__, "_Runner", "stop", ("self",), stop_patch or wrap),
+            vllm_hooks.Target("svf_absent_module", "X", "y", ("self",), wrap, optional=True))
+
+
+def test_in_range_patches_every_target(plugin, monkeypatch):
+    monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: "0.32.0")
+    monkeypatch.setattr(vllm_hooks, "PATCHES", _targets())
+    step, stop = _Runner.__dict__["step"], _Runner.__dict__["stop"]
+    try:
+        register()
+        assert _Runner().step(1) == 2 and _Runner().stop() == "stoppedstopped"
+        assert vllm_hooks.installed_hooks() == [f"{__name__}._Runner.step", f"{__name__}._Runner.stop"]
+        assert plugin() == []
+    finally:
+        _Runner.step, _Runner.stop = step, stop
+
+
+def test_a_signature_mismatch_counts_as_outside_the_range(plugin, monkeypatch):
+    monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: "0.32.1")
+    monkeypatch.setattr(vllm_hooks, "PATCHES", _targets(step_params=("self", "x", "y")))
+    register()
+    assert plugin() == [("svf: vLLM 0.32.1 differs from the vLLM the svf plugin is tested with "
+                         "where the plugin patches it: _Runner.step takes (self, x), the plugin "
+                         "expects (self, x, y) (>=0.32.0,<0.33); the svf plugin installs nothing "
+                         "(vLLM runs as without it)")]
+    assert vllm_hooks.installed_hooks() == [] and _Runner().step(1) == 1
+    monkeypatch.setattr(vllm_hooks, "_DONE", False)
+    monkeypatch.setenv(ENV_VAR, '{"a": "/a.svf"}')
+    with pytest.raises(vllm_hooks.UnsupportedVLLMError, match=r"_Runner.step takes \(self, x\)"):
+        register()
+
+
+def test_other_failures_are_logged_and_leave_vllm_alone(plugin, monkeypatch):
+    def boom(f):
+        raise RuntimeError("no such thing")
+
+    monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: "0.32.0")
+    monkeypatch.setattr(vllm_hooks, "PATCHES", _targets(stop_patch=boom))
+    monkeypatch.setenv(ENV_VAR, '{"a": "/a.svf"}')  # configured fields do not change that
+    register()
+    assert plugin() == [("svf: the vLLM plugin could not install its hooks (RuntimeError: no "
+                         "such thing); it installs nothing")]
+    assert vllm_hooks.installed_hooks() == [] and _Runner().step(1) == 1
+
+
+def test_without_vllm_the_plugin_logs_and_returns(plugin, monkeypatch):
+    monkeypatch.setattr(vllm_hooks, "vllm_version", _VLLM_VERSION)  # reads vllm, absent here
+    register()
+    assert len(plugin()) == 1 and "No module named 'vllm'" in plugin()[0]
 
 
 # -- loading at start --------------------------------------------------------------------------
@@ -136,6 +278,16 @@ def test_layers_and_tables_match_batch_steering(artifacts):
     for row, i in enumerate(served.layers):
         assert torch.equal(torch.from_numpy(served.id_maps[row]), want[i].id_map)
         assert torch.allclose(torch.from_numpy(served.scales[row]), want[i].scales)
+
+
+def test_alpha_bounds_are_the_largest_strength_the_engine_steers_with(artifacts):
+    served = _served(artifacts)
+    specs = {"a": FieldSpec("a", (artifacts["a"],)), "ab": FieldSpec("ab", (artifacts["a"], artifacts["b"])),
+             "c": FieldSpec("c", (artifacts["c"],))}
+    bounds = alpha_bounds(specs, hidden_size=D, num_layers=L)
+    for g, name in enumerate(served.names):
+        on = served.id_maps[:, g + 1] >= 0
+        assert bounds[name] == pytest.approx(MAX_STRENGTH * served.scales[on, g + 1].max(), rel=1e-6)
 
 
 @pytest.mark.parametrize("problem", ["missing", "hidden", "layers", "garbage"])

@@ -41,11 +41,23 @@ def _shm() -> set[str]:
         return set()
 
 
+# A version outside the plugin's tested range, and what makes the plugin see it.
+OUT_OF_RANGE_VLLM = "0.31.0"
+
+
 def engine_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "SVF_VLLM"))}
     env.update(ENGINE_ENV)
     env.update(extra)
     return env
+
+
+def out_of_range_env(**extra: str) -> dict[str, str]:
+    """``engine_env`` for processes whose svf plugin sees vLLM ``OUT_OF_RANGE_VLLM``
+    (``fake_vllm_version/sitecustomize.py``)."""
+    path = os.pathsep.join(p for p in (str(HERE / "fake_vllm_version"),
+                                       os.environ.get("PYTHONPATH")) if p)
+    return engine_env(PYTHONPATH=path, SVF_TEST_VLLM_VERSION=OUT_OF_RANGE_VLLM, **extra)
 
 
 def run_process(cmd: list[str], env: dict[str, str], timeout: float, log: Path) -> int:
@@ -90,6 +102,11 @@ def default_model_dir() -> Path:
     return prepare_default_model()
 
 
+# Random fields' norms are scaled to a few tens, about the default model's hidden-state norms,
+# so that strengths of about 1 move its text (a served strength is at most MAX_STRENGTH).
+NORM_SCALE = 20.0
+
+
 def save_random_fields(folder: Path, num_layers: int, hidden_size: int, specs: dict) -> dict:
     """Random fields (``name: (seed, train_layers, steer_layers)``) saved under ``folder``;
     returns name -> artifact path."""
@@ -99,5 +116,6 @@ def save_random_fields(folder: Path, num_layers: int, hidden_size: int, specs: d
     for name, (seed, layers, steer) in specs.items():
         field = random_field(shape, layers=list(layers), steer_layers=steer, seed=seed,
                              concept=name, r=16, de=4, m=32)
+        field.mean_norms = field.mean_norms * NORM_SCALE
         paths[name] = str(field.save(folder / name))
     return paths

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = ["The weather today is", "Dear team, thank you for", "The ocean at night",
            "Once upon a time, in a small village,"]
-ROWS = [("a", 30.0), ("ab", -30.0), None, ("a", -25.0)]
+ROWS = [("a", 1.5), ("ab", -1.5), None, ("a", -1.25)]
 
 
 def _batch(ids: list[list[int]], rows, max_tokens: int = 16) -> list[dict]:
@@ -72,7 +72,7 @@ def test_two_ranks_equal_one(tmp_path):
     engine = {"model": model_dir, "dtype": "float32", "max_model_len": 128, "seed": 0,
               "enforce_eager": True, "skip_tokenizer_init": True,
               "additional_config": {"svf": {"fields": fields}}}
-    rows = [("a", 30.0), ("ab", -30.0), None, ("a", -25.0)]
+    rows = [("a", 1.5), ("ab", -1.5), None, ("a", -1.25)]
     batches = [_batch(ids, rows), _batch(ids, [None] * len(ids))]
     one = run_engine(tmp_path, engine, batches, name="tp1")
     two = run_engine(tmp_path, {**engine, "tensor_parallel_size": 2}, batches, name="tp2",

@@ -1,12 +1,14 @@
 """Offline ``LLM.generate`` with the plugin on the default model (fp32, greedy, eager): each
 request gets the tokens :func:`svf.steer_requests` gives its row on the Hugging Face path;
-unsteered requests get unsteered vLLM's tokens; the prefix cache never mixes steering."""
+unsteered requests get stock vLLM's tokens (the plugin, seeing a vLLM outside its tested
+range and no fields, patches nothing there); the prefix cache never mixes steering; the
+fields leave the steering op's registry when the engine shuts down."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_engine, save_random_fields
+from conftest import OUT_OF_RANGE_VLLM, out_of_range_env, run_engine, save_random_fields
 
 from svf import SteeringField, steer_requests
 from svf.models import load_model
@@ -20,7 +22,7 @@ PROMPTS = [
     "The ocean at night", "Yesterday I went to the market and",
 ]
 # (field, strength) per row; None: unsteered. "ab" is a 2-concept softmin field.
-ROWS = [("a", 30.0), ("a", -25.0), ("ab", 30.0), ("ab", -30.0), ("c", 20.0), ("c", -20.0),
+ROWS = [("a", 1.5), ("a", -1.25), ("ab", 1.5), ("ab", -1.5), ("c", 1.0), ("c", -1.0),
         None, None]
 NEW_TOKENS = 16
 STORY_PROMPT = "Tell me the long history of the harbour city, from its first days."
@@ -48,7 +50,7 @@ def setup(tmp_path_factory, default_model_dir):
               "max_model_len": 512, "max_num_seqs": 16, "seed": 0}
     steered = run_engine(folder, {**engine, "additional_config": {"svf": {"fields": served}}}, [
         [{"prompt_token_ids": p, "params": _params(r)} for p, r in zip(ids, ROWS)],
-        [{"prompt_token_ids": story_ids, "params": _params(("a", 150.0), 140)}],
+        [{"prompt_token_ids": story_ids, "params": _params(("a", 7.5), 140)}],
     ], name="steered")
     assert "batches" in steered and "error" not in steered["batches"][0], steered.get("log", "")[-3000:]
     # The steered story, now the prompt of an unsteered request: a long prefix whose KV blocks
@@ -57,7 +59,7 @@ def setup(tmp_path_factory, default_model_dir):
     follow = story_ids + steered["batches"][1]["token_ids"][0]
     bad = [{"field": "zz"}, {"field": "a", "strength": "strong"}, "{not json", {"field": "a", "beta": 1}]
     steered_follow = run_engine(folder, {**engine, "additional_config": {"svf": {"fields": served}}}, [
-        [{"prompt_token_ids": story_ids, "params": _params(("a", 150.0), 140)}],
+        [{"prompt_token_ids": story_ids, "params": _params(("a", 7.5), 140)}],
         [{"prompt_token_ids": follow, "params": _params(None, 32)}],
         *[[{"prompt_token_ids": ids[0], "params": {**_params(None), "extra_args": {"svf": b}}}]
           for b in bad],
@@ -66,7 +68,7 @@ def setup(tmp_path_factory, default_model_dir):
     plain = run_engine(folder, engine, [
         [{"prompt_token_ids": p, "params": _params(None)} for p in ids],
         [{"prompt_token_ids": follow, "params": _params(None, 32)}],
-    ], name="plain")
+    ], name="plain", env=out_of_range_env())
     return {"model": model, "tok": tok, "ids": ids, "served": served, "steered": steered,
             "steered_follow": steered_follow, "plain": plain}
 
@@ -117,3 +119,17 @@ def test_bad_requests_fail_with_their_problem_and_the_engine_goes_on(setup):
     assert "extra_args['svf'] is text but not JSON" in errors[2]
     assert "unknown steering keys" in errors[3] and "beta" in errors[3]
     assert batches[6]["token_ids"][0] == setup["steered"]["batches"][0]["token_ids"][0]
+
+
+def test_out_of_range_vllm_without_fields_is_stock_vllm(setup):
+    plain = setup["plain"]
+    assert plain["svf_hooks"] == [] and setup["steered"]["svf_hooks"], "hooks where not expected"
+    lines = [line for line in plain["log"].splitlines() if line.startswith("svf:")]
+    assert len(lines) == 1 and f"vLLM {OUT_OF_RANGE_VLLM} is outside" in lines[0], lines
+    assert "installs nothing" in lines[0]
+
+
+def test_fields_leave_the_registry_when_the_engine_shuts_down(setup):
+    for run in ("steered", "steered_follow"):
+        assert setup[run]["svf_tables"] == 5, run  # layers 12, 15 (c) and 16, 18, 20 (a, ab)
+        assert setup[run]["svf_tables_after_shutdown"] == 0, run

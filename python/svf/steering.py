@@ -24,7 +24,7 @@ from torch import nn
 from svf_kernels import FusedSteeringField, RowField, SVFArgumentError
 from svf_kernels.modules import check_field_ids, check_row_alpha
 
-from .arguments import check_bool, check_number
+from .arguments import check_bool, check_strength_or_alpha
 from .control_vectors import ControlVector, static_row_fields
 from .field_packing import (
     STEER_METHODS,
@@ -38,8 +38,8 @@ from .hf import (
     check_model,
     decoder_layers,
     decoder_layers_path,
+    distinct_layers,
     hidden_size,
-    layer_list,
     num_layers,
 )
 from .positions import PositionTracker
@@ -317,22 +317,14 @@ def steer(
     check_bool(record_scores, "record_scores")
     if method not in STEER_METHODS:
         raise SVFArgumentError(f"method must be one of {STEER_METHODS}, got {method!r}")
-    if strength is not None and alpha is not None:
-        raise SVFArgumentError("give either strength (relative) or alpha (absolute), not both")
-    for name, value in (("strength", strength), ("alpha", alpha)):
-        if value is not None:
-            check_number(value, name)
+    check_strength_or_alpha(strength, alpha)
     check_unit(unit)
     direction = items[0].default_direction if direction is None else direction
     check_direction(direction)
     target = items[0].default_target if target is None else target
     check_target(target)
     check_fits_model(items, model)  # so every field has the same hidden size too
-    layers = layer_list(layers) if layers is not None else list(items[0].steer_layers)
-    if not layers:
-        raise SVFArgumentError("layers is empty: give at least one layer to steer")
-    if len(set(layers)) != len(layers):
-        raise SVFArgumentError(f"layers has duplicates: {layers}")
+    layers = distinct_layers(items[0].steer_layers if layers is None else layers)
     check_train_layers(items, layers)
     if strength is None and alpha is None:
         strength = items[0].default_strength

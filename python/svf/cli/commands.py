@@ -365,9 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "has one (a notice says when it has none), else plain text; see --chat and "
                    "--no-chat")
     g.add_argument("--strength", type=finite_float, default=DEFAULT_STRENGTH,
-                   help="steering strength per steered layer, in units of that layer's mean "
-                   "activation norm (docs/STEERING.md); negative steers away from the concept "
-                   "(default: %(default)s)")
+                   help="steering strength per steered layer, in units of that layer's training "
+                   "norm without outlier dimensions (the field's strength unit, docs/STEERING.md); "
+                   "negative steers away from the concept (default: %(default)s)")
     g.add_argument("--method", choices=("svf", "caa"), default="svf",
                    help="svf: along the field's concept-scorer gradient at each position; caa: "
                    "along the field's constant CAA vector, on the same layers "

@@ -90,7 +90,7 @@ def run_demo(
             with steer(model, field, method=method, strength=sign * DEMO_STRENGTH, layers=steer_layers):
                 outputs[name] = generate(model, tok, chosen, max_new_tokens=max_new_tokens)
     scores = {name: vader_compound(texts) for name, texts in outputs.items()}
-    print(f"\nsteering layers {list(steer_layers)}, strength ±{DEMO_STRENGTH} x mean activation norm;"
+    print(f"\nsteering layers {list(steer_layers)}, strength ±{DEMO_STRENGTH} x robust norm;"
           " VADER compound in [-1, 1]; greedy decoding, held-out prompts\n")
     print(f"{'method':<10} {'VADER':>6}  continuation")
     for i, prompt in enumerate(chosen):

@@ -41,7 +41,7 @@ def make_field(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A valid random (tensors, meta) pair: d=16, r=4, de=3, m=5, layers [2,3,4] of 6."""
     meta = {
         "format": "svf-field",
-        "format_version": 2,
+        "format_version": 3,
         "concept": "sentiment:positive",
         "model": {"name": "tiny-llama", "hidden_size": D, "num_layers": NUM_LAYERS},
         "train_layers": list(TRAIN),
@@ -50,6 +50,7 @@ def make_field(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "default_strength": 0.25,
         "default_direction": "gradient",
         "default_target": None,
+        "natural": None,
         "metrics": {"val_acc": 0.875, "epochs": 5, "curve": [0.5, 0.25], "note": None,
                     "best": {"layer": 3, "ok": True}},
     }
@@ -163,12 +164,13 @@ def test_expected_shapes() -> None:
     assert tuple(shapes) == TENSOR_NAMES + OPTIONAL_TENSOR_NAMES
     assert {k: shapes[k] for k in TENSOR_NAMES} == {k: tuple(v.shape) for k, v in tensors.items()}
     assert shapes["robust_norms"] == (3,) and shapes["covariances"] == (3, R, R)
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
 
 
 def make_v2_field(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A valid version-2 artifact: the optional tensors and metadata fields included."""
     tensors, meta = make_field(seed)
+    del meta["natural"]
     meta.update(format_version=2, default_direction="preconditioned", default_target=0.9)
     tensors["robust_norms"] = tensors["mean_norms"] * 0.5
     tensors["covariances"] = torch.eye(R).repeat(3, 1, 1)
@@ -187,11 +189,12 @@ def test_version_2_round_trip(tmp_path: Path) -> None:
 def test_version_1_loads_without_the_optional_parts(tmp_path: Path) -> None:
     tensors, meta = make_field()
     meta["format_version"] = 1
-    del meta["default_direction"], meta["default_target"]
+    del meta["default_direction"], meta["default_target"], meta["natural"]
     loaded, lmeta = load_field(save_field(tmp_path / "f", tensors, meta))
     assert set(loaded) == set(TENSOR_NAMES)
-    assert lmeta["format_version"] == 2  # normalised: version 2 without the optional parts
+    assert lmeta["format_version"] == 3  # normalised: version 3 without the optional parts
     assert lmeta["default_direction"] == "gradient" and lmeta["default_target"] is None
+    assert lmeta["natural"] is None
 
 
 @pytest.mark.parametrize("change, message", [
@@ -203,7 +206,7 @@ def test_version_1_loads_without_the_optional_parts(tmp_path: Path) -> None:
     (lambda t, m: m.update(default_target=True), "'default_target'"),
     (lambda t, m: t.update(covariances=torch.eye(R + 1).repeat(3, 1, 1)), "tensor 'covariances' has shape"),
     (lambda t, m: m.update(format_version=1), "unexpected metadata field 'default_direction'"),
-    (lambda t, m: m.update(format_version=3), "unsupported format_version 3"),
+    (lambda t, m: m.update(format_version=4), "unsupported format_version 4"),
 ])
 def test_version_2_refusals(tmp_path: Path, change, message: str) -> None:
     tensors, meta = make_v2_field()
@@ -613,7 +616,7 @@ META_CASES = [
     (_delete("metrics"), "missing metadata field 'metrics'"),
     (_set("extra", 1), "unexpected metadata field 'extra'"),
     (_set("format", "gguf"), "metadata field 'format' must be 'svf-field'"),
-    (_set("format_version", 3), "unsupported format_version 3"),
+    (_set("format_version", 4), "unsupported format_version 4"),
     (_set("format_version", "1"), "metadata field 'format_version' must be an int"),
     (_set("metrics", [1, 2]), "metadata field 'metrics' must be a JSON object"),
     (_set("metrics", {"big": "x" * 70000}), "over the 65536-byte limit"),

@@ -601,7 +601,9 @@ def meta_oracle(path: str, v: Any) -> str | None:
     if path == "format_version":
         if not _int(v):
             return f"{field} must be an int, got"
-        return None if v in (1, 2) else "unsupported format_version"
+        if v in (1, 2):  # the field's metadata holds fields that these versions lack
+            return f"unexpected metadata field '{'default_direction' if v == 1 else 'natural'}'"
+        return None if v == 3 else "unsupported format_version"
     if path in ("concept", "model.name", "hparams.activation") and not isinstance(v, str):
         return f"{field} must be a string, got"
     if path == "concept":

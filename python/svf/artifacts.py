@@ -6,8 +6,10 @@ header metadata has exactly one key, ``"svf"``, whose value is the JSON text of 
 metadata dict (see ``validate_metadata``). All tensors are float32 (see
 ``expected_shapes``). Format version 2 adds two optional tensors (``robust_norms``,
 ``covariances``) and two optional metadata fields (``default_direction``,
-``default_target``); a version 1 file loads as a version 2 file without them (its metadata
-normalised to version 2).
+``default_target``); version 3 adds the optional tensor ``natural_B`` (the natural direction's
+folded matrices, ``[len(natural.layers), m, d]``) with its metadata field ``natural``. A version 1
+or 2 file loads as a version 3 file without the parts it lacks (its metadata normalised to
+version 3).
 
 Loading never unpickles anything. The 8-byte length prefix and the JSON header are
 read and checked by hand (dtypes, shapes against the metadata, data offsets against
@@ -42,6 +44,7 @@ __all__ = [
     "FIELD_FILENAME",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "NATURAL_TENSOR_NAME",
     "OPTIONAL_TENSOR_NAMES",
     "READABLE_VERSIONS",
     "TENSOR_NAMES",
@@ -55,10 +58,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "svf-field"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Version 1 is version 2 without the optional tensors and the ``default_direction`` /
-#: ``default_target`` metadata; it loads as such.
-READABLE_VERSIONS = (1, 2)
+#: ``default_target`` metadata, version 2 is version 3 without ``natural_B`` and ``natural``;
+#: both load as version 3 without them.
+READABLE_VERSIONS = (1, 2, 3)
 FIELD_FILENAME = "field.safetensors"
 TENSOR_NAMES: tuple[str, ...] = (
     "R", "layer_emb", "Wg", "Wb", "W1", "b1", "w2", "b2", "mean_norms", "caa",
@@ -66,6 +70,9 @@ TENSOR_NAMES: tuple[str, ...] = (
 #: Written by training, both or neither: the robust strength unit and the covariances of the
 #: preconditioned direction (a field without them steers along the gradient, in mean norms).
 OPTIONAL_TENSOR_NAMES: tuple[str, ...] = ("robust_norms", "covariances")
+#: The natural direction's folded matrices ``B = A @ M`` at the layers of metadata ``natural``
+#: (there exactly when that field is not null).
+NATURAL_TENSOR_NAME = "natural_B"
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh",)
 
 # Header length limit (the u64 prefix). A real header is a few KiB (metrics are capped at
@@ -81,7 +88,9 @@ _META_KEYS = (
     "format", "format_version", "concept", "model", "train_layers", "steer_layers",
     "hparams", "default_strength", "metrics",
 )
-_OPTIONAL_META_KEYS = ("default_direction", "default_target")
+#: Optional metadata fields and the format version that introduced each.
+_OPTIONAL_META_KEYS = {"default_direction": 2, "default_target": 2, "natural": 3}
+_NATURAL_KEYS = ("layers", "lambdas", "samples", "validation_samples", "criterion")
 _MODEL_KEYS = ("name", "hidden_size", "num_layers")
 _HPARAM_KEYS = ("r", "de", "m", "eps", "activation")
 _TENSOR_INFO_KEYS = frozenset({"dtype", "shape", "data_offsets"})
@@ -311,7 +320,8 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         if key not in meta:
             raise _fail(source, f"missing metadata field '{key}'")
     for key in meta:
-        if key not in _META_KEYS and not (key in _OPTIONAL_META_KEYS and meta["format_version"] >= 2):
+        since = _OPTIONAL_META_KEYS.get(key)
+        if key not in _META_KEYS and not (since is not None and meta["format_version"] >= since):
             raise _fail(source, f"unexpected metadata field '{_key(key)}'")
 
     concept = _str_field(meta["concept"], "concept", source)
@@ -362,6 +372,13 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         if not 0.5 < target < 1:
             raise _fail(source, f"metadata field 'default_target' must be null or a probability "
                                 f"in (0.5, 1), got {_num(target)}")
+    natural = _natural_field(meta.get("natural"), train, source)
+    if direction == "natural":
+        lacking = [layer for layer in steer if natural is None or layer not in natural["layers"]]
+        if lacking:
+            raise _fail(source, f"metadata field 'default_direction' is 'natural' but the natural "
+                                f"direction has no matrices at steering layers "
+                                f"{_trim(repr(lacking))}")
 
     if not isinstance(meta["metrics"], Mapping):
         raise _fail(source, f"metadata field 'metrics' must be a JSON object (dict), "
@@ -383,7 +400,46 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         "default_strength": strength,
         "default_direction": direction,
         "default_target": target,
+        "natural": natural,
         "metrics": metrics,
+    }
+
+
+def _natural_field(value: Any, train: list[int], source: str) -> dict | None:
+    """The ``natural`` metadata field: null, or which layers have a natural-direction matrix,
+    each layer's damping ``lambda`` (relative to the Fisher's mean eigenvalue), the number of
+    Fisher samples behind the matrices and behind the choice of ``lambda``, and the choice's
+    criterion table (free-form JSON, bounded like the metrics)."""
+    if value is None:
+        return None
+    nat = _check_keys(value, "natural", _NATURAL_KEYS, source)
+    layers = _layers_field(nat["layers"], "natural.layers", source)
+    outside = [layer for layer in layers if layer not in set(train)]
+    if outside:
+        raise _fail(source, f"metadata field 'natural.layers' must be a subset of train_layers "
+                            f"{_trim(repr(train))}; layers {_trim(repr(outside))} are not "
+                            "training layers")
+    lambdas = nat["lambdas"]
+    if not isinstance(lambdas, (list, tuple)) or len(lambdas) != len(layers):
+        raise _fail(source, f"metadata field 'natural.lambdas' must be a list of one number per "
+                            f"layer of natural.layers ({len(layers)}), got {_show(lambdas)}")
+    lambdas = [_float_field(x, f"natural.lambdas[{i}]", source, positive=True)
+               for i, x in enumerate(lambdas)]
+    if not isinstance(nat["criterion"], Mapping):
+        raise _fail(source, f"metadata field 'natural.criterion' must be a JSON object (dict), "
+                            f"got {_show(nat['criterion'])}")
+    criterion = _json_value(nat["criterion"], "natural.criterion", source, 1)
+    size = len(_dumps(criterion))
+    if size > MAX_METRICS_BYTES:
+        raise _fail(source, f"metadata field 'natural.criterion' is {size} bytes as JSON, over "
+                            f"the {MAX_METRICS_BYTES}-byte limit")
+    return {
+        "layers": layers,
+        "lambdas": lambdas,
+        "samples": _int_field(nat["samples"], "natural.samples", 1, source),
+        "validation_samples": _int_field(nat["validation_samples"], "natural.validation_samples",
+                                         1, source),
+        "criterion": criterion,
     }
 
 
@@ -416,7 +472,7 @@ def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     n = len(meta["train_layers"])
     r, de, m = (meta["hparams"][k] for k in ("r", "de", "m"))
     sd, sr, sde, sm = (_num(x) for x in (d, r, de, m))  # shortened for messages
-    return {
+    out = {
         "R": ((r, d), f"from hparams r={sr}, model.hidden_size={sd}"),
         "layer_emb": ((n, de), f"from len(train_layers)={n}, hparams de={sde}"),
         "Wg": ((r, de), f"from hparams r={sr}, de={sde}"),
@@ -430,16 +486,23 @@ def _expected(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
         "robust_norms": ((n,), f"from len(train_layers)={n}"),
         "covariances": ((n, r, r), f"from len(train_layers)={n}, hparams r={sr}"),
     }
+    if meta.get("natural") is not None:
+        k = len(meta["natural"]["layers"])
+        why = f"from len(natural.layers)={k}, hparams m={sm}, model.hidden_size={sd}"
+        out[NATURAL_TENSOR_NAME] = ((k, m, d), why)
+    return out
 
 
 def _present(names: Any) -> list[str]:
     """The artifact's tensor names in canonical order: the required, then the optional ones
     present."""
-    return [*TENSOR_NAMES, *(n for n in OPTIONAL_TENSOR_NAMES if n in names)]
+    optional = (*OPTIONAL_TENSOR_NAMES, NATURAL_TENSOR_NAME)
+    return [*TENSOR_NAMES, *(n for n in optional if n in names)]
 
 
 def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
-    """Shape of every tensor (required, then optional) that the (validated) metadata implies."""
+    """Shape of every tensor (required, then optional) that the (validated) metadata implies
+    (``natural_B`` only when its metadata field ``natural`` is there)."""
     meta = validate_metadata(meta)
     return {name: shape for name, (shape, _) in _expected(meta).items()}
 
@@ -452,7 +515,7 @@ def _check_names(names: list[str], meta: dict, source: str) -> None:
         more = f" (and {len(missing) - 1} more: {missing[1:]})" if len(missing) > 1 else ""
         raise _fail(source, f"missing tensor '{missing[0]}'{more}")
     optional = [n for n in OPTIONAL_TENSOR_NAMES if n in names]
-    allowed = TENSOR_NAMES + OPTIONAL_TENSOR_NAMES
+    allowed = (*TENSOR_NAMES, *OPTIONAL_TENSOR_NAMES, NATURAL_TENSOR_NAME)
     if optional and len(optional) != len(OPTIONAL_TENSOR_NAMES):
         lacking = next(n for n in OPTIONAL_TENSOR_NAMES if n not in names)
         raise _fail(source, f"tensor '{optional[0]}' is there but '{lacking}' is missing "
@@ -460,6 +523,12 @@ def _check_names(names: list[str], meta: dict, source: str) -> None:
     if meta["default_direction"] == "preconditioned" and not optional:
         raise _fail(source, "metadata field 'default_direction' is 'preconditioned' but the "
                             "tensor 'covariances' is missing")
+    if meta["natural"] is not None and NATURAL_TENSOR_NAME not in names:
+        raise _fail(source, f"metadata field 'natural' is there but the tensor "
+                            f"'{NATURAL_TENSOR_NAME}' is missing")
+    if meta["natural"] is None and NATURAL_TENSOR_NAME in names:
+        raise _fail(source, f"tensor '{NATURAL_TENSOR_NAME}' is there but metadata field "
+                            "'natural' is missing (null)")
     extra = sorted(n for n in names if n not in allowed)
     if extra:
         more = f" (and {len(extra) - 1} more: {extra[1:]})" if len(extra) > 1 else ""

@@ -4,8 +4,9 @@
 :class:`PackedField` ``[C, m, d]``; :func:`svf.steer_requests` packs F entries into a
 :class:`FieldTable` ``[F, C, m, d]``. Both fold each scorer at the layer and pad hidden units
 with zeros (they add exactly nothing); a table pads missing concepts with ``b2 = +inf`` (score
-+inf, softmin weight exactly 0). The preconditioned direction adds the folded ``B`` (a table
-whose entries mix directions gives gradient entries ``B = A``); a closed-loop target becomes
++inf, softmin weight exactly 0). Every direction but the gradient adds the folded ``B``
+(preconditioned or natural; a table whose entries mix directions gives gradient entries
+``B = A``); a closed-loop target becomes
 the score ``logit(target)``. The checks and the per-entry strength unit live here too, so both
 paths accept the same fields and give the same strengths.
 """
@@ -58,7 +59,7 @@ def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.
     check_target(target, "target")
     A, c, w2, b2, B = _folded(fields, layer, direction)
     return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps,
-                       B=B if direction == "preconditioned" else None,
+                       B=None if direction == "gradient" else B,
                        target=None if target is None else target_score(target))
 
 
@@ -103,7 +104,7 @@ def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: 
     scores = torch.tensor([math.nan if t is None else target_score(t) for t in targets])
     return FieldTable(torch.stack(A), torch.stack(c), torch.stack(w2), torch.stack(b2),
                       tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps,
-                      B=torch.stack(B) if "preconditioned" in directions else None,
+                      B=None if all(d == "gradient" for d in directions) else torch.stack(B),
                       targets=scores if closed else None)
 
 

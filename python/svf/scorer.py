@@ -22,6 +22,15 @@ that is ``B.T (gelu'(z) * w2)`` with a second folded matrix
 so the kernels still run one fused pass (their optional ``B``). For a linear discriminant
 ``S @ w`` is the class-mean difference: the preconditioned direction leans towards where the
 data itself spreads, as CAA does, while keeping the field's dependence on ``h``.
+
+``natural`` divides the gradient by the Fisher information ``F`` of the model's next-token
+distribution with respect to ``h`` (:mod:`svf.fisher`): with the symmetric ``[d, d]`` matrix
+``M = (F / mean_eig(F) + lam I)^-1`` the folded matrix is ``B = A @ M``, so the kernels compute
+``P(hn) M A.T (gelu'(z) * w2) / rms`` (``P(hn) = I - hn hn.T / d``, the RMS norm's Jacobian
+times ``rms``): ``M`` applied to the gradient with respect to ``hn``, before the RMS norm's
+Jacobian. That is the natural gradient ``(F + lam' I)^-1 ∇_h f`` up to the order of ``M`` and
+``P`` (``P`` differs from the identity in one direction only). It moves the score most per unit
+of change of the next-token distribution (KL ≈ ½ δᵀ F δ).
 """
 
 from __future__ import annotations
@@ -60,13 +69,13 @@ class ScorerConfig:
 
 
 #: The steering directions a field offers (see the module docstring).
-DIRECTIONS = ("gradient", "preconditioned")
+DIRECTIONS = ("gradient", "preconditioned", "natural")
 
 
 @dataclass(frozen=True)
 class FoldedLayer:
     """One layer's kernel form: ``A [m, d]``, ``c [m]``, ``w2 [m]``, ``b2 [1]``; ``B [m, d]``
-    for the preconditioned direction (None: the plain gradient, ``B = A``)."""
+    for the preconditioned or natural direction (None: the plain gradient, ``B = A``)."""
 
     A: torch.Tensor
     c: torch.Tensor
@@ -125,9 +134,14 @@ class ConceptScorer(nn.Module):
         return self(flat, pos).reshape(h.shape[:-1])
 
     @torch.no_grad()
-    def fold(self, layer: int, covariance: torch.Tensor | None = None) -> FoldedLayer:
+    def fold(self, layer: int, covariance: torch.Tensor | None = None, *,
+             natural: torch.Tensor | None = None) -> FoldedLayer:
         """The per-layer kernel form (DESIGN.md §2, folded form); with ``covariance`` (``S``,
-        ``[r, r]``) also ``B = W1 diag(1 + Wg e) S R`` for the preconditioned direction."""
+        ``[r, r]``) also ``B = W1 diag(1 + Wg e) S R`` for the preconditioned direction, with
+        ``natural`` (``M``, symmetric ``[d, d]``) ``B = A @ M`` for the natural one (computed in
+        float64)."""
+        if covariance is not None and natural is not None:
+            raise SVFArgumentError("fold takes a covariance or a natural matrix, not both")
         pos = torch.tensor([self.layer_position(layer)], device=self.R.device)
         gain, shift = self.film(pos)
         A = self.W1 @ (gain[0, :, None] * self.R)
@@ -135,6 +149,12 @@ class ConceptScorer(nn.Module):
         B = None
         if covariance is not None:
             B = (self.W1 * gain[0]) @ covariance.to(self.R) @ self.R
+        if natural is not None:
+            d = self.config.hidden_size
+            if tuple(natural.shape) != (d, d):
+                raise SVFArgumentError(f"the natural matrix must be [{d}, {d}], got "
+                                       f"{list(natural.shape)}")
+            B = (A.double() @ natural.to(device=A.device, dtype=torch.float64)).to(A.dtype)
         return FoldedLayer(A.clone(), c.clone(), self.w2.clone(), self.b2.clone(), B)
 
     @torch.no_grad()

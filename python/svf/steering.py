@@ -275,12 +275,13 @@ def steer(
     the fields store robust norms, else the mean norm; averaged over the fields), so steering
     more layers pushes more in total (docs/STEERING.md).
     ``alpha`` is an absolute L2 displacement per layer. Give one of them (neither: the first
-    field's ``default_strength``). ``direction``: ``"gradient"`` or ``"preconditioned"``
-    (DESIGN.md §2; None: the first field's ``default_direction``). ``target``: closed loop, a
-    probability in (0.5, 1): a position whose score already gives the side steered toward
-    that probability is not pushed, and the push fades over the last score unit before it
-    (None: the first field's ``default_target``; open loop when that is None too; ``svf``
-    only). ``layers`` defaults to the first field's steering layers;
+    field's ``default_strength``). ``direction``: ``"gradient"``, ``"preconditioned"`` or
+    ``"natural"`` (DESIGN.md §2; the natural one needs the fields' Fisher matrices at every
+    steered layer, :mod:`svf.fisher`; None: the first field's ``default_direction``).
+    ``target``: closed loop, a probability in (0.5, 1): a position whose score already gives
+    the side steered toward that probability is not pushed, and the push fades over the last
+    score unit before it (None: the first field's ``default_target``; open loop when that is
+    None too; ``svf`` only). ``layers`` defaults to the first field's steering layers;
     several fields at one layer combine by softmin (``tau``). ``method="caa"`` steers the same
     layers with the fields' CAA vectors instead (summed over fields), so the two methods differ
     only in the field. A field trained for another hidden size or layer count is refused here

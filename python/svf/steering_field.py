@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,10 +79,14 @@ class SteeringField:
     ``robust_norms[i]`` its norm without outlier dimensions (the units of relative strengths);
     ``caa[i]`` the CAA mean-difference vector there (the static baseline); ``covariances[i]``
     the within-class covariance ``[r, r]`` of the scorer's projection there (the
-    preconditioned direction). ``default_strength``, ``default_direction`` and
-    ``default_target`` are what :func:`svf.steer` uses when not told otherwise. Fields saved
-    by a library without the robust norms and covariances load with them ``None``: the
-    ``mean_norm`` unit and the gradient direction still work.
+    preconditioned direction). ``natural_B[k]`` is the natural direction's folded matrix
+    ``B = A @ M`` ``[m, d]`` at layer ``natural["layers"][k]`` (:mod:`svf.fisher`), and
+    ``natural`` its artifact metadata (layers, damping ``lambdas``, sample counts, the damping's
+    criterion table); both None for a field without the natural direction.
+    ``default_strength``, ``default_direction`` and ``default_target`` are what
+    :func:`svf.steer` uses when not told otherwise. Fields saved by a library without the robust
+    norms and covariances load with them ``None``: the ``mean_norm`` unit and the gradient
+    direction still work.
     """
 
     scorer: ConceptScorer
@@ -97,10 +102,30 @@ class SteeringField:
     covariances: torch.Tensor | None = None
     default_direction: str = "gradient"
     default_target: float | None = None
+    natural_B: torch.Tensor | None = None
+    natural: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_direction(self.default_direction, "default_direction")
         check_target(self.default_target, "default_target")
+        self._check_natural()
+
+    def _check_natural(self) -> None:
+        """``natural_B`` and ``natural`` come together, the matrices one per natural layer, each
+        a training layer."""
+        if (self.natural_B is None) != (self.natural is None):
+            raise SVFArgumentError("natural_B and natural must both be given or both be None")
+        if self.natural is None:
+            return
+        layers = self.natural.get("layers") if isinstance(self.natural, dict) else None
+        if not isinstance(layers, (list, tuple)) or not set(layers) <= set(self.train_layers):
+            raise SVFArgumentError(f"natural['layers'] must list training layers of field "
+                                   f"{self.concept!r} ({list(self.train_layers)}), got {layers!r:.100}")
+        want = (len(layers), self.scorer.config.m, self.hidden_size)
+        if not isinstance(self.natural_B, torch.Tensor) or tuple(self.natural_B.shape) != want:
+            got = tuple(self.natural_B.shape) if isinstance(self.natural_B, torch.Tensor) else self.natural_B
+            raise SVFArgumentError(f"natural_B must be a tensor of shape {want} (natural layers, m, "
+                                   f"d), got {got!r:.100}")
 
     @property
     def train_layers(self) -> tuple[int, ...]:
@@ -133,10 +158,27 @@ class SteeringField:
                                    "format): the preconditioned direction needs a retrained field")
         return self.covariances[self.scorer.layer_position(layer)]
 
+    def natural_matrix(self, layer: int) -> torch.Tensor:
+        """The natural direction's folded matrix ``B = A @ M`` ``[m, d]`` at ``layer``."""
+        self.scorer.layer_position(layer)  # a training layer
+        layers = [] if self.natural is None else list(self.natural["layers"])
+        if layer not in layers:
+            where = (f"has them only at layers {layers}" if layers
+                     else "has no natural-direction matrices")
+            raise SVFArgumentError(
+                f"direction='natural' at layer {layer}: field {self.concept!r} {where}; estimate "
+                "them with svf.fisher.add_natural_direction(field, model, tokenizer, layers=...) "
+                "or retrain with TrainConfig(fisher_samples=...) (the Fisher estimate)")
+        return self.natural_B[layers.index(layer)]
+
     def fold(self, layer: int, direction: str = "gradient"):
         """The scorer's kernel form at ``layer`` for ``direction`` (``B`` set when
-        preconditioned)."""
+        preconditioned or natural)."""
         check_direction(direction, "direction")
+        if direction == "natural":
+            B = self.natural_matrix(layer)
+            folded = self.scorer.fold(layer)
+            return dataclasses.replace(folded, B=B.to(folded.A).clone())
         cov = self.covariance(layer) if direction == "preconditioned" else None
         return self.scorer.fold(layer, cov)
 
@@ -158,6 +200,7 @@ class SteeringField:
             "default_strength": float(self.default_strength),
             "default_direction": self.default_direction,
             "default_target": None if self.default_target is None else float(self.default_target),
+            "natural": self.natural,
             "metrics": self.metrics,
         }
 
@@ -169,6 +212,8 @@ class SteeringField:
             out["robust_norms"] = self.robust_norms.float().contiguous()
         if self.covariances is not None:
             out["covariances"] = self.covariances.float().contiguous()
+        if self.natural_B is not None:
+            out[artifacts.NATURAL_TENSOR_NAME] = self.natural_B.float().contiguous()
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -218,6 +263,8 @@ class SteeringField:
             covariances=tensors.get("covariances"),
             default_direction=meta.get("default_direction", "gradient"),
             default_target=meta.get("default_target"),
+            natural_B=tensors.get(artifacts.NATURAL_TENSOR_NAME),
+            natural=meta.get("natural"),
         )
 
 

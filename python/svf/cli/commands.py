@@ -24,6 +24,7 @@ from ..data import MAX_HELDOUT_PAIRS, TRAIN_PAIRS_NEEDED, pairs_needed
 from ..models import DEFAULT_MODEL, MODELS
 from ..optional import MissingExtraError
 from ..steering_field import DEFAULT_STRENGTH
+from ..training import MAX_INNER_POSITIONS, TRAIN_POSITIONS, TrainConfig
 from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the command line's contract
     LAYERS_HELP,
     MAX_LAYER,
@@ -36,6 +37,8 @@ from .options import (  # noqa: F401 - MAX_LAYER, SEED_RANGE: part of the comman
     eval_stage,
     field_out_path,
     finite_float,
+    fisher_samples,
+    fluency_method,
     gguf_file,
     gguf_out_path,
     int_at_least,
@@ -111,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from ..training import TrainConfig, train_field
 
-    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
+    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, positions=args.positions,
+                         fisher_samples=args.fisher_samples)
     pairs = _file_pairs(args.data, args.pairs) if args.data is not None else None
     concept = args.concept or (Path(args.data).stem if args.data is not None else "sentiment")
     model, tok = _load_model(args.model)
@@ -209,12 +213,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fluency_defaults() -> tuple[str, ...]:
+    from ..eval.evaluate_fluency import FluencySettings
+
+    return FluencySettings.methods
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from ..eval.config import EvalConfig, quick_config
     from ..eval.evaluation import run_eval
 
+    if args.merge:
+        from ..eval.merge import merge_reports
+
+        merge_reports(args.merge, Path(args.out))
+        print(f"wrote {args.out}/README.md")
+        return 0
     model, tok = _load_model(args.model)
     _model_layers(model, args)  # run_eval derives the same layers; here a bad one names its option
     overrides = {"concepts": tuple(args.concepts)} if args.concepts else {}
@@ -226,6 +243,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if layers is not None:
             overrides[key] = tuple(layers)
     cfg = quick_config(**overrides) if args.quick else EvalConfig(**overrides)
+    train = {"seed": args.train_seed, "fisher_samples": args.fisher_samples}
+    cfg.train = dataclasses.replace(cfg.train, **{k: v for k, v in train.items() if v is not None})
+    if args.fluency_methods:
+        cfg.fluency_methods = tuple(dict.fromkeys(args.fluency_methods))
+    cfg.validate()
     out = Path(args.out)
     command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
     run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command,
@@ -344,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the train/validation/test split and of the scorer's "
                         "initialisation (default: %(default)s)")
+    t.add_argument("--positions", choices=TRAIN_POSITIONS, default="last",
+                   help="where in each pair text the scorer trains: 'last', its last token; "
+                        f"'inner', also up to {MAX_INNER_POSITIONS} positions inside it (its "
+                        f"first {TrainConfig().inner_skip} tokens skipped, the last included), "
+                        "as a field scores every generated token, inside unfinished text. The "
+                        "CAA vector and the strength units use the last token either way; the "
+                        "report gives held-out accuracy at both (default: %(default)s)")
+    t.add_argument("--fisher-samples", type=fisher_samples, default=0,
+                   help="also store the natural direction (steer with direction='natural'): the "
+                   "scorer's gradient divided by the Fisher information of the next-token "
+                   "distribution, estimated from this many samples of the model's own "
+                   "continuations of neutral prompts (0: none; default: %(default)s)")
     t.add_argument("--out", type=field_out_path, required=True,
                    help="where to write the field: a directory (holding field.safetensors) "
                         "or a .safetensors file")
@@ -424,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained whenever one of its stages runs")
     e.add_argument("--layers", type=parse_layers, default=None, help=LAYERS_HELP)
     e.add_argument("--steer-layers", type=parse_layers, default=None, help=STEER_LAYERS_HELP)
+    e.add_argument("--fluency-methods", type=fluency_method, nargs="+", default=None,
+                   help=f"the equal-fluency stage's methods (default: {' '.join(_fluency_defaults())})")
+    e.add_argument("--train-seed", type=seed_int, default=None,
+                   help="seed of the fields' training (default: 0); the sampling seed stays 0")
+    e.add_argument("--fisher-samples", type=fisher_samples, default=None,
+                   help="train each field's natural direction from this many Fisher samples "
+                   "(needed by the svf-natural methods; default: none)")
+    e.add_argument("--merge", nargs="+", default=None, metavar="PART",
+                   help="merge these report directories (parts of one run on different concepts) "
+                   "into --out and recompute the equal-fluency verdicts; runs no model")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bars on stderr (shown only when stderr is a terminal)")
     e.set_defaults(func=cmd_eval, check=check_layer_options, parser=e)

@@ -41,6 +41,15 @@ def int_at_least(minimum: int | Callable[[], int], why: str = "") -> Callable[[s
 positive_int = int_at_least(1)
 
 
+def fisher_samples(text: str) -> int:
+    """An argparse type for ``--fisher-samples``: 0 (no natural direction) or at least 2 (one
+    sample to estimate the Fisher information from and one to choose its damping on)."""
+    value = _int(text)
+    if value != 0 and value < 2:
+        raise argparse.ArgumentTypeError(f"must be 0 (none) or an integer >= 2, got {value}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """An argparse type: an integer that ``torch.manual_seed`` takes."""
     value = _int(text)
@@ -157,6 +166,17 @@ def eval_stage(text: str) -> str:
 
     if text not in STAGE_NAMES:
         raise argparse.ArgumentTypeError(f"unknown stage {text!r}: known are {', '.join(STAGE_NAMES)}")
+    return text
+
+
+def fluency_method(text: str) -> str:
+    """An argparse type for ``svf eval --fluency-methods``: one of
+    :data:`svf.eval.evaluate_fluency.FLUENCY_METHODS`."""
+    from ..eval.evaluate_fluency import FLUENCY_METHODS
+
+    if text not in FLUENCY_METHODS:
+        raise argparse.ArgumentTypeError(f"unknown equal-fluency method {text!r}: known are "
+                                         f"{', '.join(FLUENCY_METHODS)}")
     return text
 
 

@@ -34,6 +34,7 @@ from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
 from svf.eval import evaluate_mwe, evaluation, judges, metrics, stages
 from svf.eval.config import EvalConfig, quick_config
+from svf.eval.evaluate_fluency import FLUENCY_METHODS
 from svf.eval.knn_field import KNNField, knn_fields
 from svf.eval.stages import STAGE_NAMES, plan
 from svf.training import TrainConfig
@@ -93,10 +94,11 @@ TEXTS = st.lists(TEXT, max_size=6)
 # -- EvalConfig and quick_config ------------------------------------------------------------------
 
 _COUNTS = ("knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts", "long_tokens",
-           "long_window", "multi_samples", "fluency_val_prompts", "fluency_test_prompts", "fluency_samples",
+           "long_window", "multi_samples", "fluency_val_prompts", "fluency_val_samples", "fluency_samples",
            "fluency_tokens")
 _SEQUENCES = ("concepts", "train_layers", "steer_layers", "sweep", "gen_total_strengths", "signs",
-              "long_refresh", "mwe_behaviors", "stages", "fluency_strengths", "fluency_budgets")
+              "long_refresh", "mwe_behaviors", "stages", "fluency_strengths", "fluency_budgets",
+              "fluency_methods")
 
 
 def _eval_kwargs(data, max_layer: int = 40) -> dict:
@@ -124,6 +126,9 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
         "fluency_strengths": data.draw(strengths, label="fluency_strengths"),
         "fluency_budgets": data.draw(st.lists(st.floats(1.0, 10), min_size=1, max_size=3), label="budgets"),
         "fluency_target": data.draw(st.floats(0.51, 0.999), label="fluency_target"),
+        "fluency_methods": data.draw(st.lists(st.sampled_from([m for m in FLUENCY_METHODS if "natural" not in m]),
+                                              min_size=1, unique=True), label="fluency_methods"),
+        "fluency_test_prompts": data.draw(st.integers(2, 50), label="fluency_test_prompts"),
         **{k: data.draw(st.integers(1, 50), label=k) for k in _COUNTS},
     }
     keep = data.draw(st.sets(st.sampled_from(sorted(kw))), label="fields given")
@@ -165,6 +170,9 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("fluency_strengths", ()), ("fluency_strengths", (NAN,)), ("fluency_strengths", (-0.2,)),
         ("fluency_budgets", (0.9,)), ("fluency_budgets", ()), ("fluency_budgets", (INF,)),
         ("fluency_target", 0.5), ("fluency_target", 1.0), ("fluency_target", None), ("fluency_target", "0.9"),
+        ("fluency_methods", ()), ("fluency_methods", ("svf", "steer-harder")), ("fluency_methods", "svf"),
+        ("fluency_methods", ("svf", "svf")), ("fluency_test_prompts", 1), ("fluency_test_prompts", 0),
+        ("fluency_methods", ("svf", "svf-natural")),  # the natural direction needs train.fisher_samples
     ]
     out += [(k, bad) for k in _COUNTS for bad in (0, -3, 1.5, None, "4", True)]
     if train:  # given: the steering layers must be among them

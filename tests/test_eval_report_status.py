@@ -83,7 +83,7 @@ class Stages:
 
         def equal_fluency(model, tokenizer, concept, *args, **kwargs):
             self.enter(f"{concept.name}: equal-fluency")
-            return [], []
+            return [], [], []
 
         monkeypatch.setattr(evaluation, "load_concept", concept)
         monkeypatch.setattr(evaluate_mwe, "load_mwe", lambda behavior, source="all": [])

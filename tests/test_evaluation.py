@@ -24,16 +24,18 @@ FILES = ["README.md", "config.json", "examples.json", "likelihood.csv", "likelih
          "slopes.csv", "open_ended.csv", "open_ended.md", "long_form.csv", "long_form.md",
          "multi_attribute.csv", "multi_attribute.md", "mwe.csv", "mwe.md", "judges.csv",
          "gap_vs_alpha.png", "slopes.png", "open_ended.png", "long_form.png", "fluency_sweep.csv",
-         "equal_fluency.csv", "equal_fluency.md", "fluency_verdicts.csv", "fluency_verdicts.md",
-         "equal_fluency.png"]
-FLUENCY_METHODS = {"caa-multi", "knn", "svf", "svf-precond", "svf-closed", "svf-precond-closed"}
+         "equal_fluency.csv", "equal_fluency.md", "fluency_prompts.csv", "fluency_verdicts.csv",
+         "fluency_verdicts.md", "equal_fluency.png", "fluency_verdicts.png", "run.json"]
+FLUENCY_METHODS = {"caa", "svf", "svf-closed", "svf-precond", "prompt", "prompt+svf"}
+INTENSITIES = ("slightly", "plain", "very")
 
 
 def _concept(name: str, n_pairs=30, n_completions=2) -> Concept:
     pos, neg = WORDS[name]
     pairs = tuple(ContrastivePair(f"{pos} {i} {pos} yes", f"{neg} {i} {neg} no") for i in range(n_pairs))
     prompts = tuple(f"prompt number {i}" for i in range(10))
-    return Concept(name, pairs, prompts, (f"{pos}!", f"{pos} {pos}"), (f"{neg}.", f"{neg} {neg}"))
+    instructions = {1: {k: f"be {k} {pos}" for k in INTENSITIES}, -1: {k: f"be {k} {neg}" for k in INTENSITIES}}
+    return Concept(name, pairs, prompts, (f"{pos}!", f"{pos} {pos}"), (f"{neg}.", f"{neg} {neg}"), instructions)
 
 
 def _mwe_items(behavior: str, source: str = "all") -> list[dict]:
@@ -122,35 +124,58 @@ def test_eval_quick_cli_writes_every_table_and_plot(toy_world, tmp_path, monkeyp
         assert len(list(csv.DictReader(f))) == len(lik)
     readme = (tmp_path / "README.md").read_text()
     assert "wall time" in readme and "commit" in readme and "![slopes.png](slopes.png)" in readme
-    _check_fluency_tables(tables)
+    _check_fluency_tables(tables, samples=1)
 
 
-def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1)) -> None:
+def _points(method: str, strengths=(0.5, 2.0)) -> set[tuple[float, str]]:
+    """The (total strength, intensity) points a method sweeps."""
+    if method == "prompt":
+        return {(0.0, k) for k in INTENSITIES}
+    return {(t, "plain" if method == "prompt+svf" else "") for t in strengths}
+
+
+def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), samples: int = 2) -> None:
     """Every method swept on validation, one row per budget, sign and method on test at a
-    strength the validation sweep allows, and one verdict per concept, budget and sign."""
-    sweep, chosen = tables["fluency_sweep"], tables["equal_fluency"]
-    assert {(r["concept"], r["method"], r["sign"], r["total_strength"]) for r in sweep} == {
-        (c, m, sg, t) for c in concepts for m in FLUENCY_METHODS for sg in signs for t in (0.5, 2.0)
-    } | {(c, "base", 0, 0.0) for c in concepts}
+    point the validation sweep allows, per-prompt shifts that average to each row's shift, and
+    one verdict per concept, budget, sign and comparison whose difference and interval follow
+    from the per-prompt shifts."""
+    sweep, chosen, per_prompt = tables["fluency_sweep"], tables["equal_fluency"], tables["fluency_prompts"]
+    assert {(r["concept"], r["method"], r["sign"], r["total_strength"], r["intensity"]) for r in sweep} == {
+        (c, m, sg, *p) for c in concepts for m in FLUENCY_METHODS for sg in signs for p in _points(m)
+    } | {(c, "base", 0, 0.0, "") for c in concepts}
     assert all(r["n_prompts"] == 3 for r in sweep)
     for r in chosen:
-        assert r["n_prompts"] == 4
+        assert r["n_prompts"] == 4 and r["samples"] == samples
+        assert r["delta_lo"] <= r["delta"] + 1e-12 and r["delta"] <= r["delta_hi"] + 1e-12
         base_ppl = next(x["ppl_median"] for x in sweep if x["concept"] == r["concept"] and x["method"] == "base")
         rows = [x for x in sweep if (x["concept"], x["method"], x["sign"]) ==
                 (r["concept"], r["method"], r["sign"])]
         allowed = [x for x in rows if x["ppl_median"] <= r["budget"] * base_ppl and x["delta"] > 0]
-        if allowed:  # the strongest shift within the budget was kept
-            best = max(allowed, key=lambda x: (x["delta"], -x["total_strength"]))
-            assert (r["total_strength"], r["val_delta"]) == (best["total_strength"], best["delta"])
+        if allowed:  # the strongest shift within the budget was kept (ties: the milder point)
+            best = max(allowed, key=lambda x: (x["delta"], -rows.index(x)))
+            assert (r["total_strength"], r["intensity"], r["val_delta"]) == (
+                best["total_strength"], best["intensity"], best["delta"])
         else:  # nothing within the budget: not moved
-            assert r["total_strength"] == 0.0 and r["delta"] == 0.0 and r["ppl_median"] == r["base_ppl"]
+            assert r["total_strength"] == 0.0 and r["intensity"] == "" and r["delta"] == 0.0
+            assert r["ppl_median"] == r["base_ppl"]
+        shifts = [x["shift"] for x in per_prompt if (x["concept"], x["sign"], x["total_strength"], x["intensity"])
+                  == (r["concept"], r["sign"], r["total_strength"], r["intensity"])
+                  and x["method"] == (r["method"] if (r["total_strength"], r["intensity"]) != (0.0, "") else "base")]
+        assert len(shifts) == 4 and sum(shifts) / 4 == pytest.approx(r["delta"], abs=1e-9)
     assert {(r["concept"], r["budget"], r["sign"], r["method"]) for r in chosen} == {
         (c, b, sg, m) for c in concepts for b in (1.25, 100.0) for sg in signs for m in FLUENCY_METHODS}
     verdicts = tables["fluency_verdicts"]
-    assert {(r["concept"], r["budget"], r["sign"]) for r in verdicts} == {
-        (c, b, sg) for c in concepts for b in (1.25, 100.0) for sg in signs}
+    assert {(r["concept"], r["budget"], r["sign"], r["comparison"]) for r in verdicts} == {
+        (c, b, sg, comp) for c in concepts for b in (1.25, 100.0) for sg in signs
+        for comp in ("best-svf vs best-static", "best-svf vs best-prompt", "prompt+svf vs best-prompt")}
     for v in verdicts:
-        assert v["svf_at_least_caa"] == (v["svf_delta"] >= v["caa_delta"])
+        assert v["diff"] == pytest.approx(v["a_delta"] - v["b_delta"], abs=1e-9)
+        assert v["lo"] <= v["diff"] + 1e-12 and v["diff"] <= v["hi"] + 1e-12
+        assert v["verdict"] == ("win" if v["lo"] > 0 else "loss" if v["hi"] < 0 else "tie")
+        cell = [r for r in chosen if (r["concept"], r["budget"], r["sign"]) == (v["concept"], v["budget"], v["sign"])]
+        svf = max((r for r in cell if r["method"].startswith("svf")), key=lambda r: r["val_delta"])
+        if v["comparison"].startswith("best-svf"):
+            assert v["a"].startswith(svf["method"] + " @")
 
 
 def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path):
@@ -164,8 +189,44 @@ def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path)
     assert "svf eval report: complete" in (tmp_path / "README.md").read_text()
 
 
-def test_choose_strength_keeps_the_strongest_shift_within_the_budget():
-    from svf.eval.evaluate_fluency import choose_strength
+def test_parts_merge_into_one_report(toy_world, tmp_path, capsys):
+    """Two parts on different concepts merge into one report whose verdicts are those of a run
+    over both; parts that differ in configuration, or repeat a concept, are refused."""
+    from svf.cli import commands as cli
+    from svf.eval.merge import merge_reports
+    from svf_kernels import SVFArgumentError
+
+    model, tok = toy_world
+    parts = []
+    for name in ("toy", "tone"):
+        cfg = EvalConfig(concepts=(name,), **_tiny_config(stages=("equal-fluency",)))
+        evaluation.run_eval(model, tok, cfg, tmp_path / name, command=f"part {name}")
+        parts.append(tmp_path / name)
+    assert cli.main(["eval", "--merge", *map(str, parts), "--out", str(tmp_path / "all")]) == 0
+    merged = tmp_path / "all"
+    with open(merged / "fluency_verdicts.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["concept"] for r in rows} == {"toy", "tone"}
+    for name in ("toy", "tone"):
+        with open(tmp_path / name / "fluency_verdicts.csv") as f:
+            own = list(csv.DictReader(f))
+        mine = [r for r in rows if r["concept"] == name]
+        assert [(r["comparison"], float(r["diff"]), float(r["lo"]), r["verdict"]) for r in mine] == [
+            (r["comparison"], float(r["diff"]), float(r["lo"]), r["verdict"]) for r in own]
+    readme = (merged / "README.md").read_text()
+    assert "## Parts" in readme and "part toy" in readme and "part tone" in readme
+    assert (merged / "fluency_verdicts.png").is_file()
+    with pytest.raises(SVFArgumentError, match="repeats concepts"):
+        merge_reports([parts[0], parts[0]], tmp_path / "twice")
+    cfg = EvalConfig(concepts=("sea",), **_tiny_config(stages=("equal-fluency",), fluency_budgets=(1.5,)))
+    evaluation.run_eval(model, tok, cfg, tmp_path / "sea")
+    with pytest.raises(SVFArgumentError, match="fluency_budgets"):
+        merge_reports([parts[0], tmp_path / "sea"], tmp_path / "mixed")
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "mixed").exists()
+
+
+def test_choose_point_keeps_the_strongest_shift_within_the_budget():
+    from svf.eval.evaluate_fluency import choose_point as choose_strength
 
     rows = [{"total_strength": 0.1, "delta": 0.1, "ppl_median": 5.0},
             {"total_strength": 0.2, "delta": 0.3, "ppl_median": 6.0},
@@ -175,6 +236,8 @@ def test_choose_strength_keeps_the_strongest_shift_within_the_budget():
     assert choose_strength(rows, 5.0, 2.0)["total_strength"] == 0.4
     assert choose_strength(rows, 3.0, 1.25) is None  # nothing within the budget
     assert choose_strength(rows[3:], 5.0, 2.0) is None  # no shift the right way
+    tie = [{"delta": 0.3, "ppl_median": 5.0}, {"delta": 0.3, "ppl_median": 5.5}]
+    assert choose_strength(tie, 5.0, 2.0) is tie[0]  # a tie keeps the milder (earlier) point
 
 
 def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):

@@ -1,7 +1,8 @@
 """Evaluation concepts: training pairs, neutral prompts and the likelihood measure's completions.
 
 Each concept lives in ``datasets/concepts/<name>/`` (``pairs.jsonl``, ``prompts.jsonl``,
-``completions.jsonl``, README with how it was made). Sentiment takes its training pairs from
+``completions.jsonl``, ``instructions.json`` for the prompting baseline, README with how it was
+made). Sentiment takes its training pairs from
 rt-polarity and, as completions, rt-polarity sentences held out from those pairs.
 Prompts split once: the first 30% are validation (every choice of layer or strength is made
 there), the rest test (read once, for the report).
@@ -10,7 +11,7 @@ there), the rest test (read once, for the report).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from svf_kernels import SVFArgumentError
@@ -20,6 +21,8 @@ from .data import ContrastivePair, _require, data_dir, sentiment_pairs
 from .pair_data import load_pairs
 
 CONCEPTS = ("sentiment", "formality", "topic-ocean")
+#: The prompting baseline's intensities, mildest first (``instructions.json`` has one per side).
+INTENSITIES = ("slightly", "plain", "very")
 VALIDATION_FRACTION = 0.3
 SENTIMENT_PAIRS = 400  # default training pairs drawn from rt-polarity (of 5,331)
 
@@ -33,6 +36,16 @@ class Concept:
     prompts: tuple[str, ...]
     positive: tuple[str, ...]
     negative: tuple[str, ...]
+    #: sign (+1 toward the positive side, -1 away) -> intensity -> the instruction to write so
+    instructions: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def instruction(self, sign: int, intensity: str) -> str:
+        """The instruction that asks for the ``sign`` side at ``intensity`` (:data:`INTENSITIES`)."""
+        try:
+            return self.instructions[sign][intensity]
+        except KeyError:
+            raise SVFArgumentError(f"concept {self.name!r} has no instruction for sign {sign!r} at "
+                                   f"intensity {intensity!r} (intensities: {list(INTENSITIES)})") from None
 
     @property
     def validation_prompts(self) -> list[str]:
@@ -66,6 +79,22 @@ def _jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
+def _instructions(path: Path) -> dict[int, dict[str, str]]:
+    """``instructions.json``: ``{"toward": {intensity: text}, "away": {...}}`` with every intensity."""
+    try:
+        raw = json.loads(_require(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg})") from None
+    out = {}
+    for sign, side in ((1, "toward"), (-1, "away")):
+        texts = raw.get(side) if isinstance(raw, dict) else None
+        if (not isinstance(texts, dict) or set(texts) != set(INTENSITIES)
+                or not all(isinstance(v, str) and v.strip() for v in texts.values())):
+            raise ValueError(f"{path}: {side!r} must map each of {list(INTENSITIES)} to a non-empty string")
+        out[sign] = dict(texts)
+    return out
+
+
 def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) -> Concept:
     """Load ``name`` (one of :data:`CONCEPTS`), with at most ``n_pairs`` training pairs and
     ``n_completions`` completions per side."""
@@ -76,6 +105,7 @@ def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) 
     check_int(n_completions, "n_completions", minimum=1)
     root = data_dir() / "concepts" / name
     prompts = tuple(r["prompt"] for r in _jsonl(root / "prompts.jsonl", ("prompt",)))
+    instructions = _instructions(root / "instructions.json")
     if name == "sentiment":
         every = sentiment_pairs()
         n_train = SENTIMENT_PAIRS if n_pairs is None else n_pairs
@@ -86,8 +116,8 @@ def load_concept(name: str, n_pairs: int | None = None, n_completions: int = 8) 
         held = [p for p in every[n_train:] if len(p.positive.split()) <= 12 and len(p.negative.split()) <= 12]
         pos = tuple(p.positive for p in held[:n_completions])
         neg = tuple(p.negative for p in held[:n_completions])
-        return Concept(name, tuple(every[:n_train]), prompts, pos, neg)
+        return Concept(name, tuple(every[:n_train]), prompts, pos, neg, instructions)
     pairs = load_pairs(_require(root / "pairs.jsonl"))  # the format svf train --data reads
     comp = _jsonl(root / "completions.jsonl", ("positive", "negative"))[:n_completions]
     return Concept(name, tuple(pairs[:n_pairs] if n_pairs is not None else pairs), prompts,
-                   tuple(r["positive"] for r in comp), tuple(r["negative"] for r in comp))
+                   tuple(r["positive"] for r in comp), tuple(r["negative"] for r in comp), instructions)

@@ -7,6 +7,7 @@ methods on validation prompts (:func:`choose_layer`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,21 +43,40 @@ class Prepared:
 
     ``scale``: what a total strength multiplies (:func:`svf.steering_field.strength_scale` of
     the shared field over the steering layers); ``info``: the choices, written to
-    ``<concept>_choices.json`` (``scale`` under the key ``unit``)."""
+    ``<concept>_choices.json`` (``scale`` under the key ``unit``); ``inner``: the shared field
+    trained on inner positions too, when the equal-fluency comparison runs ``svf-inner``."""
 
     methods: dict[str, Method]
     scale: float
     shared: SteeringField
     info: dict
+    inner: SteeringField | None = None
+
+
+#: The stages that read a concept's :attr:`Prepared.methods` (the others read its fields).
+METHOD_STAGES = ("likelihood", "open-ended", "long-form")
 
 
 def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "") -> Prepared:
-    """Train the shared field and the per-layer independent scorers, build the KNN banks and
-    every method; the single layer of one-layer methods is chosen on validation prompts."""
+    """Train the shared field (and, for ``svf-inner``, the field trained on inner positions);
+    when a stage of :data:`METHOD_STAGES` runs, also the per-layer independent scorers, the
+    KNN banks and every method, the single layer of one-layer methods chosen on validation
+    prompts."""
     feats = pair_features(model, tokenizer, concept.pairs, cfg.train_layers, cfg.train, progress=False)
     shared, report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
                                  train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
                                  config=cfg.train, model_name=model_name, progress=False, features=feats)
+    scale = strength_scale([shared], cfg.steer_layers)
+    info = {"train_report": report.as_dict(), "unit": scale}
+    inner = None
+    if "equal-fluency" in cfg.stages and "svf-inner" in cfg.fluency_methods:
+        inner, inner_report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
+                                          train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
+                                          config=dataclasses.replace(cfg.train, positions="inner"),
+                                          model_name=model_name, progress=False)
+        info["inner_train_report"] = inner_report.as_dict()
+    if not any(stage in cfg.stages for stage in METHOD_STAGES):
+        return Prepared({}, scale, shared, info, inner)
     independent: dict[int, SteeringField] = {}
     for i in cfg.steer_layers:
         independent[i], _ = train_field(model, tokenizer, concept.pairs, concept=concept.name,
@@ -66,7 +86,6 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
     device = next(model.parameters()).device
     positives = torch.cat([f.pos for f in (feats.train, feats.val, feats.test)])
     knn = {i: KNNField(positives[:, cfg.train_layers.index(i)], k=cfg.knn_k).to(device) for i in cfg.steer_layers}
-    scale = strength_scale([shared], cfg.steer_layers)
     mid = cfg.sweep[len(cfg.sweep) // 2]
     layer_caa = choose_layer(model, tokenizer, concept,
                              {i: Method("caa-1", {i: row_field([shared], i, "caa")}) for i in cfg.steer_layers},
@@ -76,5 +95,5 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
                              scale, mid, cfg.chat)
     methods = build_methods(shared, cfg.steer_layers, layer_svf, independent=independent, knn=knn)
     methods["caa-1"] = Method("caa-1", {layer_caa: row_field([shared], layer_caa, "caa")})
-    info = {"train_report": report.as_dict(), "caa_1_layer": layer_caa, "svf_1_layer": layer_svf, "unit": scale}
-    return Prepared(methods, scale, shared, info)
+    info.update({"caa_1_layer": layer_caa, "svf_1_layer": layer_svf})
+    return Prepared(methods, scale, shared, info, inner)

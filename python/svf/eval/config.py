@@ -25,6 +25,7 @@ from ..concepts import CONCEPTS
 from ..layer_windows import resolve_layers
 from ..steering_field import check_target
 from ..training import TrainConfig
+from .evaluate_fluency import FLUENCY_METHODS, FluencySettings
 from .stages import STAGE_NAMES
 
 
@@ -51,7 +52,9 @@ class EvalConfig:
     signs: tuple[int, ...] = (1,)
     n_pairs: int | None = None
     n_completions: int = 4
-    n_prompts: int | None = 60  # cap on prompts (validation and test keep their 30/70 split)
+    # cap on prompts of the likelihood, generation and choice-of-layer stages (validation and
+    # test keep their 30/70 split); the equal-fluency comparison takes fluency_*_prompts
+    n_prompts: int | None = 60
     knn_k: int = 64
     chat: bool | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -67,15 +70,18 @@ class EvalConfig:
     long_window: int = 32
     # multi-attribute: softmin vs summed CAA over the first 2 and 3 concepts
     multi_samples: int = 2
-    # equal fluency (svf.eval.evaluate_fluency): validation sweep of total strengths, the
-    # perplexity budgets (x unsteered), the closed-loop target, prompts, samples, tokens
-    fluency_strengths: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
-    fluency_budgets: tuple[float, ...] = (1.25, 1.5)
-    fluency_target: float = 0.9
-    fluency_val_prompts: int = 12
-    fluency_test_prompts: int = 24
-    fluency_samples: int = 1
-    fluency_tokens: int = 32
+    # equal fluency (svf.eval.evaluate_fluency): the methods, the validation sweep of total
+    # strengths, the perplexity budgets (x unsteered), the closed-loop target, prompts (from
+    # the concept's own split, whatever n_prompts caps), samples per prompt, tokens
+    fluency_methods: tuple[str, ...] = FluencySettings.methods
+    fluency_strengths: tuple[float, ...] = FluencySettings.total_strengths
+    fluency_budgets: tuple[float, ...] = FluencySettings.budgets
+    fluency_target: float = FluencySettings.target
+    fluency_val_prompts: int = FluencySettings.val_prompts
+    fluency_test_prompts: int = FluencySettings.test_prompts
+    fluency_val_samples: int = FluencySettings.val_samples
+    fluency_samples: int = FluencySettings.samples
+    fluency_tokens: int = FluencySettings.max_new_tokens
     # MWE A/B questions (the paper's protocol; uninformative at this model size)
     mwe_behaviors: tuple[str, ...] = ("wealth-seeking-inclination",)
     mwe_items: int | None = 100
@@ -96,6 +102,11 @@ class EvalConfig:
         unknown = [x for x in self.stages if x not in STAGE_NAMES]
         if unknown:
             raise SVFArgumentError(f"EvalConfig.stages has unknown stages {unknown}; known: {list(STAGE_NAMES)}")
+        self.fluency_methods = _names(self.fluency_methods, "fluency_methods", allow_empty=False)
+        unknown = [x for x in self.fluency_methods if x not in FLUENCY_METHODS]
+        if unknown:
+            raise SVFArgumentError(f"EvalConfig.fluency_methods has unknown methods {unknown}; known: "
+                                   f"{list(FLUENCY_METHODS)}")
         self.fluency_strengths = _numbers(self.fluency_strengths, "fluency_strengths")
         self.fluency_budgets = _numbers(self.fluency_budgets, "fluency_budgets")
         if any(b < 1 for b in self.fluency_budgets):
@@ -130,13 +141,18 @@ class EvalConfig:
         check_optional_int(self.n_prompts, "EvalConfig.n_prompts", minimum=2)  # >= 1 validation + 1 test
         for name in ("n_completions", "knn_k", "gen_prompts", "gen_samples", "gen_tokens", "long_prompts",
                      "long_tokens", "long_window", "multi_samples", "fluency_val_prompts",
-                     "fluency_test_prompts", "fluency_samples", "fluency_tokens"):
+                     "fluency_val_samples", "fluency_samples", "fluency_tokens"):
             check_int(getattr(self, name), f"EvalConfig.{name}", minimum=1)
+        check_int(self.fluency_test_prompts, "EvalConfig.fluency_test_prompts", minimum=2)  # a paired interval
         check_int(self.seed, "EvalConfig.seed")
         check_optional_bool(self.chat, "EvalConfig.chat")
         if not isinstance(self.train, TrainConfig):
             raise SVFArgumentError(f"EvalConfig.train must be a svf.TrainConfig, got {show(self.train)}")
         self.train.validate()
+        natural = [x for x in self.fluency_methods if "natural" in x]
+        if natural and "equal-fluency" in self.stages and self.train.fisher_samples == 0:
+            raise SVFArgumentError(f"EvalConfig.fluency_methods {natural} need the natural direction: set "
+                                   "train=TrainConfig(fisher_samples=...) (svf eval --fisher-samples N)")
 
 
 def _sequence(value: object, name: str, allow_empty: bool) -> Sequence:
@@ -195,6 +211,6 @@ def quick_config(**overrides) -> EvalConfig:
             "sweep": (0.2,), "train": TrainConfig(max_epochs=8, patience=2), "gen_prompts": 6,
             "gen_samples": 1, "gen_tokens": 16, "long_refresh": (1, 4), "long_prompts": 2, "long_tokens": 64,
             "multi_samples": 1, "mwe_items": 60, "fluency_strengths": (0.2, 0.8),
-            "fluency_val_prompts": 3, "fluency_test_prompts": 3, "fluency_tokens": 12}
+            "fluency_val_prompts": 3, "fluency_test_prompts": 3, "fluency_samples": 1, "fluency_tokens": 12}
     base.update(overrides)
     return EvalConfig(**base)

@@ -13,6 +13,7 @@ report. Generation compares methods at fixed, matched total displacements, chose
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _cap(concept: Concept, n_prompts: int | None) -> Concept:
         return concept
     n_val = max(1, round(0.3 * n_prompts))
     prompts = concept.validation_prompts[:n_val] + concept.test_prompts[: n_prompts - n_val]
-    return Concept(concept.name, concept.pairs, tuple(prompts), concept.positive, concept.negative)
+    return dataclasses.replace(concept, prompts=tuple(prompts))
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
@@ -64,9 +65,11 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     check_text(command, "command", allow_empty=True)
     check_optional_bool(progress, "progress")
     concepts: dict[str, Concept] = {}
+    uncapped: dict[str, Concept] = {}
     for name in cfg.concepts:
         try:
-            concepts[name] = _cap(load_concept(name, cfg.n_pairs, cfg.n_completions), cfg.n_prompts)
+            uncapped[name] = load_concept(name, cfg.n_pairs, cfg.n_completions)
+            concepts[name] = _cap(uncapped[name], cfg.n_prompts)
         except SVFArgumentError as exc:
             raise SVFArgumentError(f"cfg.concepts: concept {name!r} cannot be loaded: {exc}") from None
     for behavior in cfg.mwe_behaviors:
@@ -75,7 +78,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
         except SVFArgumentError as exc:
             raise SVFArgumentError(f"cfg.mwe_behaviors: {behavior!r} cannot be loaded: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
-    run = EvalRun(model, tokenizer, cfg, concepts, out, model_name=model_name, progress=progress)
+    run = EvalRun(model, tokenizer, cfg, concepts, out, uncapped=uncapped, model_name=model_name,
+                  progress=progress)
     steps = plan(cfg)
     status = RunStatus([step.name for step in steps])
     timings: dict[str, float] = {}

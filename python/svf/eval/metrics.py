@@ -13,6 +13,8 @@ import torch
 
 from svf_kernels import SVFArgumentError
 
+from ..optional import require
+
 
 def _tensor(value: object, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
@@ -227,3 +229,43 @@ def moved_shares(base: torch.Tensor, steered: torch.Tensor, sign: int, eps: floa
     wrong = (delta < -eps).double().mean(1)
     return {"right": float(right.mean()), "wrong": float(wrong.mean()),
             "right_per_prompt": right.float(), "wrong_per_prompt": wrong.float()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons
+
+
+#: A paired difference's verdict: its interval above 0, across 0, or below 0.
+VERDICTS = ("win", "tie", "loss")
+
+
+def paired_interval(diffs: Sequence[float] | torch.Tensor, *, level: float = 0.95,
+                    n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """The mean of per-prompt paired differences (method A minus method B on the same prompts
+    and sampling seeds) with a percentile bootstrap interval over prompts
+    (``scipy.stats.bootstrap``), and the verdict: ``win`` when the interval lies above 0,
+    ``loss`` below, ``tie`` otherwise.
+
+    Returns ``diff``, ``lo``, ``hi``, ``half_width`` (``(hi - lo) / 2``), ``verdict`` and
+    ``n_prompts``. Every difference equal (e.g. two methods that both left the text as it
+    was): the interval is that value."""
+    import numpy as np
+
+    stats = require("scipy.stats", "eval")
+    x = np.asarray(diffs.tolist() if isinstance(diffs, torch.Tensor) else list(diffs), dtype=np.float64)
+    if x.ndim != 1 or x.size < 2:
+        raise SVFArgumentError(f"diffs must be one value per prompt, at least 2, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise SVFArgumentError("diffs contain NaN or infinite values")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise SVFArgumentError(f"level must be in (0, 1), got {level!r}")
+    mean = float(x.mean())
+    if np.ptp(x) == 0:
+        lo = hi = mean
+    else:
+        ci = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples,
+                             method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    verdict = "win" if lo > 0 else "loss" if hi < 0 else "tie"
+    return {"diff": mean, "lo": lo, "hi": hi, "half_width": (hi - lo) / 2, "verdict": verdict,
+            "n_prompts": int(x.size)}

@@ -100,10 +100,12 @@ def _machine() -> str:
 
 def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict], cfg: EvalConfig,
                  timings: dict[str, float], model_name: str, command: str,
-                 status: RunStatus | None = None, layers: str = "") -> None:
+                 status: RunStatus | None = None, layers: str = "",
+                 parts: Sequence[dict] | None = None) -> None:
     """CSV and Markdown per table, the plots, example continuations and ``README.md``, which
     opens with ``status`` (complete, stopped or still running) when given; ``layers``: the line
-    on the layers used (:func:`layers_fact`; default: the layers of ``cfg``)."""
+    on the layers used (:func:`layers_fact`; default: the layers of ``cfg``); ``parts``: the
+    facts of each part of a merged report (:func:`svf.eval.merge.merge_reports`)."""
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
     for fname, (table, draw) in report_plots.PLOTS.items():
@@ -111,12 +113,17 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
             draw(tables[table], out / fname)
     (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")
-    facts = [f"- command: `{command or ' '.join(sys.argv)}`", f"- model: {model_name or 'unknown'}",
-             f"- {layers or f'layers: train {cfg.train_layers}, steer {cfg.steer_layers}'}",
-             f"- commit: {_git_commit()}", f"- machine: {_machine()}",
-             f"- wall time: {timings.get('total', 0.0) / 60:.1f} min"]
+    run = {"command": command or " ".join(sys.argv), "model": model_name or "unknown",
+           "layers": layers or f"layers: train {cfg.train_layers}, steer {cfg.steer_layers}",
+           "commit": _git_commit(), "machine": _machine(), "wall_min": round(timings.get("total", 0.0) / 60, 1),
+           "complete": bool(status is not None and status.finished), "timings": timings}
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    facts = [f"- command: `{run['command']}`", f"- model: {run['model']}", f"- {run['layers']}",
+             f"- commit: {run['commit']}", f"- machine: {run['machine']}", f"- wall time: {run['wall_min']:.1f} min"]
     head = status.headline() if status is not None else ["# svf eval report"]
-    parts = [*head, "", *facts, "", "## Time per stage (s)", "",
+    if parts:
+        facts += ["", "## Parts", "", _markdown(parts)]
+    lines = [*head, "", *facts, "", "## Time per stage (s)", "",
              *[f"- {k}: {v:.0f}" for k, v in timings.items() if k != "total"],
              f"- total: {timings.get('total', 0.0):.0f}", ""]
     sections = [("likelihood",
@@ -126,18 +133,20 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
                 ("open_ended", "Open-ended generation (test prompts, matched total displacement)", None),
                 ("long_form", "Long-form, per window", None),
                 ("multi_attribute", "Multi-attribute (softmin SVF vs summed CAA)", None),
-                ("fluency_verdicts", ("Equal fluency: best SVF variant vs best CAA (chosen on validation, "
-                 "test judge shift)"), None),
-                ("equal_fluency", ("Equal fluency: every method at the strength kept on validation within "
+                ("fluency_verdicts", ("Equal fluency: paired comparisons (methods kept on validation; test "
+                 "judge shift A - B per prompt, 95 % bootstrap interval over prompts)"),
+                 ["concept", "sign", "budget", "comparison", "a", "b", "a_delta", "b_delta", "diff", "lo", "hi",
+                  "verdict", "a_ppl", "b_ppl", "n_prompts"]),
+                ("equal_fluency", ("Equal fluency: every method at the point kept on validation within "
                  "each perplexity budget (test prompts)"), None),
                 ("mwe", "MWE A/B questions (40/10/50 split)", None),
                 ("judges", "Judges' held-out accuracy", None)]
     for key, title, keys in sections:
         if tables.get(key):
-            parts += [f"## {title}", "", _markdown(tables[key], keys), ""]
+            lines += [f"## {title}", "", _markdown(tables[key], keys), ""]
             (out / f"{key}.md").write_text(_markdown(tables[key], keys) + "\n")
-    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in report_plots.PLOTS if (out / f).is_file()]
-    (out / "README.md").write_text("\n".join(parts) + "\n")
+    lines += ["## Plots", ""] + [f"![{f}]({f})" for f in report_plots.PLOTS if (out / f).is_file()]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def _write_csv(rows: Sequence[dict], path: Path) -> None:

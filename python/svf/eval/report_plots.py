@@ -274,6 +274,34 @@ def draw_equal_fluency(sweep: Sequence[dict], budgets: Sequence[float] = (1.25, 
     return fig
 
 
+#: The color of each verdict of a paired comparison.
+VERDICT_COLORS = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
+
+
+def draw_fluency_verdicts(rows: Sequence[dict]) -> Figure:
+    """The paired comparisons at equal fluency: per comparison (a panel), one row per
+    (concept, sign, budget) cell with the mean test shift difference A - B and its 95 %
+    bootstrap interval, colored by verdict; the vertical line is no difference."""
+    comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
+    cells = sorted({(r["concept"], _sign(r), float(r["budget"])) for r in rows}, key=lambda c: (c[0], -c[1], c[2]))
+    fig, axes = _figure(len(comparisons), width=4.2, height=0.32 * len(cells) + 1.2)
+    for ax, comparison in zip(axes[0], comparisons):
+        for y, cell in enumerate(cells):
+            for r in rows:
+                if r["comparison"] == comparison and (r["concept"], _sign(r), float(r["budget"])) == cell:
+                    d, lo, hi = float(r["diff"]), float(r["lo"]), float(r["hi"])
+                    color = VERDICT_COLORS.get(r["verdict"], "k")
+                    ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=2,
+                                markersize=4, gid=f"{comparison} {cell}")
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_yticks(range(len(cells)))
+        ax.set_yticklabels([f"{c} {'+' if s > 0 else '−'} {b:g}×" for c, s, b in cells], fontsize=7)
+        ax.set_ylim(len(cells) - 0.5, -0.5)
+        ax.set(title=comparison, xlabel="test judge shift, A − B")
+    _legend(fig, [Line2D([], [], color=c, marker="o", linestyle="", label=v) for v, c in VERDICT_COLORS.items()])
+    return fig
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` and free it."""
     fig.savefig(path, dpi=110)
@@ -307,6 +335,11 @@ def equal_fluency(sweep: Sequence[dict], path: Path) -> Path:
     return _save(draw_equal_fluency(sweep), path)
 
 
+def fluency_verdicts(rows: Sequence[dict], path: Path) -> Path:
+    """Write :func:`draw_fluency_verdicts` to ``path``."""
+    return _save(draw_fluency_verdicts(rows), path)
+
+
 #: The report's plots: file name -> (the table, ``<table>.csv``, it is drawn from; the drawing).
 PLOTS: dict[str, tuple[str, Callable[[Sequence[dict], Path], Path]]] = {
     "gap_vs_alpha.png": ("sweeps", gap_vs_alpha),
@@ -314,6 +347,7 @@ PLOTS: dict[str, tuple[str, Callable[[Sequence[dict], Path], Path]]] = {
     "open_ended.png": ("open_ended", open_ended_tradeoff),
     "long_form.png": ("long_form", long_form_curves),
     "equal_fluency.png": ("fluency_sweep", equal_fluency),
+    "fluency_verdicts.png": ("fluency_verdicts", fluency_verdicts),
 }
 
 

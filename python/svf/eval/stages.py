@@ -39,13 +39,14 @@ if TYPE_CHECKING:
 
 #: The report's tables (``<key>.csv``), each filled by the stages.
 TABLES = ("likelihood", "sweeps", "slopes", "open_ended", "long_form", "multi_attribute", "mwe", "judges",
-          "fluency_sweep", "equal_fluency", "fluency_verdicts")
+          "fluency_sweep", "equal_fluency", "fluency_prompts", "fluency_verdicts")
 
 
 @dataclass
 class EvalRun:
     """What the steps of one run share: what they read (the model, the configuration with its
-    layers filled in, each concept's data, the report directory, the progress-bar rule of
+    layers filled in, each concept's data with its prompts capped at ``cfg.n_prompts`` and
+    ``uncapped``, the report directory, the progress-bar rule of
     :func:`svf.progress.progress_bar`) and what they fill (the report's tables and examples,
     each concept's prepared fields and its judges)."""
 
@@ -54,6 +55,7 @@ class EvalRun:
     cfg: EvalConfig
     concepts: dict[str, Concept]
     out: Path
+    uncapped: dict[str, Concept] = field(default_factory=dict)
     model_name: str = ""
     progress: bool | None = None
     tables: dict[str, list[dict]] = field(default_factory=lambda: {key: [] for key in TABLES})
@@ -132,20 +134,25 @@ def _fluency_settings(cfg: EvalConfig) -> FluencySettings:
     """The equal-fluency comparison's settings of ``cfg``."""
     return FluencySettings(total_strengths=cfg.fluency_strengths, budgets=cfg.fluency_budgets,
                            target=cfg.fluency_target, val_prompts=cfg.fluency_val_prompts,
-                           test_prompts=cfg.fluency_test_prompts, samples=cfg.fluency_samples,
-                           max_new_tokens=cfg.fluency_tokens)
+                           test_prompts=cfg.fluency_test_prompts, val_samples=cfg.fluency_val_samples,
+                           samples=cfg.fluency_samples, max_new_tokens=cfg.fluency_tokens,
+                           methods=cfg.fluency_methods)
 
 
 def _equal_fluency(run: EvalRun, concept: str) -> None:
+    """The comparison on the concept's own prompt split, whatever ``cfg.n_prompts`` caps for
+    the other stages (its sizes are ``cfg.fluency_*``)."""
     prep, cfg = run.prepared[concept], run.cfg
-    knn = prep.methods["knn"].fields if "knn" in prep.methods else None
-    methods = fluency_methods(prep.shared, cfg.steer_layers, cfg.fluency_target, knn=knn)
-    sweep, chosen = equal_fluency(run.model, run.tokenizer, run.concepts[concept], methods, prep.scale,
-                                  run.judges(concept)["embed"], _fluency_settings(cfg), chat=cfg.chat,
-                                  seed=cfg.seed, progress=run.progress)
+    settings = _fluency_settings(cfg)
+    methods = fluency_methods(prep.shared, cfg.steer_layers, settings, inner=prep.inner)
+    sweep, chosen, per_prompt = equal_fluency(
+        run.model, run.tokenizer, run.uncapped.get(concept, run.concepts[concept]), methods, prep.scale,
+        run.judges(concept)["embed"], settings, chat=cfg.chat, seed=cfg.seed, progress=run.progress)
     run.tables["fluency_sweep"] += sweep
     run.tables["equal_fluency"] += chosen
-    run.tables["fluency_verdicts"] = verdicts(run.tables["equal_fluency"])
+    run.tables["fluency_prompts"] += per_prompt
+    run.tables["fluency_verdicts"] = verdicts(run.tables["equal_fluency"], run.tables["fluency_prompts"],
+                                              seed=cfg.seed)
 
 
 def _multi_attribute(run: EvalRun, concept: None) -> None:

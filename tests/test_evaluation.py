@@ -4,6 +4,8 @@ table and every plot of the report."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from svf.eval import evaluate_mwe, evaluation, judges
 from svf.eval.config import EvalConfig
 from svf.eval.stages import plan
 from svf.training import TrainConfig
+from svf_kernels import SVFArgumentError
 
 WORDS = {"toy": ("good", "bad"), "tone": ("formal", "casual"), "sea": ("ocean", "desert")}
 STEERED_METHODS = {"caa-1", "caa-multi", "knn", "svf-1", "svf-indep", "svf-shared"}
@@ -131,7 +134,9 @@ def _points(method: str, strengths=(0.5, 2.0)) -> set[tuple[float, str]]:
     """The (total strength, intensity) points a method sweeps."""
     if method == "prompt":
         return {(0.0, k) for k in INTENSITIES}
-    return {(t, "plain" if method == "prompt+svf" else "") for t in strengths}
+    if method == "prompt+svf":
+        return {(t, "plain") for t in (0.0, *strengths)}
+    return {(t, "") for t in strengths}
 
 
 def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), samples: int = 2) -> None:
@@ -161,6 +166,10 @@ def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), sa
         shifts = [x["shift"] for x in per_prompt if (x["concept"], x["sign"], x["total_strength"], x["intensity"])
                   == (r["concept"], r["sign"], r["total_strength"], r["intensity"])
                   and x["method"] == (r["method"] if (r["total_strength"], r["intensity"]) != (0.0, "") else "base")]
+        if r["method"] == "prompt+svf" and r["total_strength"] == 0.0 and r["intensity"] == "plain":
+            plain = next(x for x in sweep if (x["concept"], x["method"], x["sign"], x["intensity"])
+                         == (r["concept"], "prompt", r["sign"], "plain"))
+            assert r["val_delta"] == plain["delta"]  # the same text as the prompt alone, measured once
         assert len(shifts) == 4 and sum(shifts) / 4 == pytest.approx(r["delta"], abs=1e-9)
     assert {(r["concept"], r["budget"], r["sign"], r["method"]) for r in chosen} == {
         (c, b, sg, m) for c in concepts for b in (1.25, 100.0) for sg in signs for m in FLUENCY_METHODS}
@@ -189,12 +198,32 @@ def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path)
     assert "svf eval report: complete" in (tmp_path / "README.md").read_text()
 
 
+def test_equal_fluency_compares_the_natural_direction_and_inner_positions(toy_world, tmp_path):
+    """With svf-natural (a field trained with Fisher samples) and svf-inner (a second field trained
+    on inner positions), each is compared with the plain gradient per cell, and may be the best
+    SVF variant."""
+    model, tok = toy_world
+    base = _tiny_config()
+    methods = ("caa", "svf", "svf-natural", "svf-inner", "prompt")
+    cfg = EvalConfig(concepts=("toy",), **_tiny_config(
+        stages=("equal-fluency",), fluency_methods=methods,
+        train=dataclasses.replace(base["train"], fisher_samples=8)))
+    tables = evaluation.run_eval(model, tok, cfg, tmp_path)
+    assert {r["method"] for r in tables["equal_fluency"]} == set(methods)
+    comparisons = {r["comparison"] for r in tables["fluency_verdicts"]}
+    assert comparisons == {"best-svf vs best-static", "best-svf vs best-prompt", "svf-natural vs svf",
+                           "svf-inner vs svf"}
+    choices = json.loads((tmp_path / "toy_choices.json").read_text())
+    assert choices["inner_train_report"]["training"]["positions"] == "inner"
+    with pytest.raises(SVFArgumentError, match="fisher_samples"):
+        EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",), fluency_methods=methods))
+
+
 def test_parts_merge_into_one_report(toy_world, tmp_path, capsys):
     """Two parts on different concepts merge into one report whose verdicts are those of a run
     over both; parts that differ in configuration, or repeat a concept, are refused."""
     from svf.cli import commands as cli
     from svf.eval.merge import merge_reports
-    from svf_kernels import SVFArgumentError
 
     model, tok = toy_world
     parts = []
@@ -216,8 +245,20 @@ def test_parts_merge_into_one_report(toy_world, tmp_path, capsys):
     readme = (merged / "README.md").read_text()
     assert "## Parts" in readme and "part toy" in readme and "part tone" in readme
     assert (merged / "fluency_verdicts.png").is_file()
-    with pytest.raises(SVFArgumentError, match="repeats concepts"):
+    assert (merged / "toy_choices.json").is_file() and (merged / "tone_choices.json").is_file()
+    with pytest.raises(SVFArgumentError, match="repeats concept 'toy'.*methods"):
         merge_reports([parts[0], parts[0]], tmp_path / "twice")
+    # one concept split by methods merges into what one run of every method gives
+    halves = []
+    for k, methods in enumerate((("caa", "svf", "svf-closed", "svf-precond"), ("prompt", "prompt+svf"))):
+        cfg = EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",), fluency_methods=methods))
+        evaluation.run_eval(model, tok, cfg, tmp_path / f"half{k}")
+        halves.append(tmp_path / f"half{k}")
+    whole = merge_reports(halves, tmp_path / "halves")
+    with open(parts[0] / "fluency_verdicts.csv") as f:
+        own = list(csv.DictReader(f))
+    assert [(r["comparison"], r["a"], r["b"], float(r["diff"]), float(r["hi"])) for r in whole["fluency_verdicts"]] == [
+        (r["comparison"], r["a"], r["b"], float(r["diff"]), float(r["hi"])) for r in own]
     cfg = EvalConfig(concepts=("sea",), **_tiny_config(stages=("equal-fluency",), fluency_budgets=(1.5,)))
     evaluation.run_eval(model, tok, cfg, tmp_path / "sea")
     with pytest.raises(SVFArgumentError, match="fluency_budgets"):

@@ -124,9 +124,9 @@ def fluency_methods(shared: SteeringField, layers: Sequence[int], settings: Flue
             out[name] = FluencyMethod(name, svf(name, inner, "gradient", False), steered)
         elif name == "prompt":
             out[name] = FluencyMethod(name, None, tuple(Point(0.0, k) for k in INTENSITIES))
-        else:  # prompt+svf
+        else:  # prompt+svf: from the plain prompt alone (strength 0) up
             out[name] = FluencyMethod(name, svf(name, shared, "gradient", False),
-                                      tuple(Point(t, "plain") for t in settings.total_strengths))
+                                      tuple(Point(t, "plain") for t in (0.0, *settings.total_strengths)))
     return out
 
 
@@ -145,16 +145,28 @@ class Measured:
 
 
 class _Runner:
-    """Generates, judges and scores one prompt set under one method, sign and point."""
+    """Generates, judges and scores one prompt set under one method, sign and point; a setting
+    that generates the same text as one already measured (the same prompts, samples,
+    instruction and steering: e.g. a strength-0 point and the prompt alone) is measured once."""
 
     def __init__(self, model, tokenizer, concept: Concept, scale: float, judge: Judge,
                  s: FluencySettings, chat: bool | None, seed: int) -> None:
         self.model, self.tokenizer, self.concept, self.scale, self.judge = model, tokenizer, concept, scale, judge
         self.chat = resolve_chat(tokenizer, chat)
         self.kw = {"max_new_tokens": s.max_new_tokens, "chat": self.chat, "seed": seed}
+        self.done: dict[tuple, Measured] = {}
 
     def measure(self, prompts: Sequence[str], samples: int, method: FluencyMethod | None, sign: int,
                 point: Point) -> Measured:
+        steered = method is not None and method.steering is not None and point.total_strength != 0
+        key = (tuple(prompts), samples, point.intensity and sign, point.intensity,
+               (method.name, sign, point.total_strength) if steered else None)
+        if key not in self.done:
+            self.done[key] = self._measure(prompts, samples, method, sign, point)
+        return self.done[key]
+
+    def _measure(self, prompts: Sequence[str], samples: int, method: FluencyMethod | None, sign: int,
+                 point: Point) -> Measured:
         texts = list(prompts)
         if point.intensity:
             instruction = self.concept.instruction(sign, point.intensity)

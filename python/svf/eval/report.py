@@ -109,7 +109,7 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
     for fname, (table, draw) in report_plots.PLOTS.items():
-        if tables.get(table):
+        if report_plots.drawable(fname, tables.get(table, [])):
             draw(tables[table], out / fname)
     (out / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")

@@ -281,7 +281,8 @@ VERDICT_COLORS = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
 def draw_fluency_verdicts(rows: Sequence[dict]) -> Figure:
     """The paired comparisons at equal fluency: per comparison (a panel), one row per
     (concept, sign, budget) cell with the mean test shift difference A - B and its 95 %
-    bootstrap interval, colored by verdict; the vertical line is no difference."""
+    bootstrap interval, colored by verdict, the sign's marker; the vertical line is no
+    difference."""
     comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
     cells = sorted({(r["concept"], _sign(r), float(r["budget"])) for r in rows}, key=lambda c: (c[0], -c[1], c[2]))
     fig, axes = _figure(len(comparisons), width=4.2, height=0.32 * len(cells) + 1.2)
@@ -291,14 +292,16 @@ def draw_fluency_verdicts(rows: Sequence[dict]) -> Figure:
                 if r["comparison"] == comparison and (r["concept"], _sign(r), float(r["budget"])) == cell:
                     d, lo, hi = float(r["diff"]), float(r["lo"]), float(r["hi"])
                     color = VERDICT_COLORS.get(r["verdict"], "k")
-                    ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=2,
-                                markersize=4, gid=f"{comparison} {cell}")
+                    bar = ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt=SIGNS[cell[1]]["marker"], color=color,
+                                      capsize=2, markersize=5)
+                    bar.lines[0].set_gid(f"{comparison} {cell[0]} {cell[2]:g} {cell[1]:+d}")
         ax.axvline(0, color="k", lw=0.6)
         ax.set_yticks(range(len(cells)))
         ax.set_yticklabels([f"{c} {'+' if s > 0 else '−'} {b:g}×" for c, s, b in cells], fontsize=7)
         ax.set_ylim(len(cells) - 0.5, -0.5)
         ax.set(title=comparison, xlabel="test judge shift, A − B")
-    _legend(fig, [Line2D([], [], color=c, marker="o", linestyle="", label=v) for v, c in VERDICT_COLORS.items()])
+    handles = [Line2D([], [], color=c, marker="s", linestyle="", label=v) for v, c in VERDICT_COLORS.items()]
+    _legend(fig, handles + _sign_handles(sorted({c[1] for c in cells}, reverse=True), lines=False))
     return fig
 
 
@@ -351,9 +354,18 @@ PLOTS: dict[str, tuple[str, Callable[[Sequence[dict], Path], Path]]] = {
 }
 
 
+#: The columns a plot needs beyond its table's name (older reports' tables may lack them).
+PLOT_COLUMNS: dict[str, tuple[str, ...]] = {"fluency_verdicts.png": ("comparison", "lo", "hi")}
+
+
+def drawable(name: str, rows: Sequence[dict]) -> bool:
+    """Whether plot ``name`` can be drawn from ``rows``: some rows, with its columns."""
+    return bool(rows) and all(col in rows[0] for col in PLOT_COLUMNS.get(name, ()))
+
+
 def replot(report_dir: str | Path) -> list[Path]:
     """Redraw the plots of a report directory from its CSV tables (each plot whose table is
-    there and not empty); returns the files written."""
+    there, not empty and has the plot's columns); returns the files written."""
     root = Path(report_dir)
     written = []
     for name, (table, draw) in PLOTS.items():
@@ -361,6 +373,6 @@ def replot(report_dir: str | Path) -> list[Path]:
         if path.is_file():
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
-            if rows:
+            if drawable(name, rows):
                 written.append(draw(rows, root / name))
     return written

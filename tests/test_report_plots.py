@@ -4,7 +4,6 @@ not collide, legends are clear of the data, and the two signs (toward, away) loo
 from __future__ import annotations
 
 import csv
-
 import random
 import re
 import shutil
@@ -202,7 +201,7 @@ def test_replot_redraws_the_committed_reports(tmp_path):
             shutil.copy(path, out / path.name)
         written = rp.replot(out)
 
-        def rows(table: str) -> list[dict]:
+        def rows(table: str, report: Path = report) -> list[dict]:
             with open(report / f"{table}.csv", newline="") as f:
                 return list(csv.DictReader(f))
 

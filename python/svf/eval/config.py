@@ -150,7 +150,7 @@ class EvalConfig:
             raise SVFArgumentError(f"EvalConfig.train must be a svf.TrainConfig, got {show(self.train)}")
         self.train.validate()
         natural = [x for x in self.fluency_methods if "natural" in x]
-        if natural and "equal-fluency" in self.stages and self.train.fisher_samples == 0:
+        if natural and self.train.fisher_samples == 0:
             raise SVFArgumentError(f"EvalConfig.fluency_methods {natural} need the natural direction: set "
                                    "train=TrainConfig(fisher_samples=...) (svf eval --fisher-samples N)")
 

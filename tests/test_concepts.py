@@ -24,6 +24,8 @@ def data(tmp_path, monkeypatch):
         _write(root / "prompts.jsonl", [{"prompt": f"{name} prompt {i}"} for i in range(20)])
         _write(root / "pairs.jsonl", [{"positive": f"p{i}", "negative": f"n{i}"} for i in range(30)])
         _write(root / "completions.jsonl", [{"positive": f"cp{i}", "negative": f"cn{i}"} for i in range(12)])
+        (root / "instructions.json").write_text(json.dumps(
+            {side: {k: f"{side} {k}" for k in concepts.INTENSITIES} for side in ("toward", "away")}))
     return tmp_path
 
 
@@ -33,6 +35,9 @@ def test_authored_concept(data):
     assert c.positive == ("cp0", "cp1", "cp2", "cp3") and c.negative[-1] == "cn3"
     assert c.validation_prompts == [f"formality prompt {i}" for i in range(6)]  # first 30%
     assert len(c.test_prompts) == 14 and not set(c.validation_prompts) & set(c.test_prompts)
+    assert c.instruction(1, "very") == "toward very" and c.instruction(-1, "slightly") == "away slightly"
+    with pytest.raises(ValueError, match="intensity 'extremely'"):
+        c.instruction(1, "extremely")
 
 
 def test_sentiment_completions_are_held_out_from_training(data):
@@ -54,6 +59,11 @@ def test_errors_name_the_problem(data):
     bad.write_text("not json\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: not JSON"):
         concepts.load_concept("topic-ocean")
+    instructions = data / "concepts" / "sentiment" / "instructions.json"
+    for bad_text in ('{"toward": {"plain": "x"}, "away": {}}', "[1]", "not json"):
+        instructions.write_text(bad_text)
+        with pytest.raises(ValueError, match="instructions.json"):
+            concepts.load_concept("sentiment", n_pairs=50, n_completions=5)
     (data / "concepts" / "formality" / "prompts.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="prompts.jsonl not found"):
         concepts.load_concept("formality")
@@ -68,3 +78,5 @@ def test_shipped_concepts_meet_the_sizes(name):
     train_text = {t for p in c.pairs for t in (p.positive, p.negative)}
     assert not set(c.prompts) & train_text
     assert len(c.positive) == len(c.negative) == 8
+    assert {sign: set(c.instructions[sign]) for sign in (1, -1)} == {1: set(concepts.INTENSITIES),
+                                                                    -1: set(concepts.INTENSITIES)}

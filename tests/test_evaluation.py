@@ -215,6 +215,7 @@ def test_equal_fluency_compares_the_natural_direction_and_inner_positions(toy_wo
                            "svf-inner vs svf"}
     choices = json.loads((tmp_path / "toy_choices.json").read_text())
     assert choices["inner_train_report"]["training"]["positions"] == "inner"
+    assert choices["natural"]["layers"] == [1, 2] and len(choices["natural"]["lambdas"]) == 2
     with pytest.raises(SVFArgumentError, match="fisher_samples"):
         EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",), fluency_methods=methods))
 

@@ -68,6 +68,8 @@ def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str
                                  config=cfg.train, model_name=model_name, progress=False, features=feats)
     scale = strength_scale([shared], cfg.steer_layers)
     info = {"train_report": report.as_dict(), "unit": scale}
+    if shared.natural is not None:  # the natural direction's damping and its criterion table
+        info["natural"] = shared.natural
     inner = None
     if "equal-fluency" in cfg.stages and "svf-inner" in cfg.fluency_methods:
         inner, inner_report = train_field(model, tokenizer, concept.pairs, concept=concept.name,

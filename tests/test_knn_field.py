@@ -138,7 +138,9 @@ def test_row_at_its_centroid_is_left_bit_identical():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_non_contiguous_row_view(dtype):
     bank, _ = _data()
-    x = torch.randn(3, 5, D).to(dtype)
+    # seeded, not the global RNG: the rows must not depend on the tests run before (a draw with a
+    # near tie between two neighbours' distances can pick different neighbours in bf16)
+    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(7)).to(dtype)
     original = x.clone()
     view = x[:, -1]
     assert not view.is_contiguous()

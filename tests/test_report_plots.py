@@ -192,7 +192,7 @@ def test_a_direction_column_reads_as_the_sign():
 def test_replot_redraws_the_committed_reports(tmp_path):
     """Every committed report's CSV tables redraw into the plots of the tables it holds, and
     together the committed reports hold every plot of the report."""
-    reports = [DOCS_EVAL, *sorted(p.parent for p in (DOCS_EVAL.parent / "eval-fluency").glob("*/README.md"))]
+    reports = [DOCS_EVAL, *sorted(p.parent for p in (DOCS_EVAL.parent / "eval-fluency").rglob("README.md"))]
     drawn: set[str] = set()
     for k, report in enumerate(reports):
         out = tmp_path / str(k)

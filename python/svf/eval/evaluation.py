@@ -25,7 +25,7 @@ from ..hf import check_layers, check_model, num_layers
 from ..progress import progress_bar
 from . import evaluate_mwe
 from .config import EvalConfig, with_model_layers
-from .report import RunStatus, layers_fact, write_report
+from .report import RunStatus, git_commit, layers_fact, write_report
 from .stages import EvalRun, plan
 
 
@@ -84,11 +84,13 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     status = RunStatus([step.name for step in steps])
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    commit = git_commit()  # the code this run imported, whatever is checked out later
 
     def flush() -> None:  # the report so far: a late failure loses nothing already measured
         timings["total"] = time.perf_counter() - t0
         status.done = [k for k in timings if k != "total"]
-        write_report(out, run.tables, run.examples, cfg, timings, model_name, command, status, layers=layers_line)
+        write_report(out, run.tables, run.examples, cfg, timings, model_name, command, status, layers=layers_line,
+                     commit=commit)
 
     try:
         for step in progress_bar(steps, desc="svf eval", enabled=progress):

@@ -78,7 +78,7 @@ class RunStatus:
         return ["# svf eval report: incomplete, written while the run was going", "", said]
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
@@ -101,11 +101,12 @@ def _machine() -> str:
 def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict], cfg: EvalConfig,
                  timings: dict[str, float], model_name: str, command: str,
                  status: RunStatus | None = None, layers: str = "",
-                 parts: Sequence[dict] | None = None) -> None:
+                 parts: Sequence[dict] | None = None, commit: str | None = None) -> None:
     """CSV and Markdown per table, the plots, example continuations and ``README.md``, which
     opens with ``status`` (complete, stopped or still running) when given; ``layers``: the line
     on the layers used (:func:`layers_fact`; default: the layers of ``cfg``); ``parts``: the
-    facts of each part of a merged report (:func:`svf.eval.merge.merge_reports`)."""
+    facts of each part of a merged report (:func:`svf.eval.merge.merge_reports`); ``commit``: the
+    commit the run started at (default: the checkout's commit now)."""
     for key, rows in tables.items():
         _write_csv(rows, out / f"{key}.csv")
     for fname, (table, draw) in report_plots.PLOTS.items():
@@ -115,7 +116,7 @@ def write_report(out: Path, tables: dict[str, list[dict]], examples: list[dict],
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str) + "\n")
     run = {"command": command or " ".join(sys.argv), "model": model_name or "unknown",
            "layers": layers or f"layers: train {cfg.train_layers}, steer {cfg.steer_layers}",
-           "commit": _git_commit(), "machine": _machine(), "wall_min": round(timings.get("total", 0.0) / 60, 1),
+           "commit": commit or git_commit(), "machine": _machine(), "wall_min": round(timings.get("total", 0.0) / 60, 1),
            "complete": bool(status is not None and status.finished), "timings": timings}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     facts = [f"- command: `{run['command']}`", f"- model: {run['model']}", f"- {run['layers']}",

@@ -380,14 +380,7 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
                                 f"direction has no matrices at steering layers "
                                 f"{_trim(repr(lacking))}")
 
-    if not isinstance(meta["metrics"], Mapping):
-        raise _fail(source, f"metadata field 'metrics' must be a JSON object (dict), "
-                            f"got {_show(meta['metrics'])}")
-    metrics = _json_value(meta["metrics"], "metrics", source, 0)
-    size = len(_dumps(metrics))
-    if size > MAX_METRICS_BYTES:
-        raise _fail(source, f"metadata field 'metrics' is {size} bytes as JSON, over the "
-                            f"{MAX_METRICS_BYTES}-byte limit")
+    metrics = _bounded_object(meta["metrics"], "metrics", source, 0)
 
     return {
         "format": FORMAT_NAME,
@@ -403,6 +396,19 @@ def validate_metadata(meta: dict, source: str = "<metadata>") -> dict:
         "natural": natural,
         "metrics": metrics,
     }
+
+
+def _bounded_object(value: Any, name: str, source: str, depth: int) -> dict:
+    """Metadata field ``name``: a free-form JSON object (:func:`_json_value`, nested ``depth``
+    levels down) of at most :data:`MAX_METRICS_BYTES` as JSON."""
+    if not isinstance(value, Mapping):
+        raise _fail(source, f"metadata field '{name}' must be a JSON object (dict), got {_show(value)}")
+    checked = _json_value(value, name, source, depth)
+    size = len(_dumps(checked))
+    if size > MAX_METRICS_BYTES:
+        raise _fail(source, f"metadata field '{name}' is {size} bytes as JSON, over the "
+                            f"{MAX_METRICS_BYTES}-byte limit")
+    return checked
 
 
 def _natural_field(value: Any, train: list[int], source: str) -> dict | None:
@@ -425,14 +431,7 @@ def _natural_field(value: Any, train: list[int], source: str) -> dict | None:
                             f"layer of natural.layers ({len(layers)}), got {_show(lambdas)}")
     lambdas = [_float_field(x, f"natural.lambdas[{i}]", source, positive=True)
                for i, x in enumerate(lambdas)]
-    if not isinstance(nat["criterion"], Mapping):
-        raise _fail(source, f"metadata field 'natural.criterion' must be a JSON object (dict), "
-                            f"got {_show(nat['criterion'])}")
-    criterion = _json_value(nat["criterion"], "natural.criterion", source, 1)
-    size = len(_dumps(criterion))
-    if size > MAX_METRICS_BYTES:
-        raise _fail(source, f"metadata field 'natural.criterion' is {size} bytes as JSON, over "
-                            f"the {MAX_METRICS_BYTES}-byte limit")
+    criterion = _bounded_object(nat["criterion"], "natural.criterion", source, 1)
     return {
         "layers": layers,
         "lambdas": lambdas,

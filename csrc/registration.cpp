@@ -61,7 +61,7 @@ at::Tensor field_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, const at
                            target, band);
   }
   return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
-                          B, target, band);
+                          B, target, band, c10::nullopt);
 }
 
 at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const at::Tensor& c,
@@ -69,11 +69,12 @@ at::Tensor python_table_dispatch(at::Tensor& hidden, const at::Tensor& A, const 
                                  const at::Tensor& field_ids, const at::Tensor& alpha, double tau,
                                  bool normalize, double eps,
                                  const std::optional<at::Tensor>& B,
-                                 const std::optional<at::Tensor>& target, double band) {
+                                 const std::optional<at::Tensor>& target, double band,
+                                 const std::optional<at::Tensor>& vectors) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("svf::_field_table_update_python", "");
   std::vector<c10::IValue> stack{hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 eps, B, target, band};
+                                 eps, B, target, band, vectors};
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
 }
@@ -83,13 +84,14 @@ at::Tensor field_table_update_cpu_op(at::Tensor& hidden, const at::Tensor& A, co
                                      const at::Tensor& field_ids, const at::Tensor& alpha,
                                      double tau, bool normalize, double eps,
                                      const std::optional<at::Tensor>& B,
-                                     const std::optional<at::Tensor>& target, double band) {
+                                     const std::optional<at::Tensor>& target, double band,
+                                     const std::optional<at::Tensor>& vectors) {
   if (!compiled_serves("cpu", hidden)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 eps, B, target, band);
+                                 eps, B, target, band, vectors);
   }
   return field_update_cpu(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
-                          field_ids, B, target, band);
+                          field_ids, B, target, band, vectors);
 }
 
 #ifdef SVF_WITH_CUDA
@@ -104,7 +106,7 @@ at::Tensor field_update_cuda_op(at::Tensor& hidden, const at::Tensor& A, const a
                            target, band);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, c10::nullopt,
-                           B, target, band);
+                           B, target, band, c10::nullopt);
 }
 
 at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
@@ -113,13 +115,14 @@ at::Tensor field_table_update_cuda_op(at::Tensor& hidden, const at::Tensor& A,
                                       const at::Tensor& alpha, double tau, bool normalize,
                                       double eps,
                                       const std::optional<at::Tensor>& B,
-                                      const std::optional<at::Tensor>& target, double band) {
+                                      const std::optional<at::Tensor>& target, double band,
+                                      const std::optional<at::Tensor>& vectors) {
   if (!compiled_serves("cuda", hidden)) {
     return python_table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                 eps, B, target, band);
+                                 eps, B, target, band, vectors);
   }
   return field_update_cuda(hidden, A, c, w2, b2, alpha, tau, normalize, eps, c10::nullopt,
-                           field_ids, B, target, band);
+                           field_ids, B, target, band, vectors);
 }
 #endif
 

@@ -66,15 +66,16 @@ def make_table(F: int, C: int, d: int, m: int, dtype: torch.dtype, gen: torch.Ge
 
 
 def truth_table(hidden, A, c, w2, b2, field_ids, alpha, *, tau=1.0, normalize=True, eps=1e-6,
-                B=None, target=None, band=1.0):
+                B=None, target=None, band=1.0, vectors=None):
     """float64 table reference on float64 copies; returns (new hidden, scores)."""
     h64, A64, c64, w64, b64 = to_f64(*(t.cpu() for t in (hidden, A, c, w2, b2)))
     B64 = None if B is None else B.cpu().double()
+    V64 = None if vectors is None else vectors.cpu().double()
     h64 = h64.clone()
     n = hidden.shape[0]
     s64 = field_table_update_reference(h64, A64, c64, w64, b64, field_ids.cpu(),
                                        _per_row(alpha, n), tau, normalize, eps, B64,
-                                       _per_row(target, n), band)
+                                       _per_row(target, n), band, V64)
     return h64, s64
 
 

@@ -252,6 +252,43 @@ def _compare_table(hidden, A, c, w2, b2, ids, alpha, *, normalize=True, tau=1.0,
     return e, (h_k, s_k, h_ref, s_ref, h64)
 
 
+def check_table_vectors():
+    """Static vectors (vectors [F, d]): a field with a vector, a static entry (zero scorer), a
+    field without one; three dtypes, both normalisations, against the float64 reference."""
+    from svf_kernels.ops.backends.triton_backend import field_update_triton
+
+    A, c, w2, b2 = _table(3, 2, 12, 37, seed=71)
+    A[1], c[1], w2[1], b2[1] = 0.0, 0.0, 0.0, 0.0
+    g = torch.Generator().manual_seed(72)
+    vectors = 0.3 * torch.randn(3, 37, generator=g)
+    vectors[2] = 0.0
+    ids = _ids(3, 11)
+    out = {}
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        for normalize in (True, False):
+            hidden = torch.randn(11, 37, generator=g).to(dt)
+            alpha = torch.rand(11, generator=g) - 0.3
+            h64 = hidden.double()
+            field_table_update_reference(h64, A.double(), c.double(), w2.double(), b2.double(),
+                                         ids, alpha.double(), 1.0, normalize,
+                                         vectors=vectors.double())
+            h_ref = hidden.clone()
+            field_table_update_reference(h_ref, A, c, w2, b2, ids, alpha, 1.0, normalize,
+                                         vectors=vectors)
+            h_k = hidden.clone()
+            field_update_triton(h_k, A, c, w2, b2, alpha, normalize=normalize, field_ids=ids,
+                                vectors=vectors)
+            bad = (ids < 0) | (ids >= 3)
+            assert torch.equal(_bits(h_k[bad]), _bits(hidden[bad]))
+            static = ids == 1
+            assert (h_k[static] != hidden[static]).any(-1).all(), "a static row did not move"
+            e = {"h_kernel": (h_k.double() - h64).abs().max().item(),
+                 "h_ref": (h_ref.double() - h64).abs().max().item(), "s_kernel": 0.0, "s_ref": 0.0}
+            _assert_close(e, dt, f"table vectors {dt} normalize={normalize}")
+            out[f"{dt} normalize={normalize}"] = e["h_kernel"]
+    return out
+
+
 def check_table_shapes_dtypes_ids():
     """F in {1, 3}, C in {1, 2}, d=37; three dtypes; int64 and int32 ids with -1 and
     out-of-range values; every steered row updated, every other row bit-identical."""

@@ -10,8 +10,9 @@
 //                                         sum over concepts is taken before projecting)
 //   a = alpha[r], or with a target a = alpha[r] * gate (gated_alpha: the soft minimum of the
 //                                         scores against target[r], linear over the last band)
-//   dir = v / max(||v||, FLT_MIN) or v;  h += a * dir   (in place, when kept; ||v|| of a
-//                                         tiny v is measured on v * 2^100, see kTinyNorm)
+//   dir = v / max(||v||, FLT_MIN) or v;  h += a * (dir + s)   (in place, when kept; ||v|| of
+//                                         a tiny v is measured on v * 2^100, see kTinyNorm;
+//                                         s: the row's field's static vector, 0 without one)
 // A row is left bit-identical when rows[r] is False, a == 0, or the input or the new row
 // (as stored in T: an fp16/bf16 overflow counts) is not finite. Its scores are still computed,
 // except for a row skipped because of non-finite values (non-finite input, or a row that would
@@ -55,13 +56,14 @@ constexpr float kNormUp = 0x1p+100f;
 constexpr float kNormDown = 0x1p-100f;
 
 // The parameters of one field: A, B [C*m, d], c, w2 [C*m], b2 [C] (fp32, contiguous; B is A
-// itself when the caller gives no separate B).
+// itself when the caller gives no separate B), and its static vector V [d] or nullptr (none).
 struct Field {
   const float* A;
   const float* B;
   const float* c;
   const float* w2;
   const float* b2;
+  const float* V;
 };
 
 struct Problem {
@@ -86,7 +88,7 @@ struct Problem {
   Field field(int64_t f) const {
     const int64_t cm = C * m;
     return Field{f0.A + f * cm * d, f0.B + f * cm * d, f0.c + f * cm, f0.w2 + f * cm,
-                 f0.b2 + f * C};
+                 f0.b2 + f * C, f0.V != nullptr ? f0.V + f * d : nullptr};
   }
 };
 
@@ -307,6 +309,12 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, fl
     for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
   }
 
+  if (f.V != nullptr) {  // the field's static vector joins the direction
+    const float* __restrict__ V = f.V;
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) g[k] += V[k];
+  }
+
   // New row (fp32); written back only if every entry stores as a finite T.
   constexpr float lim = overflow_at<T>();
   int64_t bad = 0;
@@ -368,7 +376,8 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                             double eps, c10::optional<at::Tensor> rows,
                             c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
-                            c10::optional<at::Tensor> target, double band) {
+                            c10::optional<at::Tensor> target, double band,
+                            c10::optional<at::Tensor> vectors) {
   TORCH_CHECK(hidden.device().is_cpu(), "field_update_cpu: hidden must be a CPU tensor");
   TORCH_CHECK(hidden.dim() == 2, "field_update_cpu: hidden must be [N, d], got ", hidden.sizes());
   const auto st = hidden.scalar_type();
@@ -411,6 +420,14 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
     TORCH_CHECK(std::isfinite(band) && band > 0, "field_update_cpu: band must be finite and > 0");
   }
 
+  const bool has_vectors = vectors.has_value() && vectors->defined();
+  if (has_vectors) {
+    TORCH_CHECK(table && vectors->dim() == 2 && vectors->size(0) == F && vectors->size(1) == d &&
+                    vectors->device().is_cpu(),
+                "field_update_cpu: vectors must be [F, d] = [", F, ", ", d,
+                "] on the CPU and come with field_ids, got ", vectors->sizes());
+  }
+
   at::Tensor rows_b;
   const bool* rows_ptr = nullptr;
   if (rows.has_value() && rows->defined()) {
@@ -442,11 +459,13 @@ at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::T
   // Without B the direction reads A itself (the same pointer: no extra memory traffic).
   const at::Tensor B32 = has_b ? as_f32(*B) : A32;
   const at::Tensor target32 = has_target ? as_f32(*target) : at::Tensor();
+  const at::Tensor vectors32 = has_vectors ? as_f32(*vectors) : at::Tensor();
   at::Tensor scores = at::empty({n, C}, hidden.options().dtype(at::kFloat));
   if (n == 0) return scores;
 
   const Problem p{Field{A32.data_ptr<float>(), B32.data_ptr<float>(), c32.data_ptr<float>(),
-                        w232.data_ptr<float>(), b232.data_ptr<float>()},
+                        w232.data_ptr<float>(), b232.data_ptr<float>(),
+                        has_vectors ? vectors32.data_ptr<float>() : nullptr},
                   C, m, d, static_cast<float>(tau), static_cast<float>(eps), normalize,
                   F, ids64, ids32, has_target ? target32.data_ptr<float>() : nullptr,
                   static_cast<float>(band)};

@@ -13,8 +13,11 @@
 // B: optional, the shape of A: the direction's matrix (g_i = B_i^T (...)); None: A itself.
 // target: optional [N] target scores (NaN: none for that row); band > 0: the row's strength is
 // alpha * clamp(sign(alpha) (target - s_mix) / band, 0, 1) (see svf_kernels/ops/reference.py).
+// vectors: optional [F, d] with field_ids: each field's static vector; a row moves by
+// a * (dir + vectors[field]).
 at::Tensor field_update_cpu(at::Tensor hidden, at::Tensor A, at::Tensor c, at::Tensor w2,
                             at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                             double eps, c10::optional<at::Tensor> rows,
                             c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
-                            c10::optional<at::Tensor> target, double band);
+                            c10::optional<at::Tensor> target, double band,
+                            c10::optional<at::Tensor> vectors);

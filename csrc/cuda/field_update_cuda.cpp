@@ -18,7 +18,8 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
                              at::Tensor b2, at::Tensor alpha, double tau, bool normalize,
                              double eps, c10::optional<at::Tensor> rows,
                              c10::optional<at::Tensor> field_ids, c10::optional<at::Tensor> B,
-                             c10::optional<at::Tensor> target, double band) {
+                             c10::optional<at::Tensor> target, double band,
+                             c10::optional<at::Tensor> vectors) {
   TORCH_CHECK(hidden.is_cuda(), "field_update_cuda: hidden must be a CUDA tensor");
   TORCH_CHECK(hidden.dim() == 2, "field_update_cuda: hidden must be [N, d]");
   TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1,
@@ -62,6 +63,12 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
                 "field_update_cuda: target must be [N] on ", dev);
     TORCH_CHECK(std::isfinite(band) && band > 0, "field_update_cuda: band must be finite and > 0");
   }
+  const bool has_vectors = vectors.has_value() && vectors->defined();
+  if (has_vectors) {
+    TORCH_CHECK(table && vectors->dim() == 2 && vectors->size(0) == F && vectors->size(1) == d &&
+                    vectors->device() == dev,
+                "field_update_cuda: vectors must be [F, d] on ", dev, " and come with field_ids");
+  }
   at::Tensor ids;
   if (table) {
     TORCH_CHECK(field_ids->scalar_type() == at::kLong || field_ids->scalar_type() == at::kInt,
@@ -78,6 +85,7 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
   // Without B the direction reads A itself (the same pointer: no extra memory traffic).
   const at::Tensor B32 = has_b ? as_f32(*B) : A32;
   const at::Tensor target32 = has_target ? as_f32(*target) : at::Tensor();
+  const at::Tensor vectors32 = has_vectors ? as_f32(*vectors) : at::Tensor();
   at::Tensor rows_b;
   if (rows.has_value() && rows->defined()) {
     TORCH_CHECK(rows->scalar_type() == at::kBool && rows->numel() == n &&
@@ -106,6 +114,7 @@ at::Tensor field_update_cuda(at::Tensor hidden, at::Tensor A, at::Tensor c, at::
       alpha32.data_ptr<float>(), has_target ? target32.data_ptr<float>() : nullptr,
       static_cast<float>(band), rows_b.defined() ? rows_b.data_ptr<bool>() : nullptr,
       table ? ids.data_ptr() : nullptr, table && ids.scalar_type() == at::kInt ? 1 : 0,
+      has_vectors ? vectors32.data_ptr<float>() : nullptr,
       static_cast<int>(F), static_cast<int>(C), static_cast<int>(m), static_cast<float>(tau),
       normalize, static_cast<float>(eps), scores.data_ptr<float>(), ws.data_ptr<float>(), stream);
   TORCH_CHECK(err != cudaErrorInvalidValue,

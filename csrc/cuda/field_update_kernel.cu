@@ -14,7 +14,8 @@
 //
 // Field table (batched serving): the parameters are F fields stacked (A [F, C, m, d], ...) and
 // row n uses field ids[n]; every kernel that reads parameters looks the row's field up once
-// and moves its parameter pointers there (with_field). Without ids every row uses field 0: the
+// and moves its parameter pointers there (with_field; the static vector too, when the table has
+// them: the update is a * (dir + V[f]), see updated). Without ids every row uses field 0: the
 // one-field op runs the kTable = false instantiations, which pass the kernel's parameters
 // through untouched. A row whose id lies outside [0, F) does
 // no compute: k_split_z marks it with a NaN sum of squares (which the later kernels already
@@ -96,6 +97,7 @@ struct Params {
   const float* c;
   const float* w2;
   const float* b2;
+  const float* V;  // [F, d] static vectors (with_field: the row's own), or nullptr: none
   const float* alpha;
   const float* target;  // [n] target scores (NaN: none for that row), or nullptr: no targets
   float band;
@@ -134,7 +136,14 @@ __device__ __forceinline__ Params with_field(Params p, int64_t f) {
   p.c += f * Cm;
   p.w2 += f * Cm;
   p.b2 += f * p.C;
+  if (p.V != nullptr) p.V += f * p.d;
   return p;
+}
+
+// The static vector of steered row n, or nullptr (no vectors); p not moved by with_field.
+__device__ __forceinline__ const float* row_vector(const Params& p, int64_t n) {
+  if (p.V == nullptr) return nullptr;
+  return p.V + (p.ids != nullptr ? row_field(p, n) : 0) * p.d;
 }
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
@@ -280,9 +289,11 @@ __device__ __forceinline__ float g_column(const Params& p, const float* coef, in
   return g;
 }
 
-__device__ __forceinline__ float updated(const Params& p, float h, float v, float nrm, float a) {
+// Element j of the new row: h + a * (dir + V[j]) (V: the row's static vector, or nullptr).
+__device__ __forceinline__ float updated(const Params& p, float h, float v, float nrm, float a,
+                                         const float* V, int64_t j) {
   const float dir = p.normalize ? v / fmaxf(nrm, FLT_MIN) : v;
-  return h + a * dir;
+  return h + a * (V != nullptr ? dir + V[j] : dir);
 }
 
 // ---------------------------------------------------------------- split schedule (decoding)
@@ -409,7 +420,8 @@ __global__ void __launch_bounds__(kThreads) k_split_check(Params p) {
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   bool ok = true;
   if (j < p.d) {
-    ok = isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a)));
+    ok = isfinite(Io<T>::round(
+        updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a, row_vector(p, n), j)));
   }
   ok = __syncthreads_and(ok);
   if (threadIdx.x == 0) p.flag[n * p.tiles + blockIdx.y] = ok ? 1.f : 0.f;
@@ -430,7 +442,10 @@ __global__ void __launch_bounds__(kThreads) k_split_write(Params p) {
   const float nrm = row_norm(p, n, scratch);
   T* h = static_cast<T*>(p.hidden) + n * p.stride;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
-  if (j < p.d) Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a));
+  if (j < p.d) {
+    Io<T>::store(h + j, updated(p, Io<T>::load(h + j), p.gv[n * p.d + j], nrm, a,
+                                row_vector(p, n), j));
+  }
 }
 
 // ---------------------------------------------------------------- fused schedule (prefill)
@@ -471,14 +486,14 @@ __device__ __forceinline__ void fused_row(const Params& p, int64_t n) {
   const float nrm = tiny_norm_fix(sqrtf(block_sum(part, scratch)), gv, p.d, scratch);
   bool ok = true;
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
-    ok = ok && isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), gv[j], nrm, a)));
+    ok = ok && isfinite(Io<T>::round(updated(p, Io<T>::load(h + j), gv[j], nrm, a, p.V, j)));
   }
   if (!__syncthreads_and(ok)) {  // not finite: left alone, and the scores say so
     nan_scores(p, n);  // after the barrier: thread 0's scores_and_coef write is ordered before
     return;
   }
   for (int64_t j = threadIdx.x; j < p.d; j += kThreads) {
-    Io<T>::store(h + j, updated(p, Io<T>::load(h + j), gv[j], nrm, a));
+    Io<T>::store(h + j, updated(p, Io<T>::load(h + j), gv[j], nrm, a, p.V, j));
   }
 }
 
@@ -534,12 +549,12 @@ extern "C" cudaError_t svf_field_table_update_launch(
     void* hidden, int dtype, int64_t n, int64_t d, int64_t row_stride, const float* A,
     const float* B, const float* c, const float* w2, const float* b2, const float* alpha,
     const float* target, float band, const bool* rows, const void* field_ids, int ids_int32,
-    int F, int C, int m, float tau, bool normalize, float eps, float* scores, float* workspace,
+    const float* vectors, int F, int C, int m, float tau, bool normalize, float eps, float* scores, float* workspace,
     cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n < 0 || d <= 0 || C <= 0 || m <= 0 || hidden == nullptr || workspace == nullptr ||
       A == nullptr || B == nullptr || F <= 0 || (field_ids == nullptr && F != 1) ||
-      (target != nullptr && !(band > 0.f))) {
+      (target != nullptr && !(band > 0.f)) || (vectors != nullptr && field_ids == nullptr)) {
     return cudaErrorInvalidValue;
   }
   const int64_t tiles = (d + kTile - 1) / kTile;
@@ -555,6 +570,7 @@ extern "C" cudaError_t svf_field_table_update_launch(
   p.c = c;
   p.w2 = w2;
   p.b2 = b2;
+  p.V = vectors;
   p.alpha = alpha;
   p.target = target;
   p.band = band;

@@ -17,7 +17,8 @@
 // Field table (svf::field_table_update_, batched serving): F fields stacked, A, B [F, C, m, d],
 // c, w2 [F, C, m], b2 [F, C]; row n is moved by field field_ids[n] exactly as the one-field
 // update would move it. An id outside [0, F) means no steering: the row is left bit-identical,
-// its scores are NaN, and nothing is computed for it.
+// its scores are NaN, and nothing is computed for it. A table may hold a static vector per field
+// (vectors [F, d]): a row of field f then moves by a * (dir + vectors[f]).
 #pragma once
 
 #include <cstdint>
@@ -41,8 +42,9 @@ int64_t svf_field_update_workspace_floats(int64_t n, int64_t d, int C, int m, in
 // direction's matrix, pass A itself for the gradient, the same pointer); field_ids:
 // [n] on the device, int64 (ids_int32 == 0) or int32 (ids_int32 != 0), or nullptr (then F
 // must be 1: field 0 for every row, the one-field update). The id values are read only on the
-// device. The schedule is chosen by the number of rows: one block per row from 96 rows on
-// (prefill), else each row split over many blocks (decoding).
+// device. vectors: [F, d] fp32 (each field's static vector) or nullptr. The schedule is chosen
+// by the number of rows: one block per row from 96 rows on (prefill), else each row split over
+// many blocks (decoding).
 // Everything is enqueued on `stream` with no host synchronisation (CUDA-graph capturable).
 // Returns the first launch error (cudaGetLastError) or cudaSuccess.
 cudaError_t svf_field_table_update_launch(void* hidden, int dtype, int64_t n, int64_t d,
@@ -50,7 +52,8 @@ cudaError_t svf_field_table_update_launch(void* hidden, int dtype, int64_t n, in
                                           const float* c, const float* w2, const float* b2,
                                           const float* alpha, const float* target, float band,
                                           const bool* rows, const void* field_ids, int ids_int32,
-                                          int F, int C, int m, float tau, bool normalize,
+                                          const float* vectors, int F, int C, int m, float tau,
+                                          bool normalize,
                                           float eps, float* scores, float* workspace,
                                           cudaStream_t stream);
 

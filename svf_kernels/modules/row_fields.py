@@ -220,7 +220,9 @@ class FieldTable(RowField):
     ``B [F, C, m, d]`` (optional): each field's direction matrix. ``targets [F]`` (optional;
     NaN: that field has no target) and ``band``: each row's strength is gated by its field's
     target, given on the side the row's strength pushes toward (as in :class:`PackedField`);
-    the per-row targets are gathered on the device at every call.
+    the per-row targets are gathered on the device at every call. ``vectors [F, d]``
+    (optional): each field's static vector, added to its unit direction (a static entry is a
+    field with a zero scorer and a vector).
     """
 
     def __init__(
@@ -236,11 +238,19 @@ class FieldTable(RowField):
         B: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         band: float = 1.0,
+        vectors: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         _store_folded(self, A, c, w2, b2, tau, normalize, eps, B, band)
+        if vectors is not None:
+            if not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point():
+                raise SVFArgumentError(f"vectors must be None or a floating-point [F, d] tensor, got "
+                                       f"{getattr(vectors, 'dtype', type(vectors).__name__)}")
+            vectors = vectors.detach().float().contiguous()
+        self.register_buffer("vectors", vectors)
         check_table_args(torch.zeros(1, self.A.shape[-1]), self.A, self.c, self.w2, self.b2,
-                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, self.eps, self.B, None, self.band)
+                         torch.zeros(1, dtype=torch.long), torch.zeros(1), self.tau, self.eps, self.B, None,
+                         self.band, self.vectors)
         F = self.A.shape[0]
         if targets is not None:
             if (not isinstance(targets, torch.Tensor) or not targets.is_floating_point()
@@ -274,10 +284,10 @@ class FieldTable(RowField):
                     b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1)), alpha)
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
                                          self.tau, self.normalize, self.eps, b["B"],
-                                         target, self.band)
+                                         target, self.band, b["vectors"])
         except Exception:
             # Name the problem as the public op would (SVFArgumentError); else re-raise as is.
             check_table_args(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids,
                              alpha_tensor(alpha, rows), self.tau, self.eps, b["B"],
-                             target, self.band)
+                             target, self.band, b["vectors"])
             raise

@@ -152,6 +152,7 @@ def check_table_args(
     B: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
     band: float = 1.0,
+    vectors: torch.Tensor | None = None,
 ) -> None:
     """Validate the table op's arguments (shapes, dtypes, devices); raise SVFArgumentError.
 
@@ -183,6 +184,24 @@ def check_table_args(
         raise SVFArgumentError(f"field_ids must have shape ({hidden.shape[0]},), got {tuple(field_ids.shape)}")
     if field_ids.device != hidden.device:
         raise SVFArgumentError(f"field_ids is on {field_ids.device} but hidden is on {hidden.device}")
-    for name, t in (("A", A), ("B", B), ("c", c), ("w2", w2), ("b2", b2)):
+    if vectors is not None:
+        _check_vectors(vectors, F, hidden)
+    for name, t in (("A", A), ("B", B), ("c", c), ("w2", w2), ("b2", b2), ("vectors", vectors)):
         if t is not None and not t.is_contiguous():
             raise SVFArgumentError(f"{name} of a field table must be contiguous")
+
+
+def _check_vectors(vectors: object, F: int, hidden: torch.Tensor) -> None:
+    """``vectors`` is an ``[F, d]`` float32 / float64 / hidden-dtype tensor on hidden's device."""
+    if not isinstance(vectors, torch.Tensor):
+        raise SVFArgumentError(f"vectors must be None or an [F, d] tensor, got {type(vectors).__name__}")
+    d = hidden.shape[1] if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 else vectors.shape[-1]
+    if vectors.shape != (F, d):
+        raise SVFArgumentError(f"vectors must have shape ({F}, {d}) (one static vector per field), "
+                               f"got {tuple(vectors.shape)}")
+    if vectors.device != hidden.device:
+        raise SVFArgumentError(f"vectors is on {vectors.device} but hidden is on {hidden.device}")
+    if vectors.dtype not in _PARAM_DTYPES and vectors.dtype != hidden.dtype:
+        raise SVFArgumentError(
+            f"vectors dtype must be float32 or the hidden dtype ({hidden.dtype}), got {vectors.dtype}"
+        )

@@ -25,7 +25,8 @@ from ..errors import SVFArgumentError
 class Backend:
     """A named implementation of the op and the device types it serves.
 
-    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, field_ids, B, target, band)``
+    ``impl(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, field_ids, B, target, band,
+    vectors)``
     serves both ops: one field (``field_ids`` None) and the field table (``A [F, C, m, d]``,
     ``rows`` None). ``why_unavailable()`` says why it cannot run here, asked when needed so the
     reason is current.

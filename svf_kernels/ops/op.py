@@ -27,7 +27,7 @@ SCHEMA = (
 TABLE_SCHEMA = (
     "field_table_update_(Tensor(a!) hidden, Tensor A, Tensor c, Tensor w2, Tensor b2, "
     "Tensor field_ids, Tensor alpha, float tau, bool normalize, float eps, Tensor? B, "
-    "Tensor? target, float band) -> Tensor"
+    "Tensor? target, float band, Tensor? vectors=None) -> Tensor"
 )
 _LIB = torch.library.Library("svf", "DEF")
 
@@ -38,10 +38,12 @@ def _dispatch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, B, target,
         hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, None, B, target, band)
 
 
-def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, eps, B, target, band):
+def _table_dispatch(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, eps, B, target, band,
+                    vectors=None):
     """The table op's one kernel: the same backend choice, with ``field_ids``."""
     return select_backend(hidden.device, hidden.dtype).impl(
-        hidden, A, c, w2, b2, alpha, tau, normalize, eps, None, field_ids, B, target, band)
+        hidden, A, c, w2, b2, alpha, tau, normalize, eps, None, field_ids, B, target, band,
+        vectors)
 
 
 def _field_update_fake(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, B, target, band):
@@ -50,7 +52,7 @@ def _field_update_fake(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows, B
 
 
 def _field_table_update_fake(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize, eps, B,
-                             target, band):
+                             target, band, vectors=None):
     """Shape-only implementation: scores are float32 [N, C] (``A`` is ``[F, C, m, d]``)."""
     return hidden.new_empty((hidden.shape[0], A.shape[1]), dtype=torch.float32)
 
@@ -122,6 +124,7 @@ def field_table_update_(
     B: torch.Tensor | None = None,
     target: float | torch.Tensor | None = None,
     band: float = 1.0,
+    vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Move row ``r`` of ``hidden`` ``[N, d]`` by field ``field_ids[r]`` of a table, in place.
 
@@ -130,15 +133,17 @@ def field_table_update_(
     ``check_ids`` reads the ids to reject values outside ``[-1, F)`` (one device sync; pass
     False in a compiled or CUDA-graph region, where the kernels treat them as -1).
     ``B [F, C, m, d]``, ``target`` (float or ``[N]``, per row) and ``band`` as in
-    :func:`field_update_`. See :func:`svf_kernels.ops.reference.field_table_update_reference`.
+    :func:`field_update_`. ``vectors [F, d]`` (optional): each field's static vector; a row
+    of field ``f`` moves by ``alpha * (dir + vectors[f])`` (gated as a whole). See
+    :func:`svf_kernels.ops.reference.field_table_update_reference`.
     """
     alpha = alpha_tensor(alpha, hidden)
     if target is not None:
         target = target_tensor(target, hidden)
-    check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, eps, B, target, band)
+    check_table_args(hidden, A, c, w2, b2, field_ids, alpha, tau, eps, B, target, band, vectors)
     if check_ids and field_ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(field_ids.min()), int(field_ids.max())
         if lo < -1 or hi >= A.shape[0]:
             raise SVFArgumentError(f"field_ids must lie in [-1, {A.shape[0]}), got values in [{lo}, {hi}]")
     return field_table_update_op(hidden, A, c, w2, b2, field_ids, alpha, float(tau), bool(normalize),
-                                 float(eps), B, target, float(band))
+                                 float(eps), B, target, float(band), vectors)

@@ -44,7 +44,11 @@ stacked (``A: [F, C, m, d]``, ``B`` likewise, ``c, w2: [F, C, m]``, ``b2: [F, C]
 per-row ``field_ids: [N]``: row ``r`` is moved by field ``field_ids[r]`` exactly as the
 one-field op would move it (its target, if any, is ``target[r]``); ``-1`` (or any id outside
 ``[0, F)``) means no steering: the row is left bit-identical and its scores are NaN; steered
-rows follow the one-field rules above.
+rows follow the one-field rules above. A table may also hold one static vector per field
+(``vectors: [F, d]``): a row of field ``f`` then moves by ``a * (dir + vectors[f])``, the
+gate and the non-finite rules applying to the whole update. A static entry is a field whose
+scorer is zero (``A = 0``, ``w2 = 0``: ``dir = 0``, score ``b2``) and whose vector is the
+entry's; an entry that combines a field with a static vector has both.
 """
 
 from __future__ import annotations
@@ -135,9 +139,11 @@ def gated_alpha(
 
 
 def _move_(
-    hidden: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, normalize: bool, keep: torch.Tensor | None
+    hidden: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, normalize: bool, keep: torch.Tensor | None,
+    static: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``hidden += alpha * dir(v)`` in place, on the rows that stay finite, are kept and have alpha != 0.
+    """``hidden += alpha * (dir(v) + static)`` in place (``static [N, d]``, None: 0), on the rows
+    that stay finite, are kept and have alpha != 0.
 
     Returns the ``[N]`` bool mask of the rows skipped for non-finite values (a non-finite input,
     or a kept, alpha != 0 row whose update, as stored in ``hidden``'s dtype, is not finite):
@@ -151,6 +157,8 @@ def _move_(
         scaled = (v * _NORM_UP).norm(dim=-1, keepdim=True) * _NORM_DOWN
         v = v / torch.where(nrm < _TINY_NORM, scaled, nrm).clamp_min(tiny)
     a = alpha.to(dt).reshape(-1, 1)
+    if static is not None:
+        v = v + static.to(dt)
     new = (hidden.to(dt) + a * v).to(hidden.dtype)  # as it would be stored (fp16 may overflow)
     finite_in = torch.isfinite(hidden).all(-1)
     move = (a != 0).squeeze(1) & finite_in
@@ -205,6 +213,7 @@ def field_table_update_reference(
     B: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
     band: float = 1.0,
+    vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Move row ``r`` of ``hidden`` by field ``field_ids[r]`` of the table, in place.
 
@@ -212,7 +221,8 @@ def field_table_update_reference(
     on every row and the row's own is selected: F times the work, no data-dependent shapes
     (so it traces and never synchronises with the host); the compiled kernels do only the
     row's own field. ``B`` (``[F, C, m, d]``) and ``target`` (``[N]``) as in
-    :func:`field_update_reference`.
+    :func:`field_update_reference`; ``vectors`` (``[F, d]``, None: none): each field's static
+    vector, added to its unit direction.
     """
     ids = field_ids.long()
     N, C = hidden.shape[0], A.shape[1]
@@ -226,5 +236,7 @@ def field_table_update_reference(
         scores = torch.where(mine, s_f, scores)
         v = torch.where(mine, v_f, v)
     a = gated_alpha(scores, alpha, target, band, tau)
-    skipped = _move_(hidden, v, a, normalize, (ids >= 0) & (ids < A.shape[0]))
+    steered = (ids >= 0) & (ids < A.shape[0])
+    static = None if vectors is None else vectors.to(dt).index_select(0, torch.where(steered, ids, 0))
+    skipped = _move_(hidden, v, a, normalize, steered, static)
     return _nan_where(scores.float(), skipped)

@@ -21,10 +21,11 @@ except Exception as exc:  # noqa: BLE001 - any failure to load the extension mea
     _C = None
     EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
 
-# launch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows[, field_ids[, B, target, band]])
-# -> scores; with field_ids ([N] int64, -1 = no steering) A is a table [F, C, m, d] (c, w2
-# [F, C, m], b2 [F, C]); B (A's shape) is the direction's matrix, target ([N]) and band gate each
-# row's strength. Calls without B and target pass neither (the launcher's own defaults: none).
+# launch(hidden, A, c, w2, b2, alpha, tau, normalize, eps, rows[, field_ids[, B, target, band
+# [, vectors]]]) -> scores; with field_ids ([N] int64, -1 = no steering) A is a table [F, C, m, d]
+# (c, w2 [F, C, m], b2 [F, C], vectors [F, d]); B (A's shape) is the direction's matrix, target
+# ([N]) and band gate each row's strength. Calls without B, target and vectors pass none of them
+# (the launcher's own defaults: none).
 Launcher = Callable[..., torch.Tensor]
 
 
@@ -51,10 +52,14 @@ def kernel_entry(name: str, launcher: Callable[[], Launcher | None],
         B: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         band: float = 1.0,
+        vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         launch = launcher()
         if launch is None:
             raise RuntimeError(why_unavailable())
+        if vectors is not None:
+            return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps),
+                          None, field_ids, B, target, float(band), vectors)
         if B is not None or target is not None:
             return launch(hidden, A, c, w2, b2, alpha, float(tau), bool(normalize), float(eps),
                           rows if field_ids is None else None, field_ids, B, target, float(band))

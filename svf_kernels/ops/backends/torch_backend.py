@@ -14,7 +14,7 @@ from ..reference import field_table_update_reference, field_update_reference
 
 
 def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, eps=1e-6, rows=None,
-                       field_ids=None, B=None, target=None, band=1.0) -> torch.Tensor:
+                       field_ids=None, B=None, target=None, band=1.0, vectors=None) -> torch.Tensor:
     """One field (``A [C, m, d]``) or a table (``field_ids``), computed by the reference.
 
     The reference computes in float64 whatever it is given, so the hot path's one cheap check
@@ -26,7 +26,7 @@ def field_update_torch(hidden, A, c, w2, b2, alpha, tau=1.0, normalize=True, eps
         return field_update_reference(hidden, A, c, w2, b2, alpha, tau, normalize, eps,
                                       rows, B, target, band)
     return field_table_update_reference(hidden, A, c, w2, b2, field_ids, alpha, tau, normalize,
-                                        eps, B, target, band)
+                                        eps, B, target, band, vectors)
 
 
 register_backend(

@@ -11,7 +11,8 @@ gradients are combined before the RMS-Jacobian projection, which is linear in ``
             a = alpha * gate(s_mix, target, band), as in svf_kernels/ops/reference.py
     pass 3  G = B_flat^T (w_i act'(z) w2)   (G to a scratch buffer), dot = hn . G
     pass 4  v = (G - hn dot / d) / rms  (overwrites G), ||v|| (below 2^-50: of v * 2^100, scaled)
-    pass 5  new = h + a * v / max(||v||, FLT_MIN)  (or v): all finite as stored?
+    pass 5  new = h + a * (v / max(||v||, FLT_MIN) (or v) + s): all finite as stored? (s: the
+            row's field's static vector with ``HAS_VECTORS``, else 0)
     pass 6  write new when the row may change, else NaN scores
 
 fp32 accumulation whatever the storage dtype; rows with ``rows`` False, ``a == 0``, or a
@@ -22,7 +23,7 @@ values (non-finite input, or a row that would move but whose new row is not fini
 Field table (``svf::field_table_update_``): the parameters are F fields stacked (``A, B [F, C,
 m, d]``, ``c, w2 [F, C, m]``, ``b2 [F, C]``) and ``field_ids [N]`` (int64 or int32) picks each
 row's field: the program loads its row's id on the device and moves its parameter pointers to
-that field. An id outside ``[0, F)`` writes NaN scores and returns before any other work (the
+that field (``vectors [F, d]`` too, each field's static vector, when given). An id outside ``[0, F)`` writes NaN scores and returns before any other work (the
 row is left bit-identical). Without ids (``HAS_IDS`` false, a compile-time constant) the kernel
 is the one-field kernel unchanged. Triton has
 no CPU backend: on CPU tensors this runs only under ``TRITON_INTERPRET=1`` (set before triton is
@@ -80,9 +81,9 @@ if triton is not None:
     @triton.jit
     def _field_update_kernel(
         h_ptr, stride_h, A_ptr, B_ptr, c_ptr, w2_ptr, b2_ptr, alpha_ptr, target_ptr, rows_ptr,
-        ids_ptr, scores_ptr, z_ptr, g_ptr, d, m, C, F, tau, eps, band,
+        ids_ptr, vec_ptr, scores_ptr, z_ptr, g_ptr, d, m, C, F, tau, eps, band,
         HAS_ROWS: tl.constexpr, HAS_IDS: tl.constexpr, HAS_TARGET: tl.constexpr,
-        NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr,
+        HAS_VECTORS: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_U: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
@@ -105,6 +106,7 @@ if triton is not None:
             c_ptr += fid * Cm
             w2_ptr += fid * Cm
             b2_ptr += fid * C
+            vec_ptr += fid * d
 
         # pass 1: rms
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -221,6 +223,8 @@ if triton is not None:
                 v = tl.load(g_row + dd, mask=dmask, other=0.0)
                 if NORMALIZE:
                     v = v / den
+                if HAS_VECTORS:
+                    v += tl.load(vec_ptr + dd, mask=dmask, other=0.0)
                 new = (x + alpha * v).to(h_ptr.dtype.element_ty).to(tl.float32)  # as stored
                 bad += tl.where(dmask & ~(tl.abs(new) <= _K_FLT_MAX), 1, 0)
             if tl.sum(bad, axis=0) != 0:
@@ -236,6 +240,8 @@ if triton is not None:
                     v = tl.load(g_row + dd, mask=dmask, other=0.0)
                     if NORMALIZE:
                         v = v / den
+                    if HAS_VECTORS:
+                        v += tl.load(vec_ptr + dd, mask=dmask, other=0.0)
                     new = x + alpha * v
                     tl.store(h_row + dd, new.to(h_ptr.dtype.element_ty), mask=dmask)
 
@@ -267,6 +273,7 @@ def _launch(
     B: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
     band: float = 1.0,
+    vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One launch over all rows. CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1``
     was set before triton's import.
@@ -275,7 +282,8 @@ def _launch(
     ``c, w2 [F, C, m]``, ``b2 [F, C]``. The id values are read only by the kernel (no host
     synchronisation: usable under CUDA graphs and torch.compile). ``B`` (A's shape): the
     direction's matrix (None: A). ``target`` ([N], NaN: none for the row) and ``band``: the
-    row's strength is alpha times its gate, computed in the kernel."""
+    row's strength is alpha times its gate, computed in the kernel. ``vectors`` ([F, d], a
+    table only): each field's static vector, added to the unit direction."""
     if hidden.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             f"the triton backend needs CUDA tensors (got {hidden.device.type}); "
@@ -307,6 +315,12 @@ def _launch(
             raise ValueError("target must be [N] and band > 0")
     else:
         target32 = alpha32  # not read (HAS_TARGET is False)
+    if vectors is not None:
+        if not table or vectors.shape != (F, d):
+            raise ValueError("vectors must be [F, d] and come with field_ids")
+        vec32 = vectors.to(device=dev, dtype=f32).contiguous()
+    else:
+        vec32 = alpha32  # not read (HAS_VECTORS is False)
     scores = torch.empty((n, C), dtype=f32, device=dev)
     if n == 0:
         return scores
@@ -325,9 +339,9 @@ def _launch(
     block_c = max(2, triton.next_power_of_2(C))
     _field_update_kernel[(n,)](
         hidden, hidden.stride(0), A32, B32, c32, w232, b232, alpha32, target32, rows_u8, ids,
-        scores, z_ws, g_ws, d, m, C, F, float(tau), float(eps), float(band),
+        vec32, scores, z_ws, g_ws, d, m, C, F, float(tau), float(eps), float(band),
         HAS_ROWS=rows is not None, HAS_IDS=table, HAS_TARGET=target is not None,
-        NORMALIZE=bool(normalize), BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
+        HAS_VECTORS=vectors is not None, NORMALIZE=bool(normalize), BLOCK_D=block_d, BLOCK_U=block_u, BLOCK_C=block_c,
     )
     return scores
 

@@ -12,11 +12,10 @@ from helpers import random_field, tiny_model
 import svf
 from svf.field_packing import (
     check_fits_model,
-    check_train_layers,
     field_table,
     packed_field,
 )
-from svf.steering_field import strength_scale
+from svf.steering_field import check_train_layers, strength_scale
 from svf_kernels import SVFArgumentError, field_table_update_, field_update_
 
 

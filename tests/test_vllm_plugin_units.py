@@ -41,11 +41,16 @@ def artifacts(tmp_path_factory) -> dict[str, str]:
 
 def test_config_forms():
     cfg = {"svf": {"fields": {"one": "/x.svf", "two": ["/a.svf", "/b.svf"],
-                              "three": {"paths": "/c.svf", "layers": [5, 3, 3]}}}}
+                              "three": {"paths": "/c.svf", "layers": [5, 3, 3]},
+                              "cv": {"vector": "/v.gguf"}, "both": {"paths": "/c.svf", "vector": "/v.gguf"},
+                              "caa": {"paths": ["/c.svf"], "method": "caa"}}}}
     got = served_fields(cfg, environ={})
     assert got == {"one": FieldSpec("one", ("/x.svf",)),
                    "two": FieldSpec("two", ("/a.svf", "/b.svf")),
-                   "three": FieldSpec("three", ("/c.svf",), (3, 5))}
+                   "three": FieldSpec("three", ("/c.svf",), (3, 5)),
+                   "cv": FieldSpec("cv", (), vector="/v.gguf"),
+                   "both": FieldSpec("both", ("/c.svf",), vector="/v.gguf"),
+                   "caa": FieldSpec("caa", ("/c.svf",), method="caa")}
     assert served_fields({}, environ={}) == {} and served_fields(None, environ={}) == {}
     env = served_fields(None, environ={ENV_VAR: '{"x": "/x.svf"}'})
     assert env == {"x": FieldSpec("x", ("/x.svf",))}
@@ -60,7 +65,12 @@ def test_config_forms():
     ({"svf": {"fields": {"a": 3}}}, None, "field 'a' needs an artifact path"),
     ({"svf": {"fields": {"a": []}}}, None, "field 'a' needs an artifact path"),
     ({"svf": {"fields": {"a": {"path": "/a"}}}}, None, "unknown keys ['path']"),
-    ({"svf": {"fields": {"a": {"layers": [1]}}}}, None, "needs 'paths'"),
+    ({"svf": {"fields": {"a": {"layers": [1]}}}}, None, "needs 'paths' (its field), 'vector'"),
+    ({"svf": {"fields": {"a": {"vector": ""}}}}, None, "vector must be a file path"),
+    ({"svf": {"fields": {"a": {"paths": "/a", "method": "knn"}}}}, None, "method must be one of"),
+    ({"svf": {"fields": {"a": {"paths": ["/a", "/b"], "method": "caa"}}}}, None, "one path and no vector"),
+    ({"svf": {"fields": {"a": {"paths": "/a", "vector": "/v.gguf", "method": "caa"}}}}, None,
+     "one path and no vector"),
     ({"svf": {"fields": {"a": {"paths": "/a", "layers": [-1]}}}}, None, "layers must be"),
     ({"svf": {"fields": {"a": {"paths": "/a", "layers": [True]}}}}, None, "layers must be"),
     ({"svf": {"fields": {"": "/a"}}}, None, "non-empty strings"),
@@ -284,10 +294,12 @@ def test_layers_and_tables_match_batch_steering(artifacts):
     served = _served(artifacts)
     assert served.layers == [1, 2, 3]  # a: 2, 3; ab: a's steering layers; c: 1
     from svf import SteeringField
-    entries = [[SteeringField.load(artifacts["a"])],
-               [SteeringField.load(artifacts["a"]), SteeringField.load(artifacts["b"])],
-               [SteeringField.load(artifacts["c"])]]
-    want = layer_tables(entries, [(2, 3), (2, 3), (1,)], directions=["gradient"] * 3, targets=[None] * 3)
+    from svf.table_entries import table_entry
+    entries = [table_entry(SteeringField.load(artifacts["a"])),
+               table_entry([SteeringField.load(artifacts["a"]), SteeringField.load(artifacts["b"])]),
+               table_entry(SteeringField.load(artifacts["c"]))]
+    assert [e.layers for e in entries] == [(2, 3), (2, 3), (1,)]
+    want = layer_tables(entries, directions=["gradient"] * 3, targets=[None] * 3)
     for row, i in enumerate(served.layers):
         assert torch.equal(torch.from_numpy(served.id_maps[row]), want[i].id_map)
         assert torch.allclose(torch.from_numpy(served.scales[row]), want[i].scales)
@@ -301,6 +313,46 @@ def test_alpha_bounds_are_the_largest_strength_the_engine_steers_with(artifacts)
     for g, name in enumerate(served.names):
         on = served.id_maps[:, g + 1] >= 0
         assert bounds[name] == pytest.approx(MAX_STRENGTH * served.scales[on, g + 1].max(), rel=1e-6)
+
+
+def test_static_entries_pack_as_on_the_hf_path(artifacts, tmp_path):
+    """A GGUF control vector, a field's CAA vector (method "caa") and a field with a vector: the
+    engine's tables, scales and default strengths are those :func:`svf.steer_requests` builds
+    from the same entries, and a static entry's alpha bound is MAX_STRENGTH times its largest
+    vector norm."""
+    from helpers import tiny_model
+
+    from svf import ControlVector, SteeringField, control_vector_from_field, steer_requests
+    from svf.hf import num_layers
+    from svf.table_entries import table_entry
+
+    g = torch.Generator().manual_seed(0)
+    cv = ControlVector({1: torch.randn(D, generator=g), 3: 2 * torch.randn(D, generator=g)},
+                       model_hint="llama")
+    cv.save(tmp_path / "cv.gguf")
+    specs = {"cv": FieldSpec("cv", vector=str(tmp_path / "cv.gguf")),
+             "caa": FieldSpec("caa", (artifacts["a"],), method="caa"),
+             "both": FieldSpec("both", (artifacts["a"],), vector=str(tmp_path / "cv.gguf")),
+             "a": FieldSpec("a", (artifacts["a"],))}
+    served = ServedFields(specs, hidden_size=D, num_layers=L, max_tokens=8)
+    field = SteeringField.load(artifacts["a"])
+    caa = control_vector_from_field(field, method="caa", strength=1.0)
+    assert served.layers == [1, 2, 3]
+    assert served.default_strengths.tolist() == pytest.approx([1.0, field.default_strength,
+                                                               field.default_strength,
+                                                               field.default_strength])
+    model = tiny_model("llama", layers=L, d=D)
+    assert num_layers(model) == L
+    hf = steer_requests(model, {"cv": cv, "caa": caa, "both": [field, cv], "a": field})
+    for row, i in enumerate(served.layers):
+        mine, theirs = served.steered.tables[i], hf.steering.layer_fields[i]
+        assert torch.equal(torch.from_numpy(served.id_maps[row]), hf._id_map[i])
+        torch.testing.assert_close(torch.from_numpy(served.scales[row]), hf._scales[i])
+        for name in ("A", "c", "w2", "b2", "vectors"):
+            torch.testing.assert_close(getattr(mine, name), getattr(theirs, name))
+    bounds = alpha_bounds(specs, hidden_size=D, num_layers=L)
+    assert bounds["cv"] == pytest.approx(MAX_STRENGTH * max(cv.norm(1), cv.norm(3)))
+    assert table_entry(cv).layers == (1, 3)
 
 
 @pytest.mark.parametrize("problem", ["missing", "hidden", "layers", "garbage"])

@@ -6,7 +6,9 @@ Attach a set of named fields to a model once (:func:`steer_requests`); before ea
 ``field_table_update_`` launch for the whole batch (DESIGN.md §3, the field table), with no
 Python loop over rows. Entries may steer different layers and hold different numbers of
 concepts: a row whose field does not steer a layer gets id -1 there, and tables pad concepts
-with a score of +inf (softmin weight exactly 0) and hidden units with zeros (no effect).
+with a score of +inf (softmin weight exactly 0) and hidden units with zeros (no effect). A
+name may also hold a static vector (a :class:`svf.ControlVector`), alone or beside a field
+(:mod:`svf.table_entries`): its rows go through the same launch.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from torch import nn
 from svf_kernels import SVFArgumentError
 
 from .arguments import check_bool, check_number
-from .field_packing import check_fits_model, check_train_layers, layer_tables
+from .control_vectors import ControlVector
+from .field_packing import check_fits_model, layer_tables, model_mismatch
 from .hf import check_layers, check_model, layer_list
 from .steering import Steering
-from .steering_field import SteeringField, check_direction, check_target, check_unit, entry_concepts
+from .steering_field import SteeringField, check_direction, check_target, check_unit
+from .table_entries import table_entry
 
-FieldEntry = SteeringField | Sequence[SteeringField]
+#: What one name steers with: a field, fields (softmin), a control vector, or fields with one
+#: control vector (:mod:`svf.table_entries`).
+FieldEntry = SteeringField | ControlVector | Sequence[SteeringField | ControlVector]
 
 
 class BatchSteering:
@@ -33,9 +39,10 @@ class BatchSteering:
     Build it with :func:`steer_requests`. ``set_requests(fields, strengths)`` before each
     batched forward or ``generate`` (or :meth:`generate`, which does both). Strengths are
     relative, as in :func:`svf.steer`: row ``r`` at layer ``i`` moves by
-    ``strengths[r] * strength_scale(field, i)``. Each field steers along its own ``default_direction``
-    and closed-loop at its own ``default_target`` unless ``direction`` / ``target`` are given
-    for all.
+    ``strengths[r] * strength_scale(field, i)`` along its field, and by ``strengths[r] * v``
+    along a control vector ``v`` (:mod:`svf.table_entries`). Each field steers along its own
+    ``default_direction`` and closed-loop at its own ``default_target`` unless ``direction`` /
+    ``target`` are given for all (a static entry is never closed-loop).
     """
 
     def __init__(self, model: nn.Module, fields: Mapping[str, FieldEntry], *,
@@ -49,33 +56,32 @@ class BatchSteering:
         check_target(target)
         check_unit(unit)
         if not isinstance(fields, Mapping) or not fields:
-            raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField")
+            raise SVFArgumentError("fields must be a non-empty mapping of name -> SteeringField, "
+                                   "ControlVector, or a list of fields with at most one "
+                                   "ControlVector")
         for name in fields:
             if not isinstance(name, str) or not name:
                 raise SVFArgumentError(f"field names must be non-empty strings, got {name!r}")
         self.names = list(fields)
-        entries = [entry_concepts(fields[n], f"field {n!r}") for n in self.names]
-        for concepts in entries:
-            check_fits_model(concepts, model)  # so every field has the same hidden size too
-        # The layers each entry steers: ``layers`` for all, else its first concept's own.
         layers = layer_list(layers) if layers is not None else None
-        own = {n: tuple(layers) if layers is not None else tuple(e[0].steer_layers)
-               for n, e in zip(self.names, entries)}
-        for name, concepts in zip(self.names, entries):
-            if not own[name]:
-                raise SVFArgumentError(f"field {name!r} steers no layer")
-            try:
-                check_train_layers(concepts, own[name])
-            except SVFArgumentError as exc:
-                raise SVFArgumentError(f"field {name!r}: {exc}") from None
-        self.layers = sorted({i for ls in own.values() for i in ls})
+        self.entries = [table_entry(fields[n], layers, f"field {n!r}") for n in self.names]
+        for name, entry in zip(self.names, self.entries):
+            check_fits_model(entry.concepts, model)  # so every entry has the same hidden size too
+            if entry.vector is not None:
+                problem = model_mismatch(f"the control vector of field {name!r}",
+                                         entry.vector.hidden_size, None, model)
+                if problem:
+                    raise SVFArgumentError(problem)
+        self.layers = sorted({i for e in self.entries for i in e.layers})
         check_layers(model, self.layers, "steering layers")
         device = next(model.parameters()).device
         self.model, self.device = model, device
-        directions = [direction or e[0].default_direction for e in entries]
-        targets = [target if target is not None else e[0].default_target for e in entries]
-        packed = layer_tables(entries, [own[n] for n in self.names], tau=tau, normalize=normalize,
-                              directions=directions, targets=targets, unit=unit)
+        directions = [direction or e.default_direction for e in self.entries]
+        # a static entry has no score to gate on: it is never closed-loop
+        targets = [None if not e.concepts else target if target is not None else e.default_target
+                   for e in self.entries]
+        packed = layer_tables(self.entries, tau=tau, normalize=normalize, directions=directions,
+                              targets=targets, unit=unit)
         tables = {i: p.table.to(device) for i, p in packed.items()}
         self._id_map = {i: p.id_map.to(device) for i, p in packed.items()}
         self._scales = {i: p.scales.to(device) for i, p in packed.items()}
@@ -152,8 +158,11 @@ def steer_requests(model: nn.Module, fields: Mapping[str, FieldEntry], *,
                    target: float | None = None, unit: str | None = None) -> BatchSteering:
     """Build (not yet attached) per-request steering of ``model`` by named fields.
 
-    ``fields``: name -> a :class:`SteeringField`, or a sequence of them combined by softmin.
-    ``layers``: the layers every field steers (default: each field's own steering layers).
+    ``fields``: name -> a :class:`SteeringField`, a sequence of them combined by softmin, a
+    static :class:`svf.ControlVector` (:func:`svf.load_control_vector`; a field's CAA vector:
+    :func:`svf.control_vector_from_field`), or a list of fields with one control vector in it
+    (the field and the vector together; :mod:`svf.table_entries`).
+    ``layers``: the layers every entry steers (default: each entry's own).
     ``direction``, ``target``, ``unit``: as in :func:`svf.steer`, for every field (None:
     each field's own default direction and target).
     ``positions="last"`` makes the steering traceable by ``torch.compile(fullgraph=True)``

@@ -60,6 +60,8 @@ EXPORT_METHODS = ("caa", "mean-direction")
 _TENSOR_NAME = re.compile(r"direction\.([0-9]+)")
 _INFO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _GGUF_MAGIC = b"GGUF"
+#: The suffix of a plain per-layer vector file.
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass(eq=False)
@@ -212,8 +214,8 @@ def control_vector_from_field(
     when a model is given. ``info`` records the concept, method, strength and unit.
     """
     from .data import NEUTRAL_PROMPTS
-    from .field_packing import check_fits_model, check_train_layers
-    from .steering_field import SteeringField, check_unit, strength_scale
+    from .field_packing import check_fits_model
+    from .steering_field import SteeringField, check_train_layers, check_unit, strength_scale
 
     if not isinstance(steering_field, SteeringField):
         raise SVFArgumentError(f"steering_field must be a SteeringField, got "
@@ -348,11 +350,14 @@ def write_control_vector(entry: ControlVector, path: str | os.PathLike[str], *,
 
 
 def load_control_vector(path: str | os.PathLike[str]) -> ControlVector:
-    """Read a GGUF control vector (llama.cpp's ``cvector-generator``, repeng's ``export_gguf`` or
-    :func:`write_control_vector`) into a :class:`ControlVector`.
+    """Read a control vector into a :class:`ControlVector`: a GGUF file (llama.cpp's
+    ``cvector-generator``, repeng's ``export_gguf`` or :func:`write_control_vector`), or a plain
+    per-layer vector file, ``.safetensors`` with one 1-D floating-point tensor per layer named
+    by the layer's index (``"16"``: added to the output of ``model.layers[16]``; metadata
+    ``model_hint`` optional).
 
-    Checks what llama.cpp's loader checks, and refuses with an :class:`ArtifactError` naming the
-    file and the problem: a file that is missing or not GGUF; an architecture other than
+    For GGUF, checks what llama.cpp's loader checks, and refuses with an :class:`ArtifactError`
+    naming the file and the problem: a file that is missing or not GGUF; an architecture other than
     ``controlvector`` (a model file, say); no tensors; a tensor not named ``direction.N`` with
     ``N`` a layer >= 1 written in decimal without leading zeros; a tensor that is not F32, not
     one-dimensional (ggml does not count trailing dimensions of size 1) or of another size than
@@ -378,7 +383,10 @@ def load_control_vector(path: str | os.PathLike[str]) -> ControlVector:
     except OSError as exc:
         raise fail(f"cannot read: {exc}") from None
     if head != _GGUF_MAGIC:
-        raise fail(f"not a GGUF file: it starts with {head!r}, not {_GGUF_MAGIC!r}")
+        if file.suffix == SAFETENSORS_SUFFIX:
+            return _load_safetensors(file, fail)
+        raise fail(f"not a GGUF file: it starts with {head!r}, not {_GGUF_MAGIC!r} (a per-layer "
+                   f"vector file must end in {SAFETENSORS_SUFFIX})")
     try:
         reader = gguf.GGUFReader(file)
     except Exception as exc:  # noqa: BLE001 - the reader fails in many ways on a damaged file
@@ -432,6 +440,34 @@ def load_control_vector(path: str | os.PathLike[str]) -> ControlVector:
                 info[key[len(INFO_PREFIX):]] = value
     try:
         return ControlVector(vectors, model_hint=hint or None, info=info)
+    except SVFArgumentError as exc:
+        raise fail(str(exc)) from None
+
+
+def _load_safetensors(file: Path, fail) -> ControlVector:
+    """A ``.safetensors`` file of per-layer vectors (see :func:`load_control_vector`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(file), framework="pt") as f:
+            names = list(f.keys())
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in names}
+    except Exception as exc:  # noqa: BLE001 - the reader fails in many ways on a damaged file
+        raise fail(f"not a readable safetensors file: {type(exc).__name__}: {exc}") from None
+    if not tensors:
+        raise fail("no tensors: a per-layer vector file holds one tensor per layer")
+    vectors = {}
+    for name, v in tensors.items():
+        if not name.isdecimal() or name != str(int(name)):
+            raise fail(f"tensor {name!r} is not named by a layer index (\"16\": the output of "
+                       "model.layers[16]), written in decimal without leading zeros")
+        if not v.is_floating_point():
+            raise fail(f"tensor {name!r} is {v.dtype}, not floating point")
+        vectors[int(name)] = v
+    hint = meta.get("model_hint")
+    try:
+        return ControlVector(vectors, model_hint=hint or None)
     except SVFArgumentError as exc:
         raise fail(str(exc)) from None
 

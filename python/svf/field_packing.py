@@ -6,9 +6,9 @@
 with zeros (they add exactly nothing); a table pads missing concepts with ``b2 = +inf`` (score
 +inf, softmin weight exactly 0). Every direction but the gradient adds the folded ``B``
 (preconditioned or natural; a table whose entries mix directions gives gradient entries
-``B = A``); a closed-loop target becomes
-the score ``logit(target)``. The checks and the per-entry strength unit live here too, so both
-paths accept the same fields and give the same strengths.
+``B = A``); a closed-loop target becomes the score ``logit(target)``. A table's static
+entries (:mod:`svf.table_entries`) get a zero scorer and their vectors. The checks live here
+too, so both paths accept the same fields and give the same strengths.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from torch import nn
 from svf_kernels import FieldTable, PackedField, RowField, StaticVector, SVFArgumentError
 
 from .hf import hidden_size, num_layers
-
-#: The steering methods of :func:`row_field`: SVF's field, or the static CAA vector.
-STEER_METHODS = ("svf", "caa")
 from .steering_field import (
     SteeringField,
     check_direction,
     check_target,
-    strength_scale,
     target_score,
 )
+from .table_entries import TableEntry, table_entry
+
+#: The steering methods of :func:`row_field`: SVF's field, or the static CAA vector.
+STEER_METHODS = ("svf", "caa")
 
 
 def _folded(fields: Sequence[SteeringField], layer: int, direction: str = "gradient",
@@ -78,44 +78,47 @@ def row_field(fields: Sequence[SteeringField], layer: int, method: str = "svf", 
     raise SVFArgumentError(f"method must be one of {STEER_METHODS}, got {method!r}")
 
 
-def field_table(entries: Sequence[Sequence[SteeringField]], layer: int, *, tau: float = 1.0,
+def field_table(entries: Sequence[object], layer: int, *, tau: float = 1.0,
                 normalize: bool = True, directions: Sequence[str] | None = None,
-                targets: Sequence[float | None] | None = None) -> FieldTable:
-    """F entries at ``layer`` as one :class:`FieldTable`, padded to common C and m; entry ``f``
-    steers along ``directions[f]`` (default: gradient), closed-loop at ``targets[f]`` (None:
-    open loop)."""
+                targets: Sequence[float | None] | None = None, unit: str | None = None) -> FieldTable:
+    """F entries at ``layer`` as one :class:`FieldTable`, padded to common C and m (each entry:
+    a :class:`TableEntry` or what :func:`table_entry` takes); entry ``f`` steers along
+    ``directions[f]`` (default: gradient), closed-loop at ``targets[f]`` (None: open loop). An
+    entry with no field part at ``layer`` (a static entry) gets a zero scorer; entries with a
+    vector there give the table its ``vectors`` (``v / scale``: strength ``s`` adds ``s * v``)."""
+    entries = [table_entry(e, what=f"entries[{f}]") for f, e in enumerate(entries)]
     directions = list(directions) if directions is not None else ["gradient"] * len(entries)
     targets = list(targets) if targets is not None else [None] * len(entries)
     for f, (direction, target) in enumerate(zip(directions, targets)):
         check_direction(direction, f"directions[{f}]")
         check_target(target, f"targets[{f}]")
-    m = max(f.scorer.W1.shape[0] for concepts in entries for f in concepts)  # hidden units
-    C = max(len(concepts) for concepts in entries)
-    A, c, w2, b2, B = [], [], [], [], []
-    for concepts, direction in zip(entries, directions):
-        parts = _folded(concepts, layer, direction, m)
-        extra = C - len(concepts)
+    fielded = [e for e in entries if e.has_field(layer)]
+    m = max((f.scorer.W1.shape[0] for e in fielded for f in e.concepts), default=1)  # hidden units
+    C = max((len(e.concepts) for e in fielded), default=1)
+    d = entries[0].hidden_size
+    A, c, w2, b2, B, vectors = [], [], [], [], [], []
+    for entry, direction in zip(entries, directions):
+        if entry.has_field(layer):
+            parts = _folded(entry.concepts, layer, direction, m)
+        else:  # a zero scorer: score 0, direction 0
+            parts = (torch.zeros(1, m, d), torch.zeros(1, m), torch.zeros(1, m), torch.zeros(1),
+                     torch.zeros(1, m, d))
+        extra = C - parts[0].shape[0]
         A.append(nn.functional.pad(parts[0], (0, 0, 0, 0, 0, extra)))
         c.append(nn.functional.pad(parts[1], (0, 0, 0, extra)))
         w2.append(nn.functional.pad(parts[2], (0, 0, 0, extra)))
         b2.append(nn.functional.pad(parts[3], (0, extra), value=math.inf))
         B.append(nn.functional.pad(parts[4], (0, 0, 0, 0, 0, extra)))
+        v = entry.table_vector(layer, unit)
+        vectors.append(torch.zeros(d) if v is None else v.float())
     closed = any(t is not None for t in targets)
     scores = torch.tensor([math.nan if t is None else target_score(t) for t in targets])
+    eps = next((e.concepts[0].scorer.config.eps for e in fielded), 1e-6)
     return FieldTable(torch.stack(A), torch.stack(c), torch.stack(w2), torch.stack(b2),
-                      tau=tau, normalize=normalize, eps=entries[0][0].scorer.config.eps,
+                      tau=tau, normalize=normalize, eps=eps,
                       B=None if all(d == "gradient" for d in directions) else torch.stack(B),
-                      targets=scores if closed else None)
-
-
-def check_train_layers(fields: Sequence[SteeringField], layers: Sequence[int]) -> None:
-    """Every steering layer must be one the fields were trained on (their scorers know no
-    other layer)."""
-    for f in fields:
-        outside = [i for i in layers if i not in f.train_layers]
-        if outside:
-            raise SVFArgumentError(f"layers {outside} are outside the training layers "
-                                   f"{list(f.train_layers)} of field {f.concept!r}")
+                      targets=scores if closed else None,
+                      vectors=torch.stack(vectors) if any(e.has_vector(layer) for e in entries) else None)
 
 
 def model_mismatch(what: str, width: int, layer_count: int | None, model: nn.Module) -> str | None:
@@ -144,8 +147,8 @@ class LayerTable:
 
     ``table`` holds the entries that steer the layer; ``id_map[g + 1]`` is entry ``g``'s row
     in it (``-1``: entry ``g`` does not steer this layer; ``id_map[0] = -1`` is "no field");
-    ``scales[g + 1]`` is what a relative strength of entry ``g`` multiplies here (its strength
-    scale).
+    ``scales[g + 1]`` is what a relative strength of entry ``g`` multiplies here
+    (:meth:`TableEntry.scale`).
     """
 
     table: FieldTable
@@ -153,21 +156,22 @@ class LayerTable:
     scales: torch.Tensor
 
 
-def layer_tables(entries: Sequence[Sequence[SteeringField]], layers: Sequence[Sequence[int]], *,
-                 tau: float = 1.0, normalize: bool = True, directions: Sequence[str],
-                 targets: Sequence[float | None], unit: str | None = None) -> dict[int, LayerTable]:
+def layer_tables(entries: Sequence[TableEntry], *, tau: float = 1.0, normalize: bool = True,
+                 directions: Sequence[str], targets: Sequence[float | None],
+                 unit: str | None = None) -> dict[int, LayerTable]:
     """One :class:`LayerTable` per layer that any entry steers (entry ``g`` steers
-    ``layers[g]``, along ``directions[g]``, closed-loop at ``targets[g]``), keyed by layer."""
+    ``entries[g].layers``, along ``directions[g]``, closed-loop at ``targets[g]``), keyed by
+    layer."""
     tables = {}
-    for i in sorted({i for own in layers for i in own}):
-        members = [g for g, own in enumerate(layers) if i in own]
+    for i in sorted({i for e in entries for i in e.layers}):
+        members = [g for g, e in enumerate(entries) if i in e.layers]
         table = field_table([entries[g] for g in members], i, tau=tau, normalize=normalize,
                             directions=[directions[g] for g in members],
-                            targets=[targets[g] for g in members])
+                            targets=[targets[g] for g in members], unit=unit)
         id_map = torch.full((len(entries) + 1,), -1, dtype=torch.long)
         scales = torch.zeros(len(entries) + 1)
         for local, g in enumerate(members):
             id_map[g + 1] = local
-            scales[g + 1] = strength_scale(entries[g], i, unit)
+            scales[g + 1] = entries[g].scale(i, unit)
         tables[i] = LayerTable(table, id_map, scales)
     return tables

@@ -39,10 +39,10 @@ from .arguments import (
     show,
 )
 from .data import NEUTRAL_PROMPTS
-from .field_packing import check_fits_model, check_train_layers
+from .field_packing import check_fits_model
 from .hf import check_layers, check_model, decoder_layers, distinct_layers, layer_output
 from .progress import progress_bar
-from .steering_field import SteeringField
+from .steering_field import SteeringField, check_train_layers
 from .tokenization import check_chat, encode_texts, format_prompts, pad_id, pad_left
 
 __all__ = [

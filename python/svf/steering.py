@@ -29,7 +29,6 @@ from .control_vectors import ControlVector, static_row_fields
 from .field_packing import (
     STEER_METHODS,
     check_fits_model,
-    check_train_layers,
     model_mismatch,
     row_field,
 )
@@ -47,6 +46,7 @@ from .steering_field import (
     SteeringField,
     check_direction,
     check_target,
+    check_train_layers,
     check_unit,
     entry_concepts,
     strength_scale,

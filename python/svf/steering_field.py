@@ -50,6 +50,16 @@ def entry_concepts(entry: object, what: str = "fields") -> list[SteeringField]:
     return items
 
 
+def check_train_layers(fields: Sequence[SteeringField], layers: Sequence[int]) -> None:
+    """Every steering layer must be one the fields were trained on (their scorers know no
+    other layer)."""
+    for f in fields:
+        outside = [i for i in layers if i not in f.train_layers]
+        if outside:
+            raise SVFArgumentError(f"layers {outside} are outside the training layers "
+                                   f"{list(f.train_layers)} of field {f.concept!r}")
+
+
 def strength_scale(fields: Sequence[SteeringField], layers: int | Sequence[int],
                    unit: str | None = None) -> float:
     """What a relative strength multiplies (``alpha = strength * scale``): the fields' ``unit``

@@ -293,8 +293,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     0 or a layer outside the field's training window fails before the model loads."""
     from ..artifacts import load_field
     from ..control_vectors import control_vector_from_field, write_control_vector
-    from ..field_packing import check_train_layers
-    from ..steering_field import SteeringField
+    from ..steering_field import SteeringField, check_train_layers
 
     load_field(args.field)  # a missing or corrupt field fails before the model is loaded
     field = SteeringField.load(args.field)

@@ -4,7 +4,11 @@ Given through vLLM's own ``additional_config`` (``LLM(..., additional_config={"s
 {"fields": {...}}})``, ``vllm serve ... --additional-config '{"svf": {"fields": {...}}}'``)
 or, for launchers that only pass environment, the JSON mapping in ``SVF_VLLM_FIELDS``.
 Each value is an artifact path, a list of paths (one multi-concept field, combined by
-softmin), or ``{"paths": [...], "layers": [...]}`` to steer other layers than the field's own.
+softmin), or a mapping with the keys ``paths`` (the field's artifacts), ``vector`` (a control
+vector file: GGUF, or ``.safetensors`` with one tensor per layer; :func:`svf.load_control_vector`),
+``layers`` (other layers than the entry's own) and ``method`` (``"svf"``; ``"caa"``: the field's
+CAA vector, served as a static entry). ``paths`` and ``vector`` together serve the field and the
+vector as one entry (:mod:`svf.table_entries`); ``vector`` alone, a static entry.
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ ENV_VAR = "SVF_VLLM_FIELDS"
 CONFIG_KEY = "svf"
 
 
+#: How a served entry steers with its field: the field itself, or its CAA vector.
+METHODS = ("svf", "caa")
+_KEYS = ("layers", "method", "paths", "vector")
+
+
 @dataclass(frozen=True)
 class FieldSpec:
-    """One served field: its artifact paths (several: softmin) and the layers it steers
-    (None: the first artifact's own steering layers)."""
+    """One served entry: its field's artifact paths (several: softmin; none for a control
+    vector alone), its control vector file (or None), the layers it steers (None: its own) and
+    ``method`` (``"caa"``: the field's CAA vector instead of the field)."""
 
     name: str
-    paths: tuple[str, ...]
+    paths: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
+    vector: str | None = None
+    method: str = "svf"
 
 
 def _problem(text: str) -> SVFArgumentError:
@@ -49,11 +61,22 @@ def _spec(name: object, value: object) -> FieldSpec:
         raise _problem(f"field names must be non-empty strings, got {show(name)}")
     if not isinstance(value, Mapping):
         return FieldSpec(name, _paths(name, value))
-    unknown = sorted(set(value) - {"paths", "layers"}, key=str)
+    unknown = sorted(set(value) - set(_KEYS), key=str)
     if unknown:
-        raise _problem(f"field {name!r} has unknown keys {unknown}; known: ['layers', 'paths']")
-    if "paths" not in value:
-        raise _problem(f"field {name!r} needs 'paths'")
+        raise _problem(f"field {name!r} has unknown keys {unknown}; known: {list(_KEYS)}")
+    if "paths" not in value and "vector" not in value:
+        raise _problem(f"field {name!r} needs 'paths' (its field), 'vector' (a control vector "
+                       "file) or both")
+    vector = value.get("vector")
+    if vector is not None and (not isinstance(vector, str) or not vector):
+        raise _problem(f"field {name!r}: vector must be a file path, got {show(vector)}")
+    method = value.get("method", "svf")
+    if method not in METHODS:
+        raise _problem(f"field {name!r}: method must be one of {list(METHODS)}, got {show(method)}")
+    paths = _paths(name, value["paths"]) if "paths" in value else ()
+    if method == "caa" and (len(paths) != 1 or vector is not None):
+        raise _problem(f"field {name!r}: method 'caa' serves the CAA vector of one artifact: give "
+                       "one path and no vector")
     layers = value.get("layers")
     if layers is not None:
         if (not isinstance(layers, list) or not layers
@@ -61,7 +84,7 @@ def _spec(name: object, value: object) -> FieldSpec:
             raise _problem(f"field {name!r}: layers must be a non-empty list of layer indices, "
                            f"got {show(layers)}")
         layers = tuple(sorted(set(layers)))
-    return FieldSpec(name, _paths(name, value["paths"]), layers)
+    return FieldSpec(name, paths, layers, vector, method)
 
 
 def _mapping(value: object, where: str) -> dict[str, FieldSpec]:

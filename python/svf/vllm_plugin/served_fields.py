@@ -1,8 +1,9 @@
 """The fields one vLLM engine serves: loaded at start, packed per layer, wired into the model.
 
-:class:`ServedFields` loads every configured artifact (a missing, bad or mismatched file
-raises the artifact error here, at engine start), packs them as :func:`svf.steer_requests`
-does (same tables, same strength scales, so both paths steer alike), wraps the steered
+:class:`ServedFields` loads every configured entry (fields, control vectors or both; a
+missing, bad or mismatched file raises the artifact error here, at engine start), packs them
+as :func:`svf.steer_requests` does (same tables, same strength scales, so both paths steer
+alike), wraps the steered
 decoder layers, and before each forward turns the scheduled batch into per-token field ids
 and strengths (:meth:`set_batch`). Positions follow DESIGN.md §4: a request's last prompt
 token, then every generated token; with chunked prefill a chunk that ends before the last
@@ -12,6 +13,7 @@ at the same positions again. No vLLM import here: the runner hooks pass plain ar
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 
@@ -21,8 +23,10 @@ from torch import nn
 
 from svf_kernels import SVFArgumentError
 
-from ..field_packing import check_train_layers, layer_tables
-from ..steering_field import SteeringField, strength_scale
+from ..control_vectors import control_vector_from_field, load_control_vector
+from ..field_packing import layer_tables
+from ..steering_field import SteeringField
+from ..table_entries import TableEntry, table_entry
 from .config import FieldSpec
 from .request_params import MAX_STRENGTH, SteerRequest
 from .steer_op import EngineTables, register_table, unregister
@@ -30,33 +34,49 @@ from .steer_op import EngineTables, register_table, unregister
 _ENGINE_IDS = itertools.count()
 
 
-def load_entry(spec: FieldSpec, hidden_size: int,
-               num_layers: int) -> tuple[list[SteeringField], tuple[int, ...]]:
-    """One served field's concepts, loaded and checked for a model of ``hidden_size`` and
-    ``num_layers``, and the layers it steers."""
+def load_entry(spec: FieldSpec, hidden_size: int, num_layers: int) -> TableEntry:
+    """One served entry (its field's concepts, its control vector, or both), loaded and checked
+    for a model of ``hidden_size`` and ``num_layers``, with the layers it steers."""
+    what = f"field {spec.name!r}"
+
+    def check_inside(layers) -> None:
+        outside = [i for i in layers if i >= num_layers]
+        if outside:
+            raise SVFArgumentError(f"{what}: layers {outside} are outside the model's "
+                                   f"{num_layers} layers")
+
+    check_inside(spec.layers or ())
     concepts = [SteeringField.load(p, hidden_size=hidden_size, num_layers=num_layers)
                 for p in spec.paths]
-    layers = spec.layers if spec.layers is not None else tuple(concepts[0].steer_layers)
-    outside = [i for i in layers if i >= num_layers]
-    if outside:
-        raise SVFArgumentError(f"field {spec.name!r}: layers {outside} are outside the model's "
-                               f"{num_layers} layers")
-    try:
-        check_train_layers(concepts, layers)
-    except SVFArgumentError as exc:
-        raise SVFArgumentError(f"field {spec.name!r}: {exc}") from None
-    return concepts, tuple(layers)
+    parts: list = list(concepts)
+    default = None
+    if spec.method == "caa":  # the field's CAA vector, at the field's strength unit
+        try:
+            parts = [control_vector_from_field(concepts[0], method="caa", strength=1.0,
+                                               layers=spec.layers)]
+        except SVFArgumentError as exc:
+            raise SVFArgumentError(f"{what}: {exc}") from None
+        default = concepts[0].default_strength
+    if spec.vector is not None:
+        vector = load_control_vector(spec.vector)
+        if vector.hidden_size != hidden_size:
+            raise SVFArgumentError(f"{what}: the control vector {spec.vector} is for hidden size "
+                                   f"{vector.hidden_size} but the model has {hidden_size}")
+        parts.append(vector)
+    entry = table_entry(parts if len(parts) > 1 else parts[0], spec.layers, what)
+    check_inside(entry.layers)  # a control vector's own layers
+    return entry if default is None else dataclasses.replace(entry, default_strength=default)
 
 
 def alpha_bounds(specs: Mapping[str, FieldSpec], *, hidden_size: int,
                  num_layers: int) -> dict[str, float]:
-    """Each field's largest ``|alpha|`` a request may ask for: ``MAX_STRENGTH`` times its
+    """Each entry's largest ``|alpha|`` a request may ask for: ``MAX_STRENGTH`` times its
     largest strength scale over the layers it steers (what strength ``MAX_STRENGTH`` moves
     there; the scales are those :class:`ServedFields` steers with)."""
     bounds = {}
     for name, spec in specs.items():
-        concepts, layers = load_entry(spec, hidden_size, num_layers)
-        bounds[name] = MAX_STRENGTH * max(strength_scale(concepts, i) for i in layers)
+        entry = load_entry(spec, hidden_size, num_layers)
+        bounds[name] = MAX_STRENGTH * max(entry.scale(i) for i in entry.layers)
     return bounds
 
 
@@ -89,18 +109,13 @@ class ServedFields:
         if not specs:
             raise SVFArgumentError("no fields to serve")
         self.names = list(specs)
-        self.entries: list[list[SteeringField]] = []
-        own: list[tuple[int, ...]] = []
-        for name in self.names:
-            concepts, layers = load_entry(specs[name], hidden_size, num_layers)
-            self.entries.append(concepts)
-            own.append(layers)
-        packed = layer_tables(self.entries, own,
-                              directions=[e[0].default_direction for e in self.entries],
-                              targets=[e[0].default_target for e in self.entries])
+        self.entries = [load_entry(specs[name], hidden_size, num_layers) for name in self.names]
+        packed = layer_tables(self.entries,
+                              directions=[e.default_direction for e in self.entries],
+                              targets=[e.default_target for e in self.entries])
         self.layers = sorted(packed)
         self.index = {name: g for g, name in enumerate(self.names)}
-        self.default_strengths = np.array([e[0].default_strength for e in self.entries],
+        self.default_strengths = np.array([e.default_strength for e in self.entries],
                                           dtype=np.float32)
         self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])    # [L, F + 1]
         self.scales = np.stack([packed[i].scales.numpy() for i in self.layers])     # [L, F + 1]

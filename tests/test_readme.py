@@ -63,7 +63,7 @@ def test_readme_links_stay_in_the_repository_and_exist():
 
 @pytest.mark.slow
 def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
-    from svf import generate
+    from svf import generate, steer
 
     blocks = [(start, code) for language, start, code in _fenced_blocks(README.read_text())
               if language == "python"]
@@ -81,10 +81,10 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
 
     # Serving: one prompt, one batch, a row per request
     rows = namespace["rows"]
-    assert list(rows) == ["positive", None, "formal", "positive+formal"]
+    assert list(rows) == ["positive", None, "formal", "positive+formal", "positive-caa"]
     unsteered = rows[None]
     assert unsteered.strip(), "the unsteered row is empty"
-    for name in ("positive", "formal", "positive+formal"):
+    for name in ("positive", "formal", "positive+formal", "positive-caa"):
         assert rows[name] != unsteered, f"row {name!r} is not steered"
     assert rows["positive+formal"] not in (rows["positive"], rows["formal"])
     for name, row in rows.items():
@@ -94,6 +94,12 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     n_new = namespace["out"].shape[1] - namespace["ids"].shape[1]
     plain = generate(namespace["model"], namespace["tokenizer"], [namespace["prompt"]], max_new_tokens=n_new)
     assert plain == [unsteered]
+    # the control vector read back from GGUF steers as the field's CAA vector at that strength
+    assert (tmp_path / "runs" / "positive-caa.gguf").is_file()
+    with steer(namespace["model"], namespace["sentiment"], method="caa", strength=0.15):
+        caa = generate(namespace["model"], namespace["tokenizer"], [namespace["prompt"]],
+                       max_new_tokens=n_new)
+    assert caa == [rows["positive-caa"]]
 
 
 def test_readme_svf_commands_parse(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ unsteered for fluency). Rows are prompt-major: row ``p * samples + s``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ def sample(
     return Continuations(prompt_ids, prompt_mask, tokens, decoded, samples)
 
 
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (then the vocabulary projection runs
+    on the scored positions only: the same values, a fraction of the work)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 @torch.no_grad()
 def token_nll(model: nn.Module, cont: Continuations, *, batch_size: int = 32) -> list[torch.Tensor]:
     """Per row, the negative log-likelihood of each generated token after its prompt under
@@ -103,10 +110,10 @@ def token_nll(model: nn.Module, cont: Continuations, *, batch_size: int = 32) ->
         mask = torch.cat([cont.prompt_mask[start : start + batch_size], gmask], 1)
         ids = torch.cat([prompt, gen], 1).to(device)
         mask = mask.to(device)
+        kw = {"logits_to_keep": T + 1} if _keeps_logits(model) else {}  # only where scored
         logits = model(input_ids=ids, attention_mask=mask,
-                       position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
-        P = prompt.shape[1]
-        lp = logits[:, P - 1 : -1].float().log_softmax(-1)
+                       position_ids=(mask.cumsum(-1) - 1).clamp_min(0), **kw).logits
+        lp = logits[:, -(T + 1) : -1].float().log_softmax(-1)
         nll = -lp.gather(-1, gen.to(device).unsqueeze(-1)).squeeze(-1).cpu()
         out.extend(nll[i, : len(r)] for i, r in enumerate(rows))
     return out

@@ -247,7 +247,7 @@ def tiny_llama(char_tok):
 
 @contextmanager
 def _stop_at_work(seen: list):
-    def prepare(model, tokenizer, concept, cfg, model_name=""):
+    def prepare(model, tokenizer, concept, cfg, model_name="", field_cache=None):
         seen.append(concept)
         raise _Reached
 
@@ -265,7 +265,9 @@ def _run_eval_args(data, model, tok, root: Path) -> dict:
     (root / "existing").mkdir(exist_ok=True)
     return {"model": model, "tokenizer": tok, "cfg": cfg,
             "out": data.draw(st.sampled_from([out, str(out)]), label="out type"),
-            "model_name": data.draw(TEXT, label="model_name"), "command": data.draw(TEXT, label="command")}
+            "model_name": data.draw(TEXT, label="model_name"), "command": data.draw(TEXT, label="command"),
+            "field_cache": data.draw(st.sampled_from([None, root / "cache", str(root / "cache")]),
+                                     label="field_cache")}
 
 
 @FEW
@@ -327,6 +329,7 @@ def test_run_eval_one_bad_argument_is_named_and_nothing_is_written(tiny_llama, d
             ("out", root / "a_file"), ("out", str(root / "a_file")), ("out", 3), ("out", ""), ("out", "x\0y"),
             ("out", None),
             ("model_name", 3), ("model_name", None), ("command", None), ("command", ["svf", "eval"]),
+            ("field_cache", root / "a_file"), ("field_cache", 3), ("field_cache", "x\0y"),
         ]
         before, seen = _files(root), []
         for name, bad in breaks:

@@ -267,6 +267,45 @@ def test_parts_merge_into_one_report(toy_world, tmp_path, capsys):
     assert not (tmp_path / "twice").exists() and not (tmp_path / "mixed").exists()
 
 
+def test_field_cache_trains_each_field_once_and_gives_the_same_report(toy_world, tmp_path, monkeypatch):
+    """Two parts with one field cache: the second part trains nothing (training raises) and
+    reports exactly what training again gives; another training setting misses the cache; a
+    damaged entry is trained again."""
+    from svf.eval import concept_fields
+
+    model, tok = toy_world
+    methods = ("caa", "svf", "svf-inner")
+    cfg = EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",), fluency_methods=methods))
+    cache = tmp_path / "cache"
+    first = evaluation.run_eval(model, tok, cfg, tmp_path / "first", field_cache=cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2 and not any(name.startswith(".") for name in entries)  # shared, inner
+    fresh = evaluation.run_eval(model, tok, cfg, tmp_path / "fresh")  # trained again, no cache
+    real_train = concept_fields.train_field
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the field was in the cache")
+
+    monkeypatch.setattr(concept_fields, "train_field", no_training)
+    again = evaluation.run_eval(model, tok, cfg, tmp_path / "again", field_cache=cache)
+    for table in ("fluency_sweep", "equal_fluency", "fluency_verdicts"):
+        assert again[table] == fresh[table] == first[table], table
+    assert (json.loads((tmp_path / "again" / "toy_choices.json").read_text())
+            == json.loads((tmp_path / "fresh" / "toy_choices.json").read_text()))
+    other = EvalConfig(concepts=("toy",), **_tiny_config(
+        stages=("equal-fluency",), fluency_methods=("caa", "svf"),
+        train=dataclasses.replace(_tiny_config()["train"], seed=1)))
+    with pytest.raises(AssertionError, match="in the cache"):
+        evaluation.run_eval(model, tok, other, tmp_path / "other", field_cache=cache)
+    monkeypatch.setattr(concept_fields, "train_field", real_train)
+    for entry in cache.iterdir():
+        (entry / "field.safetensors").write_bytes(b"damaged")
+    evaluation.run_eval(model, tok, cfg, tmp_path / "repaired", field_cache=cache)
+    assert len(list(cache.iterdir())) == 2
+    with pytest.raises(SVFArgumentError, match="field_cache"):
+        evaluation.run_eval(model, tok, cfg, tmp_path / "bad", field_cache=tmp_path / "first" / "README.md")
+
+
 def test_choose_point_keeps_the_strongest_shift_within_the_budget():
     from svf.eval.evaluate_fluency import choose_point as choose_strength
 

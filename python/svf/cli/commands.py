@@ -14,6 +14,7 @@ import contextlib
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 from svf_kernels import SVFArgumentError
 
@@ -110,8 +111,6 @@ def _model_layers(model, args: argparse.Namespace) -> tuple[tuple[int, ...], tup
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a field on ``--data`` or a shipped concept; print the report (with its undertrained
     warning, if any) and save the field. A bad data file fails before the model loads."""
-    from pathlib import Path
-
     from ..training import TrainConfig, train_field
 
     config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, positions=args.positions,
@@ -221,7 +220,6 @@ def _fluency_defaults() -> tuple[str, ...]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
 
     from ..eval.config import EvalConfig, quick_config
     from ..eval.evaluation import run_eval
@@ -251,7 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     command = "svf " + " ".join(args.argv) if getattr(args, "argv", None) else ""
     run_eval(model, tok, cfg, out, model_name=args.model or "SmolLM2-135M-Instruct", command=command,
-             progress=False if args.no_progress else None)
+             progress=False if args.no_progress else None, field_cache=args.field_cache)
     for table in ("likelihood", "open_ended"):
         if (out / f"{table}.md").is_file():
             print((out / f"{table}.md").read_text())
@@ -467,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge", nargs="+", default=None, metavar="PART",
                    help="merge these report directories (parts of one run on different concepts) "
                    "into --out and recompute the equal-fluency verdicts; runs no model")
+    e.add_argument("--field-cache", type=Path, default=None, metavar="DIR",
+                   help="keep the trained fields in DIR and load them from there when a run of "
+                   "the same model, concept, layers and training settings needs them again (the "
+                   "parts of a split run then train once)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bars on stderr (shown only when stderr is a terminal)")
     e.set_defaults(func=cmd_eval, check=check_layer_options, parser=e)

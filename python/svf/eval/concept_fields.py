@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,6 +19,7 @@ from ..field_packing import row_field
 from ..steering_field import SteeringField, strength_scale
 from ..training import pair_features, train_field
 from .evaluate_likelihood import gaps
+from .field_cache import cached_field, field_key
 from .knn_field import KNNField
 from .methods import Method, build_methods
 
@@ -57,28 +59,47 @@ class Prepared:
 METHOD_STAGES = ("likelihood", "open-ended", "long-form")
 
 
-def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "") -> Prepared:
-    """Train the shared field (and, for ``svf-inner``, the field trained on inner positions);
-    when a stage of :data:`METHOD_STAGES` runs, also the per-layer independent scorers, the
-    KNN banks and every method, the single layer of one-layer methods chosen on validation
-    prompts."""
-    feats = pair_features(model, tokenizer, concept.pairs, cfg.train_layers, cfg.train, progress=False)
-    shared, report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
-                                 train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
-                                 config=cfg.train, model_name=model_name, progress=False, features=feats)
+def prepare(model, tokenizer, concept: Concept, cfg: EvalConfig, model_name: str = "",
+            field_cache: Path | None = None) -> Prepared:
+    """Train the shared field (and, for ``svf-inner``, the field trained on inner positions),
+    or load them from ``field_cache`` (:mod:`svf.eval.field_cache`); when a stage of
+    :data:`METHOD_STAGES` runs, also the per-layer independent scorers, the KNN banks and every
+    method, the single layer of one-layer methods chosen on validation prompts."""
+    feats = None
+
+    def features():
+        nonlocal feats
+        if feats is None:
+            feats = pair_features(model, tokenizer, concept.pairs, cfg.train_layers, cfg.train,
+                                  progress=False)
+        return feats
+
+    def train(config, shared_features: bool) -> tuple[SteeringField, dict]:
+        """A field trained with ``config`` (on the last-token features the other scorers share
+        when ``shared_features``), or its cached copy."""
+        def run() -> tuple[SteeringField, dict]:
+            field, report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
+                                        train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
+                                        config=config, model_name=model_name, progress=False,
+                                        features=features() if shared_features else None)
+            return field, report.as_dict()
+
+        key = None if field_cache is None else \
+            field_key(model, tokenizer, concept, cfg, model_name, config.positions, config)
+        return cached_field(field_cache, key, run)
+
+    shared, report = train(cfg.train, shared_features=True)
     scale = strength_scale([shared], cfg.steer_layers)
-    info = {"train_report": report.as_dict(), "unit": scale}
+    info = {"train_report": report, "unit": scale}
     if shared.natural is not None:  # the natural direction's damping and its criterion table
         info["natural"] = shared.natural
     inner = None
     if "equal-fluency" in cfg.stages and "svf-inner" in cfg.fluency_methods:
-        inner, inner_report = train_field(model, tokenizer, concept.pairs, concept=concept.name,
-                                          train_layers=cfg.train_layers, steer_layers=cfg.steer_layers,
-                                          config=dataclasses.replace(cfg.train, positions="inner"),
-                                          model_name=model_name, progress=False)
-        info["inner_train_report"] = inner_report.as_dict()
+        inner, info["inner_train_report"] = train(dataclasses.replace(cfg.train, positions="inner"),
+                                                  shared_features=False)
     if not any(stage in cfg.stages for stage in METHOD_STAGES):
         return Prepared({}, scale, shared, info, inner)
+    feats = features()
     independent: dict[int, SteeringField] = {}
     for i in cfg.steer_layers:
         independent[i], _ = train_field(model, tokenizer, concept.pairs, concept=concept.name,

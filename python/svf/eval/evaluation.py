@@ -39,13 +39,16 @@ def _cap(concept: Concept, n_prompts: int | None) -> Concept:
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
-             command: str = "", progress: bool | None = None) -> dict[str, list[dict]]:
+             command: str = "", progress: bool | None = None,
+             field_cache: Path | None = None) -> dict[str, list[dict]]:
     """Every concept, method and measure ``cfg`` selects; writes the report directory ``out``
     (Markdown tables, CSV, plots, ``README.md`` with the run's facts) and returns the tables'
     rows. The report is rewritten after every step and when a step raises
     (``KeyboardInterrupt`` included, which is raised again); its first lines say whether the run
     is complete (:class:`svf.eval.report.RunStatus`). ``progress``: the progress bars' rule of
     :func:`svf.progress.progress_bar` (None: on a terminal only; False: never).
+    ``field_cache``: a directory where trained fields are kept and found again
+    (:mod:`svf.eval.field_cache`; the parts of a split run then train once).
 
     Every argument (and every concept's data) is checked before anything runs or is written:
     a bad one raises :class:`SVFArgumentError` naming it."""
@@ -64,6 +67,10 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
     check_text(model_name, "model_name", allow_empty=True)
     check_text(command, "command", allow_empty=True)
     check_optional_bool(progress, "progress")
+    if field_cache is not None:
+        field_cache = check_path(field_cache, "field_cache")
+        if field_cache.exists() and not field_cache.is_dir():
+            raise SVFArgumentError(f"field_cache {str(field_cache)!r} exists and is not a directory")
     concepts: dict[str, Concept] = {}
     uncapped: dict[str, Concept] = {}
     for name in cfg.concepts:
@@ -79,7 +86,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out: Path, model_name: str = "",
             raise SVFArgumentError(f"cfg.mwe_behaviors: {behavior!r} cannot be loaded: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     run = EvalRun(model, tokenizer, cfg, concepts, out, uncapped=uncapped, model_name=model_name,
-                  progress=progress)
+                  progress=progress, field_cache=field_cache)
     steps = plan(cfg)
     status = RunStatus([step.name for step in steps])
     timings: dict[str, float] = {}

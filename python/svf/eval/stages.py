@@ -58,6 +58,7 @@ class EvalRun:
     uncapped: dict[str, Concept] = field(default_factory=dict)
     model_name: str = ""
     progress: bool | None = None
+    field_cache: Path | None = None
     tables: dict[str, list[dict]] = field(default_factory=lambda: {key: [] for key in TABLES})
     examples: list[dict] = field(default_factory=list)
     prepared: dict[str, Prepared] = field(default_factory=dict)
@@ -81,7 +82,8 @@ class EvalRun:
 def _train(run: EvalRun, concept: str) -> None:
     """Train the concept's fields and build its methods (:func:`prepare`); the choices made on
     validation go to ``<concept>_choices.json``."""
-    prep = prepare(run.model, run.tokenizer, run.concepts[concept], run.cfg, run.model_name)
+    prep = prepare(run.model, run.tokenizer, run.concepts[concept], run.cfg, run.model_name,
+                   field_cache=run.field_cache)
     (run.out / f"{concept}_choices.json").write_text(json.dumps(prep.info, indent=1, default=float) + "\n")
     run.prepared[concept] = prep
 

@@ -77,8 +77,10 @@ def extension_modules() -> list:
     * without torch: none (pure-Python install; the ``torch`` reference backend still works);
     * with torch: a ``CppExtension`` from ``csrc/bindings.cpp`` (pybind functions),
       ``csrc/registration.cpp`` (the op's CPU/CUDA dispatch-key kernels) + ``csrc/cpu/*.cpp``, built with
-      ``-O3 -fopenmp`` (no ``-march``: the vectorised loops target the baseline ISA, so the
-      build runs on any x86-64 / aarch64 CPU);
+      ``-O3 -fopenmp -fno-trapping-math`` (no ``-march``: the vectorised loops target the
+      baseline ISA, so the build runs on any x86-64 / aarch64 CPU; no trapping math, since
+      nothing reads floating-point exception flags, lets loops with comparisons vectorise,
+      NaN and Inf semantics unchanged);
     * when torch has CUDA and ``nvcc`` exists (``_cuda_available``): the same module as a
       ``CUDAExtension`` that adds ``csrc/cuda/*.cu`` and ``csrc/cuda/*.cpp`` and defines
       ``SVF_WITH_CUDA`` (``SVF_NO_CUDA=1`` forces the CPU-only build).
@@ -90,7 +92,7 @@ def extension_modules() -> list:
 
     sources = ["csrc/bindings.cpp", "csrc/registration.cpp", *_sources("csrc/cpu", (".cpp",))]
     include_dirs = [str(ROOT / "csrc")]
-    cxx_flags = ["-O3", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if _cuda_available(torch):
         return [
             CUDAExtension(

@@ -126,6 +126,33 @@ def test_large_single_row_split_across_threads(monkeypatch, dtype):
     check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
 
 
+@pytest.mark.parametrize("offset", [-6.0, -4.0, -0.5, 0.0, 1e-4, 0.5, 4.0, 12.0, 60.0])
+def test_activation_across_its_range(monkeypatch, offset):
+    """Units driven into both tails of the GELU (``z`` from about -6 to 60; at -6 the
+    derivative is about 1e-11, where fp32's ``1 - tanh^2`` is 0): the kernel's vectorised
+    activation and derivative stay within the tolerances of the float64 truth and no worse than
+    twice the torch reference's error, scores included; a NaN unit bias makes the scores NaN
+    and moves nothing. (Further left every unit's derivative underflows fp32 and no fp32
+    computation can follow the float64 direction.)"""
+    gen = torch.Generator().manual_seed(22)
+    d = 97
+    A, c, w2, b2 = make_field(2, d, 24, torch.float32, gen)
+    c = c + offset
+    hidden = torch.randn(9, d, generator=gen)
+    truth_h, truth_s = truth(hidden, A, c, w2, b2, 0.6)
+    ref_h = hidden.clone()
+    ref_s = _run("torch", monkeypatch, ref_h, A, c, w2, b2, 0.6)
+    s = field_update_(hidden, A, c, w2, b2, 0.6)
+    atol, rtol = HIDDEN_TOL[torch.float32]
+    check_close("hidden", hidden, ref_h, truth_h, atol, rtol, 1e-6)
+    check_close("scores", s, ref_s, truth_s, SCORE_ATOL, SCORE_RTOL, 2e-5)
+    bad = c.clone()
+    bad[0, 3] = float("nan")
+    before = hidden.clone()
+    s = field_update_(hidden, A, bad, w2, b2, 0.6)
+    assert torch.isnan(s).all() and torch.equal(bits(hidden), bits(before))
+
+
 def _op_args(gen, n=3, d=40, dtype=torch.float32):
     A, c, w2, b2 = make_field(2, d, 8, torch.float32, gen)
     h = torch.randn(n, d, generator=gen).to(dtype)

@@ -40,6 +40,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -95,16 +96,17 @@ struct Problem {
 // Per-thread work vectors, carved from one thread-local buffer that only ever grows: no heap
 // allocation per call (decoding calls this once per layer per token).
 struct Scratch {
-  float *x, *hn, *g, *z, *coef, *s;
+  float *x, *hn, *g, *z, *act, *coef, *s;
   explicit Scratch(const Problem& p) {
     thread_local std::vector<float> buffer;
-    const size_t need = static_cast<size_t>(3 * p.d + 2 * p.C * p.m + p.C);
+    const size_t need = static_cast<size_t>(3 * p.d + 3 * p.C * p.m + p.C);
     if (buffer.size() < need) buffer.resize(need);
     x = buffer.data();
     hn = x + p.d;
     g = hn + p.d;
     z = g + p.d;
-    coef = z + p.C * p.m;
+    act = z + p.C * p.m;
+    coef = act + p.C * p.m;
     s = coef + p.C * p.m;
   }
 };
@@ -155,6 +157,48 @@ inline float gated_alpha(float a, const float* s, int64_t C, float tau, float ta
   const float t = sgn * (target - smix) / band;
   const float gate = t < 0.f ? 0.f : (t > 1.f ? 1.f : t);
   return gate == 0.f ? 0.f : a * gate;
+}
+
+// exp(x) for |x| <= 88, in plain arithmetic so that loops of it vectorise: 2^n p(r), n = x /
+// ln 2 rounded, r = x - n ln 2 in two steps (Cody-Waite), p Cephes' degree-6 polynomial for
+// expf (about 1 ulp).
+inline float exp_poly(float x) {
+  const float t = x * 1.44269504088896341f;
+  const int32_t n = static_cast<int32_t>(t + std::copysign(0.5f, t));
+  const float nf = static_cast<float>(n);
+  float r = x - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Per unit u: act[u] = w2[u] * gelu(z[u]) and coef[u] = w2[u] * gelu'(z[u]). With y = K (z + c
+// z^3) and s = sigmoid(2 y) = (1 + tanh(y)) / 2: gelu(z) = z s and gelu'(z) = s + 2 K (1 + 3 c
+// z^2) z s (1 - s), the tanh form of the reference without its cancellation in 1 - tanh^2.
+// 2y is clamped to 40 above (s is 1 in fp32 from 2y = 17 on) and e = 0 below -87 (where
+// exp_poly stops: s underflows); NaN stays NaN.
+SVF_MATVEC_CLONES void gelu_terms(const float* __restrict__ z, const float* __restrict__ w2,
+                                  float* __restrict__ act, float* __restrict__ coef, int64_t n) {
+#pragma omp simd
+  for (int64_t u = 0; u < n; ++u) {
+    const float zz = z[u];
+    const float y2 = 2.f * kGeluK * (zz + kGeluC * zz * zz * zz);
+    // NaN first: min and max keep it, and NaN * 0 is NaN
+    const float e = exp_poly(std::max(std::min(y2, 40.f), -87.f)) * static_cast<float>(y2 >= -87.f);
+    const float inv = 1.f / (1.f + e);
+    const float sig = e * inv;
+    act[u] = w2[u] * (zz * sig);
+    coef[u] = w2[u] * (sig + 2.f * kGeluK * (1.f + 3.f * kGeluC * zz * zz) * zz * sig * inv);
+  }
 }
 
 // z[u] = A[u, :] . hn + c[u] for u in [u0, u1).
@@ -245,16 +289,10 @@ void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, fl
   }
 
   // Scores and act'(z) * w2, per concept.
+  gelu_terms(z, f.w2, w.act, coef, nu);
   for (int64_t i = 0; i < C; ++i) {
     float s = 0.f;
-    for (int64_t j = i * m; j < (i + 1) * m; ++j) {
-      const float zz = z[j];
-      const float t = std::tanh(kGeluK * (zz + kGeluC * zz * zz * zz));
-      s += f.w2[j] * (0.5f * zz * (1.f + t));
-      const float dact =
-          0.5f * (1.f + t) + 0.5f * zz * (1.f - t * t) * kGeluK * (1.f + 3.f * kGeluC * zz * zz);
-      coef[j] = dact * f.w2[j];
-    }
+    for (int64_t j = i * m; j < (i + 1) * m; ++j) s += w.act[j];
     w.s[i] = s + f.b2[i];
     scores[i] = w.s[i];
   }

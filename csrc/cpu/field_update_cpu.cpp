@@ -27,7 +27,8 @@
 // and a row is large, the two mat-vecs of each row are split across threads instead (units for
 // z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
 // are contiguous fp32 loops with `omp simd` reductions, vectorised by the compiler at -O3 for
-// the baseline ISA (no -march flags), plus an AVX2/FMA clone of the mat-vecs chosen at load time.
+// the baseline ISA (no -march flags), plus an AVX2/FMA clone of the mat-vecs and of the
+// activation chosen at load time.
 #include "field_update_cpu.h"
 
 #include "as_float32.h"

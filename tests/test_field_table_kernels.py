@@ -264,6 +264,36 @@ def test_hidden_slice_of_wider_tensor(kernel):
     _check_against_truth(hidden, s, ref_h, ref_s, truth_h, truth_s, (ids >= 0) & (ids < F), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_row_results_do_not_depend_on_the_batch(dtype, threads):
+    """The cpu kernel takes a field's rows two at a time: every row, alone or in any batch
+    (odd counts, fields interleaved, rows without a field), is moved and scored bit for bit
+    alike."""
+    gen = torch.Generator().manual_seed(77)
+    A, c, w2, b2 = make_table(3, 2, D, M, torch.float32, gen)
+    ids = torch.tensor([0, 0, 1, 0, -1, 2, 2, 0, 1, 0, 2])
+    hidden = torch.randn(len(ids), D, generator=gen).to(dtype)
+    alpha = 0.2 + torch.rand(len(ids), generator=gen)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch = hidden.clone()
+        s_batch = field_table_update_(batch, A, c, w2, b2, ids, alpha)
+        for order in (torch.arange(len(ids)).flip(0), torch.randperm(len(ids), generator=gen)):
+            shuffled = hidden[order].clone()
+            s_shuffled = field_table_update_(shuffled, A, c, w2, b2, ids[order], alpha[order])
+            assert torch.equal(bits(shuffled), bits(batch[order]))
+            assert torch.equal(bits(s_shuffled), bits(s_batch[order]))
+        for r in range(len(ids)):
+            row = hidden[r : r + 1].clone()
+            s_row = field_table_update_(row, A, c, w2, b2, ids[r : r + 1], alpha[r : r + 1])
+            assert torch.equal(bits(row[0]), bits(batch[r])), f"row {r}"
+            assert torch.equal(bits(s_row[0]), bits(s_batch[r])), f"row {r}"
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_cpu_large_row_split_across_threads():
     """N < threads and a large row: the cpu kernel splits the mat-vecs of the row's own field."""
     gen = torch.Generator().manual_seed(75)

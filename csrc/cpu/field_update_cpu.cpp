@@ -23,9 +23,13 @@
 // one-field op). A row whose id lies outside [0, F) is not touched at all: no arithmetic, scores
 // NaN, the row bit-identical.
 //
-// Parallelism: rows across threads (at::parallel_for); when there are fewer rows than threads
-// and a row is large, the two mat-vecs of each row are split across threads instead (units for
-// z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
+// Rows of one field go two at a time: their mat-vecs load each block of the field's matrices
+// once for both rows (matvec2, matvec_t2), and each row's sums are formed exactly as for a row
+// alone, so a row's result does not depend on the rows beside it.
+//
+// Parallelism: pairs of rows across threads (at::parallel_for); when there are fewer rows than
+// threads and a row is large, the two mat-vecs of each row are split across threads instead
+// (units for z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
 // are contiguous fp32 loops with `omp simd` reductions, vectorised by the compiler at -O3 for
 // the baseline ISA (no -march flags), plus an AVX2/FMA clone of the mat-vecs and of the
 // activation chosen at load time.
@@ -94,21 +98,24 @@ struct Problem {
   }
 };
 
-// Per-thread work vectors, carved from one thread-local buffer that only ever grows: no heap
-// allocation per call (decoding calls this once per layer per token).
-struct Scratch {
+// One row's work vectors: x, hn, g [d], z, act, coef [C*m], s [C].
+struct RowScratch {
   float *x, *hn, *g, *z, *act, *coef, *s;
+};
+
+// Per-thread work vectors of two rows, carved from one thread-local buffer that only ever
+// grows: no heap allocation per call (decoding calls this once per layer per token).
+struct Scratch {
+  RowScratch rows[2];
   explicit Scratch(const Problem& p) {
     thread_local std::vector<float> buffer;
-    const size_t need = static_cast<size_t>(3 * p.d + 3 * p.C * p.m + p.C);
-    if (buffer.size() < need) buffer.resize(need);
-    x = buffer.data();
-    hn = x + p.d;
-    g = hn + p.d;
-    z = g + p.d;
-    act = z + p.C * p.m;
-    coef = act + p.C * p.m;
-    s = coef + p.C * p.m;
+    const int64_t nu = p.C * p.m, per_row = 3 * p.d + 3 * nu + p.C;
+    if (buffer.size() < static_cast<size_t>(2 * per_row)) buffer.resize(static_cast<size_t>(2 * per_row));
+    for (int64_t r = 0; r < 2; ++r) {
+      float* x = buffer.data() + r * per_row;
+      rows[r] = RowScratch{x, x + p.d, x + 2 * p.d, x + 3 * p.d, x + 3 * p.d + nu,
+                           x + 3 * p.d + 2 * nu, x + 3 * p.d + 3 * nu};
+    }
   }
 };
 
@@ -259,129 +266,247 @@ SVF_MATVEC_CLONES void matvec_t(const float* __restrict__ A, const float* __rest
   }
 }
 
-// One row. `inner_parallel` splits the two mat-vecs across threads (few large rows). `target`:
-// the row's target score (read only when p.target is set).
-template <typename T>
-void update_row(const Problem& p, const Field& f, T* __restrict__ h, float a, float target,
-                bool active, float* scores, Scratch& w, bool inner_parallel) {
-  const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
-  float* __restrict__ x = w.x;
-  float* __restrict__ hn = w.hn;
-  float* __restrict__ g = w.g;
-  float* __restrict__ z = w.z;
-  float* __restrict__ coef = w.coef;
-
-  // x = float(h); sum of squares; `fin` stays 0 iff every x is finite (x * 0 is NaN otherwise).
-  float ss = 0.f, fin = 0.f;
-  for (int64_t k = 0; k < d; ++k) x[k] = load(h[k]);
-#pragma omp simd reduction(+ : ss, fin)
-  for (int64_t k = 0; k < d; ++k) {
-    ss += x[k] * x[k];
-    fin += x[k] * 0.f;
-  }
-  const float rms = std::sqrt(ss / static_cast<float>(d) + p.eps);
-#pragma omp simd
-  for (int64_t k = 0; k < d; ++k) hn[k] = x[k] / rms;
-
-  if (inner_parallel) {
-    at::parallel_for(0, nu, 8, [&](int64_t u0, int64_t u1) { matvec(f.A, hn, f.c, z, u0, u1, d); });
-  } else {
-    matvec(f.A, hn, f.c, z, 0, nu, d);
-  }
-
-  // Scores and act'(z) * w2, per concept.
-  gelu_terms(z, f.w2, w.act, coef, nu);
-  for (int64_t i = 0; i < C; ++i) {
-    float s = 0.f;
-    for (int64_t j = i * m; j < (i + 1) * m; ++j) s += w.act[j];
-    w.s[i] = s + f.b2[i];
-    scores[i] = w.s[i];
-  }
-  if (!(fin == 0.f)) {  // non-finite input: skipped, and the scores say so
-    nan_scores(scores, C);
-    return;
-  }
-  if (!active) return;
-  if (p.target != nullptr) a = gated_alpha(a, w.s, C, p.tau, target, p.band);
-  if (a == 0.f) return;
-
-  // Softmin weights, folded into the coefficients.
-  float mx = -INFINITY;
-  for (int64_t i = 0; i < C; ++i) mx = std::max(mx, -w.s[i] / p.tau);
-  float tot = 0.f;
-  for (int64_t i = 0; i < C; ++i) {
-    w.s[i] = std::exp(-w.s[i] / p.tau - mx);
-    tot += w.s[i];
-  }
-  for (int64_t i = 0; i < C; ++i) {
-    const float wi = w.s[i] / tot;
-    for (int64_t j = i * m; j < (i + 1) * m; ++j) coef[j] *= wi;
-  }
-
-  if (inner_parallel) {
-    at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(f.B, coef, g, nu, d, k0, k1); });
-  } else {
-    matvec_t(f.B, coef, g, nu, d, 0, d);
-  }
-
-  // Project through the RMS-norm Jacobian.
-  float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-  for (int64_t k = 0; k < d; ++k) dot += hn[k] * g[k];
-  const float proj = dot / static_cast<float>(d);
-#pragma omp simd
-  for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - hn[k] * proj) / rms;
-
-  if (p.normalize) {
-    float nn = 0.f;
-#pragma omp simd reduction(+ : nn)
-    for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
-    float nrm = std::sqrt(nn);
-    if (nrm < kTinyNorm) {  // rare: keep the common path as it was
-      float ns = 0.f;
-#pragma omp simd reduction(+ : ns)
-      for (int64_t k = 0; k < d; ++k) ns += (g[k] * kNormUp) * (g[k] * kNormUp);
-      nrm = std::sqrt(ns) * kNormDown;
+// matvec for two rows at once: each block of A is loaded once for both. Each row's sums are
+// formed exactly as matvec forms them (the same blocks of four units, the same reductions), so
+// a row's z does not depend on the row beside it.
+SVF_MATVEC_CLONES void matvec2(const float* __restrict__ A, const float* __restrict__ hn0,
+                               const float* __restrict__ hn1, const float* __restrict__ c,
+                               float* __restrict__ z0, float* __restrict__ z1, int64_t nu,
+                               int64_t d) {
+  int64_t u = 0;
+  for (; u + 4 <= nu; u += 4) {
+    const float* __restrict__ a0 = A + u * d;
+    const float* __restrict__ a1 = a0 + d;
+    const float* __restrict__ a2 = a1 + d;
+    const float* __restrict__ a3 = a2 + d;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, t0, t1, t2, t3)
+    for (int64_t k = 0; k < d; ++k) {
+      const float h = hn0[k], q = hn1[k];
+      s0 += a0[k] * h;
+      s1 += a1[k] * h;
+      s2 += a2[k] * h;
+      s3 += a3[k] * h;
+      t0 += a0[k] * q;
+      t1 += a1[k] * q;
+      t2 += a2[k] * q;
+      t3 += a3[k] * q;
     }
-    const float den = std::max(nrm, FLT_MIN);  // v = 0: den = FLT_MIN, direction 0
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
+    z0[u] = s0 + c[u];
+    z0[u + 1] = s1 + c[u + 1];
+    z0[u + 2] = s2 + c[u + 2];
+    z0[u + 3] = s3 + c[u + 3];
+    z1[u] = t0 + c[u];
+    z1[u + 1] = t1 + c[u + 1];
+    z1[u + 2] = t2 + c[u + 2];
+    z1[u + 3] = t3 + c[u + 3];
   }
-
-  if (f.V != nullptr) {  // the field's static vector joins the direction
-    const float* __restrict__ V = f.V;
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) g[k] += V[k];
+  for (; u < nu; ++u) {
+    const float* __restrict__ a0 = A + u * d;
+    float s0 = 0.f, t0 = 0.f;
+#pragma omp simd reduction(+ : s0, t0)
+    for (int64_t k = 0; k < d; ++k) {
+      s0 += a0[k] * hn0[k];
+      t0 += a0[k] * hn1[k];
+    }
+    z0[u] = s0 + c[u];
+    z1[u] = t0 + c[u];
   }
-
-  // New row (fp32); written back only if every entry stores as a finite T.
-  constexpr float lim = overflow_at<T>();
-  int64_t bad = 0;
-#pragma omp simd reduction(+ : bad)
-  for (int64_t k = 0; k < d; ++k) {
-    x[k] = x[k] + a * g[k];
-    bad += !(std::fabs(x[k]) < lim);
-  }
-  if (bad != 0) {  // the update would not be finite: skipped, and the scores say so
-    nan_scores(scores, C);
-    return;
-  }
-  for (int64_t k = 0; k < d; ++k) h[k] = static_cast<T>(x[k]);
 }
 
-// Row r of the problem: its field's update, or (no field) NaN scores and nothing else.
-template <typename T>
-inline void one_row(const Problem& p, T* base, int64_t stride, int64_t r, const float* alpha,
-                    const bool* rows, float* scores, Scratch& w, bool inner_parallel) {
-  const int64_t f = p.field_of(r);
-  float* s = scores + r * p.C;
-  if (f < 0) {
-    nan_scores(s, p.C);
-    return;
+// matvec_t for two rows at once (every g[k] is the sum matvec_t forms for its row).
+SVF_MATVEC_CLONES void matvec_t2(const float* __restrict__ A, const float* __restrict__ coef0,
+                                 const float* __restrict__ coef1, float* __restrict__ g0,
+                                 float* __restrict__ g1, int64_t nu, int64_t d) {
+  for (int64_t k = 0; k < d; ++k) g0[k] = g1[k] = 0.f;
+  int64_t u = 0;
+  for (; u + 4 <= nu; u += 4) {
+    const float* __restrict__ a0 = A + u * d;
+    const float* __restrict__ a1 = a0 + d;
+    const float* __restrict__ a2 = a1 + d;
+    const float* __restrict__ a3 = a2 + d;
+    const float c0 = coef0[u], c1 = coef0[u + 1], c2 = coef0[u + 2], c3 = coef0[u + 3];
+    const float e0 = coef1[u], e1 = coef1[u + 1], e2 = coef1[u + 2], e3 = coef1[u + 3];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) {
+      g0[k] += c0 * a0[k] + c1 * a1[k] + c2 * a2[k] + c3 * a3[k];
+      g1[k] += e0 * a0[k] + e1 * a1[k] + e2 * a2[k] + e3 * a3[k];
+    }
   }
-  update_row<T>(p, p.field(f), base + r * stride, alpha[r],
-                p.target != nullptr ? p.target[r] : 0.f, rows == nullptr || rows[r], s, w,
-                inner_parallel);
+  for (; u < nu; ++u) {
+    const float* __restrict__ a0 = A + u * d;
+    const float c0 = coef0[u], e0 = coef1[u];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) {
+      g0[k] += c0 * a0[k];
+      g1[k] += e0 * a0[k];
+    }
+  }
+}
+
+// One row, or two rows of one field (`count` 2: their mat-vecs read the field's matrices once
+// for both; each row's arithmetic is the one-row arithmetic). `inner_parallel` (one row) splits
+// the two mat-vecs across threads (few large rows). `target`: the rows' target scores (read only
+// when p.target is set).
+template <typename T>
+void update_rows(const Problem& p, const Field& f, int64_t count, T* const* h, const float* alpha,
+                 const float* target, const bool* active, float* const* scores, Scratch& scratch,
+                 bool inner_parallel) {
+  const int64_t d = p.d, C = p.C, m = p.m, nu = C * m;
+  float rms[2], a[2];
+  bool live[2] = {false, false};
+  for (int64_t r = 0; r < count; ++r) {
+    const RowScratch& w = scratch.rows[r];
+    // x = float(h); sum of squares; `fin` stays 0 iff every x is finite (x * 0 is NaN otherwise).
+    float ss = 0.f, fin = 0.f;
+    for (int64_t k = 0; k < d; ++k) w.x[k] = load(h[r][k]);
+#pragma omp simd reduction(+ : ss, fin)
+    for (int64_t k = 0; k < d; ++k) {
+      ss += w.x[k] * w.x[k];
+      fin += w.x[k] * 0.f;
+    }
+    rms[r] = std::sqrt(ss / static_cast<float>(d) + p.eps);
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) w.hn[k] = w.x[k] / rms[r];
+    live[r] = fin == 0.f;  // a non-finite input is skipped (scores NaN, below)
+  }
+
+  if (count == 2) {
+    matvec2(f.A, scratch.rows[0].hn, scratch.rows[1].hn, f.c, scratch.rows[0].z,
+            scratch.rows[1].z, nu, d);
+  } else if (inner_parallel) {
+    const RowScratch& w = scratch.rows[0];
+    at::parallel_for(0, nu, 8, [&](int64_t u0, int64_t u1) { matvec(f.A, w.hn, f.c, w.z, u0, u1, d); });
+  } else {
+    matvec(f.A, scratch.rows[0].hn, f.c, scratch.rows[0].z, 0, nu, d);
+  }
+
+  for (int64_t r = 0; r < count; ++r) {
+    const RowScratch& w = scratch.rows[r];
+    // Scores and act'(z) * w2, per concept.
+    gelu_terms(w.z, f.w2, w.act, w.coef, nu);
+    for (int64_t i = 0; i < C; ++i) {
+      float s = 0.f;
+      for (int64_t j = i * m; j < (i + 1) * m; ++j) s += w.act[j];
+      w.s[i] = s + f.b2[i];
+      scores[r][i] = w.s[i];
+    }
+    if (!live[r]) {  // non-finite input: skipped, and the scores say so
+      nan_scores(scores[r], C);
+      continue;
+    }
+    a[r] = alpha[r];
+    if (!active[r]) {
+      live[r] = false;
+      continue;
+    }
+    if (p.target != nullptr) a[r] = gated_alpha(a[r], w.s, C, p.tau, target[r], p.band);
+    if (a[r] == 0.f) {
+      live[r] = false;
+      continue;
+    }
+    // Softmin weights, folded into the coefficients.
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < C; ++i) mx = std::max(mx, -w.s[i] / p.tau);
+    float tot = 0.f;
+    for (int64_t i = 0; i < C; ++i) {
+      w.s[i] = std::exp(-w.s[i] / p.tau - mx);
+      tot += w.s[i];
+    }
+    for (int64_t i = 0; i < C; ++i) {
+      const float wi = w.s[i] / tot;
+      for (int64_t j = i * m; j < (i + 1) * m; ++j) w.coef[j] *= wi;
+    }
+  }
+
+  if (live[0] && count == 2 && live[1]) {
+    matvec_t2(f.B, scratch.rows[0].coef, scratch.rows[1].coef, scratch.rows[0].g,
+              scratch.rows[1].g, nu, d);
+  } else {
+    for (int64_t r = 0; r < count; ++r) {
+      if (!live[r]) continue;
+      const RowScratch& w = scratch.rows[r];
+      if (inner_parallel) {
+        at::parallel_for(0, d, 256, [&](int64_t k0, int64_t k1) { matvec_t(f.B, w.coef, w.g, nu, d, k0, k1); });
+      } else {
+        matvec_t(f.B, w.coef, w.g, nu, d, 0, d);
+      }
+    }
+  }
+
+  for (int64_t r = 0; r < count; ++r) {
+    if (!live[r]) continue;
+    const RowScratch& w = scratch.rows[r];
+    float* __restrict__ x = w.x;
+    const float* __restrict__ hn = w.hn;
+    float* __restrict__ g = w.g;
+    // Project through the RMS-norm Jacobian.
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t k = 0; k < d; ++k) dot += hn[k] * g[k];
+    const float proj = dot / static_cast<float>(d);
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - hn[k] * proj) / rms[r];
+
+    if (p.normalize) {
+      float nn = 0.f;
+#pragma omp simd reduction(+ : nn)
+      for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
+      float nrm = std::sqrt(nn);
+      if (nrm < kTinyNorm) {  // rare: keep the common path as it was
+        float ns = 0.f;
+#pragma omp simd reduction(+ : ns)
+        for (int64_t k = 0; k < d; ++k) ns += (g[k] * kNormUp) * (g[k] * kNormUp);
+        nrm = std::sqrt(ns) * kNormDown;
+      }
+      const float den = std::max(nrm, FLT_MIN);  // v = 0: den = FLT_MIN, direction 0
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
+    }
+
+    if (f.V != nullptr) {  // the field's static vector joins the direction
+      const float* __restrict__ V = f.V;
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) g[k] += V[k];
+    }
+
+    // New row (fp32); written back only if every entry stores as a finite T.
+    constexpr float lim = overflow_at<T>();
+    const float ar = a[r];
+    int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+    for (int64_t k = 0; k < d; ++k) {
+      x[k] = x[k] + ar * g[k];
+      bad += !(std::fabs(x[k]) < lim);
+    }
+    if (bad != 0) {  // the update would not be finite: skipped, and the scores say so
+      nan_scores(scores[r], C);
+      continue;
+    }
+    T* __restrict__ out = h[r];
+    for (int64_t k = 0; k < d; ++k) out[k] = static_cast<T>(x[k]);
+  }
+}
+
+// Rows r0 and r1 of one field (r1 < 0: r0 alone).
+template <typename T>
+inline void some_rows(const Problem& p, T* base, int64_t stride, int64_t r0, int64_t r1,
+                      const float* alpha, const bool* rows, float* scores, Scratch& w,
+                      bool inner_parallel) {
+  const int64_t idx[2] = {r0, r1};
+  const int64_t count = r1 < 0 ? 1 : 2;
+  T* h[2];
+  float al[2], tg[2];
+  bool act[2];
+  float* sc[2];
+  for (int64_t r = 0; r < count; ++r) {
+    h[r] = base + idx[r] * stride;
+    al[r] = alpha[idx[r]];
+    tg[r] = p.target != nullptr ? p.target[idx[r]] : 0.f;
+    act[r] = rows == nullptr || rows[idx[r]];
+    sc[r] = scores + idx[r] * p.C;
+  }
+  update_rows<T>(p, p.field(p.field_of(r0)), count, h, al, tg, act, sc, w, inner_parallel);
 }
 
 template <typename T>
@@ -392,20 +517,51 @@ void run(const Problem& p, at::Tensor& hidden, const float* alpha, const bool* r
   T* base = hidden.data_ptr<T>();
   const int64_t row_work = std::max<int64_t>(1, 2 * p.C * p.m * p.d);
   const int64_t threads = at::get_num_threads();
-  const bool inner = threads > 1 && n < threads && row_work >= 4 * kMinParallelWork &&
+  // The rows of each field (a stable counting sort; a row with no field: NaN scores, no work),
+  // then taken two at a time. Thread-local, grown only: no heap allocation per call.
+  thread_local std::vector<int64_t> order, counts;
+  order.resize(static_cast<size_t>(n));
+  counts.assign(static_cast<size_t>(p.F + 1), 0);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t f = p.field_of(r);
+    if (f < 0) {
+      nan_scores(scores + r * p.C, p.C);
+    } else {
+      ++counts[static_cast<size_t>(f + 1)];
+    }
+  }
+  for (int64_t f = 1; f <= p.F; ++f) counts[static_cast<size_t>(f)] += counts[static_cast<size_t>(f - 1)];
+  const int64_t steered = counts[static_cast<size_t>(p.F)];
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t f = p.field_of(r);
+    if (f >= 0) order[static_cast<size_t>(counts[static_cast<size_t>(f)]++)] = r;
+  }
+  const int64_t* ord = order.data();
+  const bool inner = threads > 1 && steered < threads && row_work >= 4 * kMinParallelWork &&
                      !at::in_parallel_region();
   if (inner) {
     Scratch w(p);
-    for (int64_t r = 0; r < n; ++r) one_row<T>(p, base, stride, r, alpha, rows, scores, w, true);
+    for (int64_t k = 0; k < steered; ++k) some_rows<T>(p, base, stride, ord[k], -1, alpha, rows, scores, w, true);
     return;
   }
-  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / row_work);
-  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+  // Work item k: rows ord[2k] and ord[2k + 1] when both belong to one field, else ord[2k] and
+  // ord[2k + 1] one after the other.
+  const int64_t items = (steered + 1) / 2;
+  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / (2 * row_work));
+  at::parallel_for(0, items, grain, [&](int64_t k0, int64_t k1) {
     Scratch w(p);
-    for (int64_t r = r0; r < r1; ++r) one_row<T>(p, base, stride, r, alpha, rows, scores, w, false);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t a = ord[2 * k];
+      const int64_t b = 2 * k + 1 < steered ? ord[2 * k + 1] : -1;
+      if (b >= 0 && p.field_of(a) == p.field_of(b)) {
+        some_rows<T>(p, base, stride, a, b, alpha, rows, scores, w, false);
+      } else {
+        some_rows<T>(p, base, stride, a, -1, alpha, rows, scores, w, false);
+        if (b >= 0) some_rows<T>(p, base, stride, b, -1, alpha, rows, scores, w, false);
+      }
+    }
   });
 }
-
 
 }  // namespace
 

@@ -130,3 +130,16 @@ def random_field(
         default_strength=0.5,
         metrics={},
     )
+
+
+def random_prompt_batch(lengths, seed: int = 0, vocab: int = 99):
+    """Random token prompts of the given lengths, and the same left-padded into ``(ids, mask)``."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(2, vocab, (n,), generator=g) for n in lengths]
+    T = max(lengths)
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, T - len(p):] = p
+        mask[r, T - len(p):] = 1
+    return prompts, ids, mask

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_field, tiny_model
+from helpers import random_field, random_prompt_batch, tiny_model
 
 import svf
 from svf import SVFArgumentError
@@ -28,19 +28,6 @@ def _fields(model):
     return {"a": fa, "b": fb, "ac": [fa, fc]}
 
 
-def _batch(lengths, seed=0, vocab=99):
-    """Random prompts, left-padded into (ids, mask)."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(2, vocab, (n,), generator=g) for n in lengths]
-    T = max(lengths)
-    ids = torch.zeros(len(prompts), T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, T - len(p):] = p
-        mask[r, T - len(p):] = 1
-    return prompts, ids, mask
-
-
 def _alone(model, prompt, field, strength, **kw):
     x = prompt[None]
     if field is None:
@@ -56,7 +43,7 @@ def _alone(model, prompt, field, strength, **kw):
 def test_mixed_batch_equals_each_row_alone(kind):
     model = tiny_model(kind)
     fields = _fields(model)
-    prompts, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4])
+    prompts, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4])
     with svf.steer_requests(model, fields) as batch:
         out = batch.generate(input_ids=ids, attention_mask=mask, fields=REQUESTS, strengths=STRENGTHS,
                              **GREEDY)
@@ -74,7 +61,7 @@ def test_mixed_batch_equals_each_row_alone(kind):
 def test_positions_last_matches_default_on_left_padded_batches():
     model = tiny_model("llama")
     fields = _fields(model)
-    _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=1)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4], seed=1)
     outs = []
     for positions in ("default", "last"):
         with svf.steer_requests(model, fields, positions=positions) as batch:
@@ -84,12 +71,12 @@ def test_positions_last_matches_default_on_left_padded_batches():
 
 
 @torch.no_grad()
-def test_sampling_unsteered_rows_follow_the_unsteered_batch():
+def test_sampling_unsteered_rows_follow_the_unsteeredrandom_prompt_batch():
     """Sampling draws the same random numbers for a batch whatever its fields: rows with no
     field reproduce the unsteered batch exactly, steered rows are moved."""
     model = tiny_model("llama")
     fields = _fields(model)
-    _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=2)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4], seed=2)
     kw = {"max_new_tokens": 10, "do_sample": True, "top_k": 0, "temperature": 0.5}
     torch.manual_seed(0)
     base = model.generate(input_ids=ids, attention_mask=mask, **kw)
@@ -117,7 +104,7 @@ def test_requests_update_in_place_and_batch_size_may_change():
         assert wrapper.field_ids is ids_before and wrapper.alpha is alpha_before  # same tensors
         # layer 2 is steered by every field: local ids follow the global order a, b, ac
         assert wrapper.field_ids.tolist() == [2, -1, 1, 0, 2, 1, -1, 0]
-        _, ids, mask = _batch([4, 6, 5], seed=3)
+        _, ids, mask = random_prompt_batch([4, 6, 5], seed=3)
         out = batch.generate(input_ids=ids, attention_mask=mask, fields=["b", None, "a"], strengths=1.0,
                              **GREEDY)
         assert out.shape == (3, ids.shape[1] + GREEDY["max_new_tokens"])
@@ -134,7 +121,7 @@ def test_detach_restores_the_module_tree():
     before = [id(m) for m in model.modules()]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with svf.steer_requests(model, _fields(model)) as batch:
-        _, ids, mask = _batch([3, 5], seed=4)
+        _, ids, mask = random_prompt_batch([3, 5], seed=4)
         batch.generate(input_ids=ids, attention_mask=mask, fields=["a", "b"], strengths=1.0, **GREEDY)
     assert [id(m) for m in model.modules()] == before
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -171,6 +158,6 @@ def test_wrong_batch_size_is_named():
     model = tiny_model("llama")
     with svf.steer_requests(model, _fields(model)) as batch:
         batch.set_requests(["a", "b"], 1.0)
-        _, ids, mask = _batch([3, 4, 5], seed=5)
+        _, ids, mask = random_prompt_batch([3, 4, 5], seed=5)
         with pytest.raises(SVFArgumentError, match="rows but the batch has 3"):
             model.generate(input_ids=ids, attention_mask=mask, **GREEDY)

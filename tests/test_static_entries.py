@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_field, tiny_model
+from helpers import random_field, random_prompt_batch, tiny_model
 from safetensors.torch import save_file
 
 import svf
@@ -28,17 +28,6 @@ GREEDY = {"max_new_tokens": 8, "do_sample": False}
 def _vector(layers, seed=0, scale=3.0) -> ControlVector:
     g = torch.Generator().manual_seed(seed)
     return ControlVector({i: scale * torch.randn(D, generator=g) for i in layers})
-
-
-def _batch(lengths, seed=0, vocab=99):
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(2, vocab, (n,), generator=g) for n in lengths]
-    T = max(lengths)
-    ids = torch.zeros(len(prompts), T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, T - len(p):], mask[r, T - len(p):] = p, 1
-    return prompts, ids, mask
 
 
 def _generate(model, prompt, *steerings):
@@ -71,7 +60,7 @@ def test_mixed_batch_of_fields_and_static_entries_equals_each_row_alone(llama, t
     entries = {"field": field, "cv": cv, "plain": plain, "caa": caa}
     requests = ["cv", "field", None, "plain", "caa", "cv", "caa", "field"]
     strengths = [1.0, 0.8, 0.0, -0.6, 0.9, 0.4, -1.1, -0.5]
-    prompts, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4])
+    prompts, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4])
     with svf.steer_requests(model, entries) as batch:
         out = batch.generate(input_ids=ids, attention_mask=mask, fields=requests,
                              strengths=strengths, **GREEDY)[:, ids.shape[1]:]
@@ -94,7 +83,7 @@ def test_a_field_with_a_vector_is_both_side_by_side(llama):
     attached together; strength s moves the field by s * its scale and adds s * v."""
     model, field = llama
     cv = _vector((3,), seed=4)
-    prompts, ids, mask = _batch([6, 9, 4], seed=1)
+    prompts, ids, mask = random_prompt_batch([6, 9, 4], seed=1)
     strengths = [0.7, -0.9, 1.3]
     entry = table_entry([field, cv])
     assert entry.field_layers == (1, 2) and entry.vector_layers == (3,) and entry.layers == (1, 2, 3)

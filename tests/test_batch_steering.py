@@ -71,7 +71,7 @@ def test_positions_last_matches_default_on_left_padded_batches():
 
 
 @torch.no_grad()
-def test_sampling_unsteered_rows_follow_the_unsteeredrandom_prompt_batch():
+def test_sampling_unsteered_rows_follow_the_unsteered_batch():
     """Sampling draws the same random numbers for a batch whatever its fields: rows with no
     field reproduce the unsteered batch exactly, steered rows are moved."""
     model = tiny_model("llama")

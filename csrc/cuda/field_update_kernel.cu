@@ -180,9 +180,13 @@ __device__ __forceinline__ float gelu_tanh(float z) {
   return 0.5f * z * (1.f + t);
 }
 
+// The derivative in its sigmoid form, s + 2K (1 + 3c z^2) z s (1 - s) with s = sigmoid(2y): no
+// cancellation in 1 - tanh^2 (svf_kernels/ops/reference.py, gelu_tanh_grad).
 __device__ __forceinline__ float gelu_tanh_grad(float z) {
-  const float t = tanhf(kGeluK * (z + kGeluC * z * z * z));
-  return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * kGeluK * (1.f + 3.f * kGeluC * z * z);
+  const float y2 = 2.f * kGeluK * (z + kGeluC * z * z * z);
+  const float s = 1.f / (1.f + expf(-y2));
+  const float q = 1.f / (1.f + expf(y2));  // 1 - s
+  return s + 2.f * kGeluK * (1.f + 3.f * kGeluC * z * z) * z * s * q;
 }
 
 __device__ __forceinline__ float rms_of(const Params& p, float ss) {

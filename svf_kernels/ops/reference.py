@@ -70,9 +70,15 @@ def gelu_tanh(z: torch.Tensor) -> torch.Tensor:
 
 
 def gelu_tanh_grad(z: torch.Tensor) -> torch.Tensor:
-    """Analytic derivative of :func:`gelu_tanh`; what the kernels use instead of autograd."""
-    t = torch.tanh(_GELU_K * (z + _GELU_C * z * z * z))
-    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_K * (1.0 + 3.0 * _GELU_C * z * z)
+    """Analytic derivative of :func:`gelu_tanh`; what the kernels use instead of autograd.
+
+    With ``y = K (z + c z^3)`` and ``s = sigmoid(2y) = (1 + tanh y) / 2`` it is ``s + 2K (1 +
+    3c z^2) z s (1 - s)``: the tanh form ``(1 + t)/2 + z (1 - t^2) K (...) / 2`` with no
+    cancellation in ``1 - t^2`` where ``t`` rounds to -1 (fp32, ``z`` below about -4), so the
+    derivative keeps its sign and size there."""
+    y2 = 2.0 * _GELU_K * (z + _GELU_C * z * z * z)
+    s, q = torch.sigmoid(y2), torch.sigmoid(-y2)  # q = 1 - s, accurate in both tails
+    return s + 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * z * z) * z * s * q
 
 
 def compute_dtype(storage: torch.dtype) -> torch.dtype:

@@ -73,10 +73,11 @@ if triton is not None:
 
     @triton.jit
     def _gelu_grad(z):
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (
-            1.0 + 3.0 * 0.044715 * z * z
-        )
+        # the sigmoid form of the reference's gelu_tanh_grad (no cancellation in 1 - tanh^2)
+        y2 = 2.0 * 0.7978845608028654 * (z + 0.044715 * z * z * z)
+        s = tl.sigmoid(y2)
+        q = tl.sigmoid(-y2)
+        return s + 2.0 * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z) * z * s * q
 
     @triton.jit
     def _field_update_kernel(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_field, tiny_model
-from test_batch_steering import REQUESTS, STRENGTHS, _alone, _batch, _fields
+from helpers import random_field, random_prompt_batch, tiny_model
+from test_batch_steering import REQUESTS, STRENGTHS, _alone, _fields
 from test_compile_steering import STATIC, _compile_config
 from test_undo_isolation import Snapshot
 
@@ -116,7 +116,7 @@ def test_steered_positions_are_the_last_prompt_token_then_each_new_one(family):
 def test_batch_steering_rows_equal_their_solo_runs(family):
     kind, model, _ = family
     fields = _fields(model)
-    prompts, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], vocab=model.config.vocab_size)
+    prompts, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4], vocab=model.config.vocab_size)
     kw = {"max_new_tokens": 10, "do_sample": False}
     with svf.steer_requests(model, fields) as batch:
         out = batch.generate(input_ids=ids, attention_mask=mask, fields=REQUESTS, strengths=STRENGTHS, **kw)
@@ -142,7 +142,7 @@ def _fresh_dynamo():
 @torch.no_grad()
 def test_steered_model_compiles_fullgraph_and_matches_eager(family):
     kind, model, _ = family
-    _, ids, mask = _batch([5, 9, 7, 12], seed=6, vocab=model.config.vocab_size)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12], seed=6, vocab=model.config.vocab_size)
     config = _compile_config("aot_eager")
     plain = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)
     with svf.steer_requests(model, _fields(model), positions="last") as batch:
@@ -159,7 +159,7 @@ def test_static_cache_default_positions_match_dynamic_cache(family):
     """Eager static-cache decoding steers the positions the dynamic cache does (Gemma's
     generate then passes the attention masks as a dict, one per attention kind)."""
     kind, model, _ = family
-    _, ids, mask = _batch([5, 9, 14, 12], seed=8, vocab=model.config.vocab_size)
+    _, ids, mask = random_prompt_batch([5, 9, 14, 12], seed=8, vocab=model.config.vocab_size)
     with svf.steer_requests(model, _fields(model)) as batch:
         batch.set_requests(REQUESTS[:4], STRENGTHS[:4])
         static = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True,

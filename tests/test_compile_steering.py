@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_field, tiny_model
-from test_batch_steering import REQUESTS, STRENGTHS, _batch, _fields
+from helpers import random_field, random_prompt_batch, tiny_model
+from test_batch_steering import REQUESTS, STRENGTHS, _fields
 from transformers import CompileConfig
 
 import svf
@@ -37,7 +37,7 @@ def _fresh_dynamo():
 @torch.no_grad()
 def test_batch_steering_compiles_fullgraph_and_matches_eager():
     model = tiny_model("llama")
-    _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
     config = _compile_config("aot_eager")
     with svf.steer_requests(model, _fields(model), positions="last") as batch:
         batch.set_requests(REQUESTS, STRENGTHS)
@@ -77,7 +77,7 @@ def test_batch_steering_with_B_and_targets_compiles_fullgraph(monkeypatch):
 
     monkeypatch.setattr(field_packing, "field_table", table_with_options)
     model = tiny_model("llama")
-    _, ids, mask = _batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12, 6, 9, 10, 4], seed=6)
     config = _compile_config("aot_eager")
     with svf.steer_requests(model, _fields(model), positions="last") as batch:
         wrapped = [m for m in model.modules() if isinstance(m, svf_kernels.FusedSteeringField)]
@@ -97,7 +97,7 @@ def test_batch_steering_with_B_and_targets_compiles_fullgraph(monkeypatch):
 def test_single_field_steering_compiles_fullgraph():
     model = tiny_model("gpt2")
     field = random_field(model, steer_layers=(1, 2), seed=4)
-    _, ids, mask = _batch([4, 7, 6], seed=7)
+    _, ids, mask = random_prompt_batch([4, 7, 6], seed=7)
     with svf.steer(model, field, strength=1.0, positions="last"):
         eager = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)
         compiled = model.generate(input_ids=ids, attention_mask=mask,
@@ -110,7 +110,7 @@ def test_single_field_steering_compiles_fullgraph():
 def test_static_cache_default_positions_match_dynamic_cache():
     """Eager static-cache decoding steers the same positions as the dynamic cache."""
     model = tiny_model("llama")
-    _, ids, mask = _batch([5, 9, 7, 12], seed=8)
+    _, ids, mask = random_prompt_batch([5, 9, 7, 12], seed=8)
     with svf.steer_requests(model, _fields(model)) as batch:
         batch.set_requests(REQUESTS[:4], STRENGTHS[:4])
         static = model.generate(input_ids=ids, attention_mask=mask, disable_compile=True, **STATIC)

@@ -3,9 +3,8 @@
 :class:`ServedFields` loads every configured entry (fields, control vectors or both; a
 missing, bad or mismatched file raises the artifact error here, at engine start), packs them
 as :func:`svf.steer_requests` does (same tables, same strength scales, so both paths steer
-alike), wraps the steered
-decoder layers, and before each forward turns the scheduled batch into per-token field ids
-and strengths (:meth:`set_batch`). Positions follow DESIGN.md §4: a request's last prompt
+alike), wraps the steered decoder layers, and before each forward turns the scheduled batch
+into per-token field ids and strengths (:meth:`set_batch`). Positions follow DESIGN.md §4: a request's last prompt
 token, then every generated token; with chunked prefill a chunk that ends before the last
 prompt token is not steered, and a preempted request recomputed from its prompt is steered
 at the same positions again. No vLLM import here: the runner hooks pass plain arrays.

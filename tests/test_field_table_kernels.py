@@ -371,18 +371,20 @@ def test_direct_cpp_call_checks():
         _C.field_update_cpu(h, A, c[:2], w2, b2, alpha, 1.0, True, 1e-6, None, ids)
 
 
-@pytest.mark.parametrize("options", [False, True], ids=["plain", "B-target"])
+@pytest.mark.parametrize("options", ["plain", "B-target", "vectors"])
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(compiler, options):
     """Traced (fake impl; check_ids skips its host read), functionalised and compiled, no breaks;
-    with a B table and per-row targets too."""
+    with a B table and per-row targets too, and with static vectors."""
     gen = torch.Generator().manual_seed(90)
     A, c, w2, b2 = make_table(3, 2, 65, 16, torch.float32, gen)
     ids = torch.tensor([2, -1, 0, 1, 2])
     kw = {}
-    if options:
+    if options == "B-target":
         kw = {"B": torch.randn(A.shape, generator=gen) / 65**0.5,
               "target": torch.tensor([float("nan"), 0.0, 1e30, -1e30, 0.5]), "band": 0.5}
+    elif options == "vectors":
+        kw = {"vectors": torch.randn(3, 65, generator=gen)}
 
     def step(h):
         s = field_table_update_(h, A, c, w2, b2, ids, 0.3, tau=0.5, **kw)

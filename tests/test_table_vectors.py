@@ -177,22 +177,3 @@ def test_field_table_module_with_vectors():
     s_ref = field_table_update_(expect, A, c, w2, b2, ids, 0.5, vectors=vectors)
     s = table.apply_(h, 0.5, ids)
     assert torch.equal(h, expect) and torch.equal(bits(s), bits(s_ref))
-
-
-@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_with_vectors(compiler):
-    gen = torch.Generator().manual_seed(16)
-    A, c, w2, b2, vectors = _mixed_table(2, 65, 16, torch.float32, gen)
-    ids = torch.tensor([3, -1, 0, 1, 2])
-
-    def step(h):
-        s = field_table_update_(h, A, c, w2, b2, ids, 0.3, vectors=vectors)
-        return h * 2, s
-
-    h1 = torch.randn(5, 65, generator=gen)
-    h2 = h1.clone()
-    torch._dynamo.reset()
-    out_c, s_c = torch.compile(step, fullgraph=True, backend=compiler)(h1)
-    out_e, s_e = step(h2)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-6)
-    assert torch.equal(bits(s_c), bits(s_e)) and torch.equal(h1, h2)

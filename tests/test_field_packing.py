@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -100,3 +101,15 @@ def test_checks_name_the_field_and_the_problem(fields):
     with pytest.raises(SVFArgumentError,
                        match="field 'other' is for hidden_size 32 but the model has 64"):
         check_fits_model([fa, random_field(tiny_model("llama", d=32), concept="other")], model)
+
+
+def test_fields_with_different_eps_are_not_packed_together(fields):
+    """A packed field and a table take one ``eps``: fields trained with another one are refused,
+    not steered with the first field's ``eps``."""
+    model, fa, fb, _ = fields
+    other = random_field(model, concept="other")
+    other.scorer.config = dataclasses.replace(other.scorer.config, eps=1e-3)
+    for pack in (lambda fs: packed_field(fs, 1), lambda fs: field_table(fs, 1)):
+        with pytest.raises(SVFArgumentError, match=r"different eps \[1e-06, 0.001\]"):
+            pack([fa, other])
+    assert packed_field([fa, fb], 1).eps == fa.scorer.config.eps

@@ -23,6 +23,7 @@ from torch import nn
 from svf_kernels import FieldTable, PackedField, RowField, StaticVector, SVFArgumentError
 
 from .hf import hidden_size, num_layers
+from .scorer import ScorerConfig
 from .steering_field import (
     SteeringField,
     check_direction,
@@ -51,6 +52,16 @@ def _folded(fields: Sequence[SteeringField], layer: int, direction: str = "gradi
                          for x, p in zip(folded, pad)]))
 
 
+def common_eps(fields: Sequence[SteeringField], layer: int) -> float:
+    """The scorer ``eps`` the ``fields`` share (one packed field or table takes one ``eps``);
+    fields trained with different ones cannot be packed together at ``layer``."""
+    values = sorted({f.scorer.config.eps for f in fields})
+    if len(values) > 1:
+        raise SVFArgumentError(f"the fields packed together at layer {layer} were trained with "
+                               f"different eps {values}; they must share one")
+    return values[0] if values else ScorerConfig.eps
+
+
 def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.0,
                  normalize: bool = True, direction: str = "gradient",
                  target: float | None = None) -> PackedField:
@@ -58,7 +69,7 @@ def packed_field(fields: Sequence[SteeringField], layer: int, *, tau: float = 1.
     along ``direction``, closed-loop at probability ``target`` when given."""
     check_target(target, "target")
     A, c, w2, b2, B = _folded(fields, layer, direction)
-    return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=fields[0].scorer.config.eps,
+    return PackedField(A, c, w2, b2, tau=tau, normalize=normalize, eps=common_eps(fields, layer),
                        B=None if direction == "gradient" else B,
                        target=None if target is None else target_score(target))
 
@@ -113,7 +124,7 @@ def field_table(entries: Sequence[object], layer: int, *, tau: float = 1.0,
         vectors.append(torch.zeros(d) if v is None else v.float())
     closed = any(t is not None for t in targets)
     scores = torch.tensor([math.nan if t is None else target_score(t) for t in targets])
-    eps = next((e.concepts[0].scorer.config.eps for e in fielded), 1e-6)
+    eps = common_eps([f for e in fielded for f in e.concepts], layer)
     return FieldTable(torch.stack(A), torch.stack(c), torch.stack(w2), torch.stack(b2),
                       tau=tau, normalize=normalize, eps=eps,
                       B=None if all(d == "gradient" for d in directions) else torch.stack(B),

@@ -19,7 +19,7 @@ from svf import ArtifactError
 from svf.field_packing import layer_tables
 from svf.hf import decoder_layers
 from svf.vllm_plugin import register, vllm_hooks
-from svf.vllm_plugin.config import ENV_VAR, FieldSpec, served_fields
+from svf.vllm_plugin.config import ENV_VAR, FieldSpec, ServingConfig, serving_config
 from svf.vllm_plugin.request_params import MAX_STRENGTH, SteerRequest, parse_request
 from svf.vllm_plugin.served_fields import ServedFields, SteeredLayer, alpha_bounds
 from svf_kernels import SVFArgumentError
@@ -44,16 +44,17 @@ def test_config_forms():
                               "three": {"paths": "/c.svf", "layers": [5, 3, 3]},
                               "cv": {"vector": "/v.gguf"}, "both": {"paths": "/c.svf", "vector": "/v.gguf"},
                               "caa": {"paths": ["/c.svf"], "method": "caa"}}}}
-    got = served_fields(cfg, environ={})
+    got = serving_config(cfg, environ={}).fields
     assert got == {"one": FieldSpec("one", ("/x.svf",)),
                    "two": FieldSpec("two", ("/a.svf", "/b.svf")),
                    "three": FieldSpec("three", ("/c.svf",), (3, 5)),
                    "cv": FieldSpec("cv", (), vector="/v.gguf"),
                    "both": FieldSpec("both", ("/c.svf",), vector="/v.gguf"),
                    "caa": FieldSpec("caa", ("/c.svf",), method="caa")}
-    assert served_fields({}, environ={}) == {} and served_fields(None, environ={}) == {}
-    env = served_fields(None, environ={ENV_VAR: '{"x": "/x.svf"}'})
-    assert env == {"x": FieldSpec("x", ("/x.svf",))}
+    assert serving_config({}, environ={}) == ServingConfig() == serving_config(None, environ={})
+    assert not ServingConfig()
+    env = serving_config(None, environ={ENV_VAR: '{"x": "/x.svf"}'})
+    assert env == ServingConfig({"x": FieldSpec("x", ("/x.svf",))})
 
 
 @pytest.mark.parametrize("cfg, env, needle", [
@@ -61,7 +62,14 @@ def test_config_forms():
     (None, "{not json", "is not JSON"),
     (None, "[1, 2]", "non-empty mapping"),
     ({"svf": {"fields": {}}}, None, "non-empty mapping"),
-    ({"svf": {"field": {"a": "/a"}}}, None, "must be {'fields'"),
+    ({"svf": {"field": {"a": "/a"}}}, None, "must be a mapping with the keys 'fields'"),
+    ({"svf": {}}, None, "must be a mapping with the keys 'fields'"),
+    ({"svf": {"max_entries": 3}}, None, "needs 'fields', 'fields_dir' or both"),
+    ({"svf": {"fields": {"a": "/a"}, "max_entries": 3}}, None, "gives ['max_entries'] without 'fields_dir'"),
+    ({"svf": {"fields_dir": 3}}, None, "['fields_dir'] must be a directory path"),
+    ({"svf": {"fields_dir": "/no/such/dir"}}, None, "'/no/such/dir' is not a directory"),
+    ({"svf": {"fields_dir": "/", "max_entries": 0}}, None, "['max_entries'] must be an integer from 1"),
+    ({"svf": {"fields_dir": "/", "max_units": True}}, None, "['max_units'] must be an integer from 1"),
     ({"svf": {"fields": {"a": 3}}}, None, "field 'a' needs an artifact path"),
     ({"svf": {"fields": {"a": []}}}, None, "field 'a' needs an artifact path"),
     ({"svf": {"fields": {"a": {"path": "/a"}}}}, None, "unknown keys ['path']"),
@@ -77,7 +85,7 @@ def test_config_forms():
 ])
 def test_config_errors_name_the_problem(cfg, env, needle):
     with pytest.raises(SVFArgumentError, match="svf plugin configuration") as info:
-        served_fields(cfg, environ={ENV_VAR: env} if env else {})
+        serving_config(cfg, environ={ENV_VAR: env} if env else {})
     assert needle in str(info.value)
 
 

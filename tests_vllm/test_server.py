@@ -1,10 +1,12 @@
 """``vllm serve`` with the plugin on 127.0.0.1, called through the ``openai`` client as users
-call it: steered and unsteered completions and chats, malformed steering answered with HTTP
-400 naming the problem. The server fixture's teardown checks that it stopped with nothing left
+call it: steered and unsteered completions and chats, entries of ``fields_dir`` loaded,
+evicted, reloaded and replaced while it runs, malformed steering and bad entries answered with
+HTTP 400 naming the problem. The server fixture's teardown checks that it stopped with nothing left
 behind (every test selection and order ends with that check)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -72,15 +74,25 @@ def server(tmp_path_factory, default_model_dir):
     paths = save_random_fields(folder, 30, 576, {"a": (0, range(12, 22), (16, 18, 20)),
                                                  "b": (1, range(12, 22), (16, 18, 20))})
     fields = {"a": paths["a"], "ab": [paths["a"], paths["b"]]}
+    # fields_dir: d1 and d2 as directories, d3 as a file; two slots for three entries
+    entries = folder / "entries"
+    dir_paths = save_random_fields(entries, 30, 576, {"d1": (2, range(10, 20), (12, 14)),
+                                                      "d2": (3, range(14, 24), (18, 20, 22)),
+                                                      "d3.safetensors": (4, range(30), (5, 25))})
+    dir_paths["d3"] = dir_paths.pop("d3.safetensors")
+    (entries / "junk.safetensors").write_bytes(b"not a field")
+    save_random_fields(entries, 30, 512, {"wide": (5, range(10, 20), (12,))})
     port = _free_port()
     cmd = [*SERVE, "--model", str(default_model_dir),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "svf-test",
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--seed", "0",
-           "--additional-config", json.dumps({"svf": {"fields": fields}})]
+           "--additional-config", json.dumps({"svf": {"fields": fields, "fields_dir": str(entries),
+                                                      "max_entries": 2}})]
     log = folder / "server.log"
     before = _shm()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=engine_env(VLLM_ENABLE_V1_MULTIPROCESSING="1"),
+        proc = subprocess.Popen(cmd, env=engine_env(VLLM_ENABLE_V1_MULTIPROCESSING="1",
+                                                    SVF_CACHE_DIR=str(folder / "cache")),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop() -> dict:
@@ -117,7 +129,8 @@ def server(tmp_path_factory, default_model_dir):
                 break
             except openai.APIConnectionError:
                 time.sleep(1)
-        yield {"client": client, "fields": fields, "log": log}
+        yield {"client": client, "fields": fields, "log": log, "entries": entries,
+               "dir_paths": dir_paths}
     finally:
         stopped = stop()
     # Teardown after the module's last test, whichever tests ran and in whatever order (a
@@ -172,7 +185,11 @@ def test_chat_is_steered(server):
 
 
 @pytest.mark.parametrize("xargs, needle", [
-    ({"svf_field": "zz"}, "unknown field 'zz' in extra_args['svf_field']; served fields: ['a', 'ab']"),
+    ({"svf_field": "zz"}, "no field named 'zz': neither zz.safetensors nor zz/field.safetensors is in fields_dir"),
+    ({"svf_field": "../entries/d1"}, "field name '../entries/d1' is not a plain name"),
+    ({"svf_field": "d1/field.safetensors"}, "is not a plain name"),
+    ({"svf_field": "junk"}, "field 'junk': not a safetensors file"),
+    ({"svf_field": "wide"}, "field 'wide': "),
     ({"svf_field": "a", "svf_strength": "strong"}, "extra_args['svf_strength'] must be a number"),
     ({"svf": "{broken"}, "extra_args['svf'] is text but not JSON"),
     ({"svf_field": "a", "svf_strenght": 1}, "unknown steering keys"),
@@ -185,3 +202,33 @@ def test_malformed_steering_is_a_400_naming_the_problem(server, xargs, needle):
     assert info.value.status_code == 400
     assert needle in str(info.value), str(info.value)
     assert _complete(server["client"], {"svf_field": "a", "svf_strength": 0.25})  # still serving
+
+
+def _steer(client, name: str) -> str:
+    return _complete(client, {"svf_field": name, "svf_strength": 1.5})
+
+
+def test_fields_dir_entries_load_evict_reload_and_replace(server):
+    """Three entries of fields_dir through two slots: each steers as the same artifact on the
+    Hugging Face path, d1 is evicted by d3 and loads again, and a file replaced under its name
+    is served as the new one from the next request on."""
+    client, paths = server["client"], server["dir_paths"]
+    plain = _complete(client)
+    first = {name: _steer(client, name) for name in ("d1", "d2", "d3")}
+    for name, text in first.items():
+        assert text != plain and text == _hf_text(paths, name, 1.5), name
+    assert _steer(client, "d1") == first["d1"]  # evicted by d3, loaded again
+    save_random_fields(server["entries"], 30, 576, {"d2": (6, range(14, 24), (16, 18))})
+    replaced = _steer(client, "d2")
+    assert replaced != first["d2"] and replaced == _hf_text(paths, "d2", 1.5)
+    assert _complete(client) == plain
+
+
+def test_more_entries_at_once_than_slots_wait_their_turn(server):
+    """Three requests naming three entries at once, two slots: the scheduler holds one back
+    until a slot is free; all three complete and the server goes on."""
+    client = server["client"]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        texts = list(pool.map(lambda name: _steer(client, name), ["d1", "d2", "d3"]))
+    assert all(texts)
+    assert _steer(client, "a")

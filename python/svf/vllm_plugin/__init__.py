@@ -4,7 +4,8 @@ vLLM calls :func:`register` in every process it starts (API server, engine core,
 On a vLLM the plugin is tested with, it patches the places listed in
 :mod:`svf.vllm_plugin.vllm_hooks`, each a no-op until fields are configured
 (``docs/SERVING.md``): the input processor checks each request's ``extra_args["svf"]`` and
-salts its prefix cache; the model runner wraps the steered decoder layers after loading the
+salts its prefix cache; the scheduler admits at most ``max_entries`` entries of ``fields_dir``
+among the running requests; the model runner wraps the steered decoder layers after loading the
 model (before vLLM compiles it), fills the per-token field ids and strengths before every
 forward, and releases the fields when the engine shuts down. On any other vLLM it patches
 nothing. Only :mod:`svf.vllm_plugin.vllm_hooks` imports vLLM.

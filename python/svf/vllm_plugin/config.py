@@ -9,6 +9,10 @@ vector file: GGUF, or ``.safetensors`` with one tensor per layer; :func:`svf.loa
 ``layers`` (other layers than the entry's own) and ``method`` (``"svf"``; ``"caa"``: the field's
 CAA vector, served as a static entry). ``paths`` and ``vector`` together serve the field and the
 vector as one entry (:mod:`svf.table_entries`); ``vector`` alone, a static entry.
+
+Beside (or instead of) ``fields``, ``fields_dir`` names a directory whose artifacts are served by
+name while the engine runs (:mod:`svf.vllm_plugin.fields_dir`), in ``max_entries`` preallocated
+slots of at most ``max_units`` hidden units each.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from svf_kernels import SVFArgumentError
 
@@ -29,6 +33,11 @@ CONFIG_KEY = "svf"
 #: How a served entry steers with its field: the field itself, or its CAA vector.
 METHODS = ("svf", "caa")
 _KEYS = ("layers", "method", "paths", "vector")
+_SECTION_KEYS = ("fields", "fields_dir", "max_entries", "max_units")
+#: Slots for entries loaded from ``fields_dir`` while the engine runs, unless configured.
+DEFAULT_MAX_ENTRIES = 8
+#: Hidden units a slot holds per concept, unless configured: the default scorer's ``m``.
+DEFAULT_MAX_UNITS = 64
 
 
 @dataclass(frozen=True)
@@ -94,10 +103,57 @@ def _mapping(value: object, where: str) -> dict[str, FieldSpec]:
     return {spec.name: spec for spec in (_spec(k, v) for k, v in value.items())}
 
 
-def served_fields(additional_config: Mapping | None,
-                  environ: Mapping[str, str] = os.environ) -> dict[str, FieldSpec]:
-    """The configured fields by name ({} when none is configured). A malformed configuration,
-    or fields given both ways, is an :class:`SVFArgumentError` naming the problem."""
+@dataclass(frozen=True)
+class ServingConfig:
+    """What one engine serves: the entries loaded at start (pinned) by name, and the directory
+    of entries loaded by name while it runs (None: none), with its slot count and slot width."""
+
+    fields: dict[str, FieldSpec] = field(default_factory=dict)
+    fields_dir: str | None = None
+    max_entries: int = 0
+    max_units: int = DEFAULT_MAX_UNITS
+
+    def __bool__(self) -> bool:
+        """Whether anything is served (the plugin's hooks do nothing otherwise)."""
+        return bool(self.fields) or self.fields_dir is not None
+
+
+def _count(section: Mapping, key: str, default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise _problem(f"additional_config[{CONFIG_KEY!r}][{key!r}] must be an integer from 1 to "
+                       f"4096, got {show(value)}")
+    return value
+
+
+def _section(section: object) -> ServingConfig:
+    where = f"additional_config[{CONFIG_KEY!r}]"
+    if not isinstance(section, Mapping) or not section or set(section) - set(_SECTION_KEYS):
+        raise _problem(f"{where} must be a mapping with the keys 'fields' ({{name: path(s)}}) "
+                       f"and/or 'fields_dir' (with 'max_entries', 'max_units'), got {show(section)}")
+    if "fields" not in section and "fields_dir" not in section:
+        raise _problem(f"{where} needs 'fields', 'fields_dir' or both, got {show(section)}")
+    fields = _mapping(section["fields"], f"{where}['fields']") if "fields" in section else {}
+    folder = section.get("fields_dir")
+    if folder is None:
+        extra = sorted(set(section) & {"max_entries", "max_units"})
+        if extra:
+            raise _problem(f"{where} gives {extra} without 'fields_dir'")
+        return ServingConfig(fields)
+    if not isinstance(folder, str) or not folder:
+        raise _problem(f"{where}['fields_dir'] must be a directory path, got {show(folder)}")
+    if not os.path.isdir(folder):
+        raise _problem(f"{where}['fields_dir'] {folder!r} is not a directory")
+    return ServingConfig(fields, os.path.realpath(folder),
+                         _count(section, "max_entries", DEFAULT_MAX_ENTRIES),
+                         _count(section, "max_units", DEFAULT_MAX_UNITS))
+
+
+def serving_config(additional_config: Mapping | None,
+                   environ: Mapping[str, str] = os.environ) -> ServingConfig:
+    """What the engine is configured to serve (empty when nothing is). A malformed
+    configuration, or fields given both ways, is an :class:`SVFArgumentError` naming the
+    problem."""
     section = (additional_config or {}).get(CONFIG_KEY) if isinstance(additional_config, Mapping) \
         else None
     text = environ.get(ENV_VAR)
@@ -105,14 +161,11 @@ def served_fields(additional_config: Mapping | None,
         raise _problem(f"fields are given both in additional_config[{CONFIG_KEY!r}] and in "
                        f"${ENV_VAR}; give them one way")
     if section is not None:
-        if not isinstance(section, Mapping) or set(section) != {"fields"}:
-            raise _problem(f"additional_config[{CONFIG_KEY!r}] must be {{'fields': {{name: "
-                           f"path(s)}}}}, got {show(section)}")
-        return _mapping(section["fields"], f"additional_config[{CONFIG_KEY!r}]['fields']")
+        return _section(section)
     if text:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise _problem(f"${ENV_VAR} is not JSON: {exc}") from None
-        return _mapping(value, f"${ENV_VAR}")
-    return {}
+        return ServingConfig(_mapping(value, f"${ENV_VAR}"))
+    return ServingConfig()

@@ -8,6 +8,9 @@ layer; neither: the field's default strength. A strength must lie within ``±MAX
 alpha within ``±MAX_STRENGTH`` times the field's largest strength scale (what strength
 ``MAX_STRENGTH`` moves there). No ``svf`` key: the request is not steered. Anything else fails
 the request with a message naming the problem, before it reaches the engine.
+
+The front end hands the engine each steered request's parsed steering under ``RESOLVED_KEY``
+(with the content hash of an entry from ``fields_dir``); a client may not set that key.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ..arguments import show
 
 KEY = "svf"
 PREFIX = "svf_"
+#: Where the front end puts a request's checked steering for the engine (``SteerRequest.resolved``).
+RESOLVED_KEY = "_svf_resolved"
 # The largest |strength| a request may ask for. A field's default is about 0.25; at 10 each
 # steered layer moves ten times the norm of a typical hidden state there, far past where text
 # stays text (a huge strength overflows the residual stream and the reply comes back empty).
@@ -32,16 +37,29 @@ MAX_STRENGTH = 10.0
 @dataclass(frozen=True)
 class SteerRequest:
     """One request's steering: a served field and a relative ``strength`` or an absolute
-    ``alpha`` (None for both: the field's default strength)."""
+    ``alpha`` (None for both: the field's default strength); ``sha256``: the content hash of an
+    entry loaded from ``fields_dir`` (None: an entry configured at start)."""
 
     field: str
     strength: float | None = None
     alpha: float | None = None
+    sha256: str | None = None
 
     def cache_salt(self) -> str:
         """What separates this steering's prefix-cache entries from any other's."""
         how = ("alpha", self.alpha) if self.alpha is not None else ("strength", self.strength)
-        return f"svf:{self.field!r}:{how[0]}:{how[1]!r}"
+        content = "" if self.sha256 is None else f":{self.sha256}"
+        return f"svf:{self.field!r}{content}:{how[0]}:{how[1]!r}"
+
+    def resolved(self) -> dict:
+        """This steering as the engine reads it back (:meth:`from_resolved`)."""
+        return {"field": self.field, "strength": self.strength, "alpha": self.alpha,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_resolved(cls, value: Mapping) -> SteerRequest:
+        """The steering :meth:`resolved` wrote."""
+        return cls(value["field"], value["strength"], value["alpha"], value["sha256"])
 
 
 def _number(value: object, where: str) -> float:
@@ -74,10 +92,16 @@ def _options(extra_args: Mapping) -> tuple[Mapping, str] | None:
 
 
 def parse_request(extra_args: Mapping | None, fields: Collection[str],
-                  alpha_bound: Callable[[str], float] | None = None) -> SteerRequest | None:
+                  alpha_bound: Callable[[str], float] | None = None,
+                  lookup: Callable[[str], tuple[str, float]] | None = None) -> SteerRequest | None:
     """The steering ``extra_args`` asks for among the served ``fields`` (None: unsteered).
     ``alpha_bound(name)``: the largest ``|alpha|`` for that field, asked only of a request that
-    gives an alpha (None: alpha is held to being finite only)."""
+    gives an alpha (None: alpha is held to being finite only). ``lookup(name)``: a name not in
+    ``fields`` as ``fields_dir`` has it now, ``(content hash, largest |alpha|)``, or an error
+    naming the problem (None: no ``fields_dir``)."""
+    if isinstance(extra_args, Mapping) and RESOLVED_KEY in extra_args:
+        raise SVFArgumentError(f"extra_args[{RESOLVED_KEY!r}] is set by the svf plugin, not by "
+                               "a request")
     found = _options(extra_args) if isinstance(extra_args, Mapping) else None
     if found is None:
         return None
@@ -91,7 +115,10 @@ def parse_request(extra_args: Mapping | None, fields: Collection[str],
     name = value["field"]
     if not isinstance(name, str):
         raise SVFArgumentError(f"{where.format('field')} must be a field name, got {show(name)}")
-    if name not in fields:
+    sha256 = entry_bound = None
+    if name not in fields and lookup is not None:
+        sha256, entry_bound = lookup(name)
+    elif name not in fields:
         served = sorted(fields)
         raise SVFArgumentError(f"unknown field {name!r} in {where.format('field')}; served "
                                f"fields: {served}" if served else
@@ -107,10 +134,10 @@ def parse_request(extra_args: Mapping | None, fields: Collection[str],
                                f"{MAX_STRENGTH:g} (a relative strength; a field's default is "
                                f"about 0.25), got {strength:g}")
     alpha = _number(value["alpha"], where.format("alpha")) if "alpha" in value else None
-    if alpha is not None and alpha_bound is not None:
-        bound = alpha_bound(name)
+    if alpha is not None and (entry_bound is not None or alpha_bound is not None):
+        bound = entry_bound if entry_bound is not None else alpha_bound(name)
         if abs(alpha) > bound:
             raise SVFArgumentError(f"{where.format('alpha')} must be between {-bound:.6g} and "
                                    f"{bound:.6g} for field {name!r} ({MAX_STRENGTH:g} times its "
                                    f"largest strength scale), got {alpha:g}")
-    return SteerRequest(name, strength, alpha)
+    return SteerRequest(name, strength, alpha, sha256)

@@ -8,6 +8,13 @@ into per-token field ids and strengths (:meth:`set_batch`). Positions follow DES
 token, then every generated token; with chunked prefill a chunk that ends before the last
 prompt token is not steered, and a preempted request recomputed from its prompt is steered
 at the same positions again. No vLLM import here: the runner hooks pass plain arrays.
+
+With ``slots`` (``fields_dir``), every layer is wrapped and every layer's table gets ``slots``
+preallocated rows (:mod:`svf.vllm_plugin.entry_slots`); a request naming an entry of
+``fields_dir`` (by content hash) that no slot holds loads its snapshot into a free slot, or into
+the least recently used slot no running request needs. The scheduler admits at most ``slots``
+such entries among the running requests (:func:`svf.vllm_plugin.vllm_hooks`), so one is
+always there.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +34,9 @@ from ..control_vectors import control_vector_from_field, load_control_vector
 from ..field_packing import layer_tables
 from ..steering_field import SteeringField
 from ..table_entries import TableEntry, table_entry
-from .config import FieldSpec
+from .config import DEFAULT_MAX_UNITS, FieldSpec
+from .entry_slots import SlotCache, slot_table, write_slot
+from .fields_dir import SLOT_EPS, load_snapshot, snapshot_store
 from .request_params import MAX_STRENGTH, SteerRequest
 from .steer_op import EngineTables, register_table, unregister
 
@@ -104,22 +114,49 @@ class ServedFields:
     """Named fields for one model of ``hidden_size`` and ``num_layers``; see the module doc."""
 
     def __init__(self, specs: Mapping[str, FieldSpec], *, hidden_size: int, num_layers: int,
-                 max_tokens: int, device: torch.device | str = "cpu") -> None:
-        if not specs:
+                 max_tokens: int, device: torch.device | str = "cpu", slots: int = 0,
+                 max_units: int = DEFAULT_MAX_UNITS, store: Path | None = None) -> None:
+        if not specs and not slots:
             raise SVFArgumentError("no fields to serve")
         self.names = list(specs)
         self.entries = [load_entry(specs[name], hidden_size, num_layers) for name in self.names]
         packed = layer_tables(self.entries,
                               directions=[e.default_direction for e in self.entries],
-                              targets=[e.default_target for e in self.entries])
-        self.layers = sorted(packed)
+                              targets=[e.default_target for e in self.entries]) if specs else {}
         self.index = {name: g for g, name in enumerate(self.names)}
-        self.default_strengths = np.array([e.default_strength for e in self.entries],
+        P = len(self.names)
+        self.default_strengths = np.array([e.default_strength for e in self.entries] + [0.0] * slots,
                                           dtype=np.float32)
-        self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])    # [L, F + 1]
-        self.scales = np.stack([packed[i].scales.numpy() for i in self.layers])     # [L, F + 1]
         device = torch.device(device)
-        self.steered = EngineTables({i: packed[i].table.to(device) for i in self.layers})
+        self.hidden_size, self.num_layers, self.max_units = hidden_size, num_layers, max_units
+        self.store = snapshot_store() if store is None else store
+        self.slots = SlotCache(slots)
+        if not slots:
+            self.layers = sorted(packed)
+            self.id_maps = np.stack([packed[i].id_map.numpy() for i in self.layers])  # [L, F + 1]
+            self.scales = np.stack([packed[i].scales.numpy() for i in self.layers])   # [L, F + 1]
+            tables = {i: packed[i].table for i in self.layers}
+        else:
+            self.layers = list(range(num_layers))
+            self.id_maps = np.full((num_layers, P + slots + 1), -1, dtype=np.int64)
+            self.scales = np.zeros((num_layers, P + slots + 1), dtype=np.float32)
+            C = max((t.table.A.shape[1] for t in packed.values()), default=1)
+            m = max([max_units] + [t.table.A.shape[2] for t in packed.values()])
+            tables = {}
+            for i in self.layers:
+                base = packed[i].table if i in packed else None
+                if base is not None:
+                    if base.eps != SLOT_EPS:
+                        raise SVFArgumentError(f"a field served at layer {i} uses eps {base.eps:g}; "
+                                               f"with fields_dir every field must use {SLOT_EPS:g}")
+                    self.id_maps[i, :P + 1] = packed[i].id_map.numpy()
+                    self.scales[i, :P + 1] = packed[i].scales.numpy()
+                tables[i] = slot_table(base, slots, hidden_size=hidden_size, m=m, C=C,
+                                       eps=SLOT_EPS)
+            #: row of slot 0 in each layer's table (the pinned rows come first)
+            self.slot_rows = np.array([0 if i not in packed else packed[i].table.num_fields
+                                       for i in self.layers])
+        self.steered = EngineTables({i: t.to(device) for i, t in tables.items()})
         self.uid = next(_ENGINE_IDS)
         # Persistent per-token buffers, one row per steered layer; -1 / 0: not steered.
         self.max_tokens = int(max_tokens)
@@ -144,6 +181,39 @@ class ServedFields:
         """Take this engine's tables out of the op's registry (the engine shuts down)."""
         unregister(self.steered)
 
+    # -- entries of fields_dir ----------------------------------------------------------
+    def _entry_id(self, q: SteerRequest) -> int:
+        """The global entry id of ``q``'s entry (its slot's, for an entry of fields_dir)."""
+        if q.sha256 is None:
+            return self.index[q.field]
+        return len(self.names) + self.slots.get(q.sha256)
+
+    def _load_slots(self, requests: Sequence[SteerRequest | None]) -> None:
+        """Put every entry of fields_dir the batch needs into a slot, in the order of the
+        requests (so every tensor-parallel rank fills the same slots)."""
+        needed = list(dict.fromkeys(q.sha256 for q in requests
+                                    if q is not None and q.sha256 is not None))
+        for sha256 in [k for k in needed if k not in self.slots]:
+            slot, _ = self.slots.place(sha256, needed)
+            self.load_slot(slot, load_snapshot(self.store, sha256, hidden_size=self.hidden_size,
+                                               num_layers=self.num_layers,
+                                               max_units=self.max_units))
+
+    def load_slot(self, slot: int, entry: TableEntry) -> None:
+        """Write ``entry`` into ``slot`` of every layer's table (in place) and its ids, scales
+        and default strength into the per-step maps."""
+        g = len(self.names) + slot
+        own = layer_tables([entry], directions=[entry.default_direction],
+                           targets=[entry.default_target])
+        for row, i in enumerate(self.layers):
+            if i not in own:
+                self.id_maps[row, g + 1], self.scales[row, g + 1] = -1, 0.0
+                continue
+            write_slot(self.steered.tables[i], int(self.slot_rows[row]) + slot, own[i].table)
+            self.id_maps[row, g + 1] = int(self.slot_rows[row]) + slot
+            self.scales[row, g + 1] = entry.scale(i)
+        self.default_strengths[g] = entry.default_strength
+
     # -- before each forward -------------------------------------------------------------
     def set_batch(self, num_scheduled: np.ndarray, num_computed: np.ndarray,
                   num_prompt: np.ndarray, requests: Sequence[SteerRequest | None]) -> None:
@@ -151,7 +221,9 @@ class ServedFields:
         ``num_scheduled[r]`` tokens from position ``num_computed[r]`` and has a prompt of
         ``num_prompt[r]`` tokens, steered as ``requests[r]`` says."""
         R = len(requests)
-        g = np.array([-1 if q is None else self.index[q.field] for q in requests], dtype=np.int64)
+        if any(q is not None and q.sha256 is not None for q in requests):
+            self._load_slots(requests)
+        g = np.array([-1 if q is None else self._entry_id(q) for q in requests], dtype=np.int64)
         n = int(num_scheduled[:R].sum())
         if n > self.max_tokens:
             raise SVFArgumentError(f"{n} tokens in one step but the buffers hold {self.max_tokens}")

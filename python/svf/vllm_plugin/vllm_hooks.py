@@ -10,10 +10,16 @@ plugins) :class:`UnsupportedVLLMError` names the versions and stops the engine a
 The patches (``PATCHES``, each a no-op while no fields are served):
 
 * ``InputProcessor.process_inputs`` (front end, per request): checks
-  ``extra_args["svf"]`` against the served field names, failing the request with a
-  ``VLLMValidationError`` (HTTP 400) that names the problem, and salts a steered request's
-  prefix cache with its steering, so no steered request reads KV computed under other
-  steering (or none), and no unsteered one reads steered KV.
+  ``extra_args["svf"]`` against the served field names (a name of ``fields_dir``: resolved,
+  snapshotted and checked, :mod:`svf.vllm_plugin.fields_dir`), failing the request with a
+  ``VLLMValidationError`` (HTTP 400) that names the problem; hands the engine the checked
+  steering (``RESOLVED_KEY``) and salts a steered request's prefix cache with it, so no
+  steered request reads KV computed under other steering (or none), and no unsteered one
+  reads steered KV.
+* ``Scheduler._handle_blocked_waiting_request`` (engine core, per waiting request it looks at):
+  with ``fields_dir``, holds back a request whose entry would make more distinct entries of
+  ``fields_dir`` among the running requests than there are slots (as vLLM holds back a LoRA
+  request beyond ``max_loras``).
 * ``load_model`` of the V1 model runners (GPU and CPU, each worker): loads the fields and
   wraps the steered decoder layers before vLLM compiles or captures the model.
 * ``GPUModelRunner._prepare_inputs`` (V1, also the CPU runner's, each step): fills the
@@ -26,6 +32,7 @@ The patches (``PATCHES``, each a no-op while no fields are served):
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
@@ -37,9 +44,11 @@ from dataclasses import dataclass
 
 from svf_kernels import SVFArgumentError
 
+from ..artifacts import ArtifactError
 from ..hf import decoder_layers
-from .config import CONFIG_KEY, ENV_VAR, served_fields
-from .request_params import SteerRequest, parse_request
+from .config import CONFIG_KEY, ENV_VAR, ServingConfig, serving_config
+from .fields_dir import FieldsDir
+from .request_params import RESOLVED_KEY, SteerRequest, parse_request
 from .served_fields import ServedFields, alpha_bounds
 
 logger = logging.getLogger(__name__)
@@ -84,10 +93,10 @@ def _cached(vllm_config, attr: str, make: Callable[[], object]):
     return value
 
 
-def _field_names(vllm_config) -> frozenset[str]:
-    """The served field names."""
-    return _cached(vllm_config, "_svf_field_names",
-                   lambda: frozenset(served_fields(vllm_config.additional_config)))
+def _config(vllm_config) -> ServingConfig:
+    """What the engine serves."""
+    return _cached(vllm_config, "_svf_config",
+                   lambda: serving_config(vllm_config.additional_config))
 
 
 def _alpha_bound(vllm_config, name: str) -> float:
@@ -95,10 +104,46 @@ def _alpha_bound(vllm_config, name: str) -> float:
     request that gives an alpha)."""
     def make() -> dict[str, float]:
         text = vllm_config.model_config.hf_text_config
-        return alpha_bounds(served_fields(vllm_config.additional_config),
+        return alpha_bounds(_config(vllm_config).fields,
                             hidden_size=text.hidden_size, num_layers=text.num_hidden_layers)
 
     return _cached(vllm_config, "_svf_alpha_bounds", make)[name]
+
+
+def _lookup(vllm_config) -> Callable[[str], tuple[str, float]] | None:
+    """How the front end resolves a name of ``fields_dir`` (None: no ``fields_dir``)."""
+    config = _config(vllm_config)
+    if config.fields_dir is None:
+        return None
+
+    def make() -> FieldsDir:
+        text = vllm_config.model_config.hf_text_config
+        return FieldsDir(config.fields_dir, hidden_size=text.hidden_size,
+                         num_layers=text.num_hidden_layers, max_units=config.max_units)
+
+    folder = _cached(vllm_config, "_svf_fields_dir", make)
+
+    def lookup(name: str) -> tuple[str, float]:
+        entry = folder.resolve(name)
+        return entry.sha256, entry.alpha_bound
+
+    return lookup
+
+
+def _dir_entry(request) -> str | None:
+    """The content hash of the ``fields_dir`` entry an engine request is steered by, if any."""
+    params = getattr(request, "sampling_params", None)
+    extra = getattr(params, "extra_args", None)
+    resolved = extra.get(RESOLVED_KEY) if isinstance(extra, Mapping) else None
+    return resolved.get("sha256") if isinstance(resolved, Mapping) else None
+
+
+def _steering(params, names) -> SteerRequest | None:
+    """A scheduled request's steering: what the front end resolved, else its own keys."""
+    extra = params.extra_args
+    if isinstance(extra, Mapping) and RESOLVED_KEY in extra:
+        return SteerRequest.from_resolved(extra[RESOLVED_KEY])
+    return parse_request(extra, names)
 
 
 def _salted(salt: str | None, request: SteerRequest) -> str:
@@ -107,8 +152,8 @@ def _salted(salt: str | None, request: SteerRequest) -> str:
 
 def _attach(runner) -> None:
     """Load the served fields and wrap the model's steered layers (a no-op without fields)."""
-    specs = served_fields(runner.vllm_config.additional_config)
-    if not specs:
+    config = serving_config(runner.vllm_config.additional_config)
+    if not config:
         return
     if runner.speculative_config is not None:
         raise SVFArgumentError("the svf plugin does not steer with speculative decoding")
@@ -116,11 +161,14 @@ def _attach(runner) -> None:
         raise SVFArgumentError("the svf plugin steers with tensor parallelism only, not "
                                f"pipeline_parallel_size={runner.parallel_config.pipeline_parallel_size}")
     text = runner.model_config.hf_text_config
-    served = ServedFields(specs, hidden_size=text.hidden_size, num_layers=text.num_hidden_layers,
-                          max_tokens=runner.max_num_tokens, device=runner.device)
+    slots = config.max_entries if config.fields_dir is not None else 0
+    served = ServedFields(config.fields, hidden_size=text.hidden_size,
+                          num_layers=text.num_hidden_layers, max_tokens=runner.max_num_tokens,
+                          device=runner.device, slots=slots, max_units=config.max_units)
     served.attach(decoder_layers(runner.get_model(), text.num_hidden_layers))
     runner._svf_fields = served
-    logger.info("svf: serving fields %s on layers %s", served.names, served.layers)
+    logger.info("svf: serving fields %s on layers %s%s", served.names, served.layers,
+                f", and up to {slots} entries of {config.fields_dir} at a time" if slots else "")
 
 
 def _fill(runner, num_scheduled) -> None:
@@ -138,7 +186,7 @@ def _fill(runner, num_scheduled) -> None:
         params = state.sampling_params
         hit = parsed.get(req_id)
         if hit is None or hit[0] is not params:
-            hit = (params, None if params is None else parse_request(params.extra_args, names))
+            hit = (params, None if params is None else _steering(params, names))
             parsed[req_id] = hit
         requests.append(hit[1])
     if len(parsed) > 4 * max(R, 64):  # forget finished requests now and then
@@ -167,16 +215,34 @@ def _process_inputs(original):
         if isinstance(params, SamplingParams):
             config = self.vllm_config
             try:
-                steer = parse_request(params.extra_args, _field_names(config),
-                                      functools.partial(_alpha_bound, config))
-            except SVFArgumentError as exc:
+                steer = parse_request(params.extra_args, _config(config).fields,
+                                      functools.partial(_alpha_bound, config), _lookup(config))
+            except (SVFArgumentError, ArtifactError) as exc:
                 raise VLLMValidationError(str(exc), parameter="extra_args") from None
         request = original(self, request_id, prompt, params, *args, **kwargs)
         if steer is not None:
             request.cache_salt = _salted(request.cache_salt, steer)
+            own = request.sampling_params
+            if own is params:  # the engine's copy, not the caller's
+                own = request.sampling_params = copy.copy(params)
+            own.extra_args = {**(own.extra_args or {}), RESOLVED_KEY: steer.resolved()}
         return request
 
     return process_inputs
+
+
+def _handle_blocked_waiting_request(original):
+    def _handle_blocked_waiting_request(self, request):
+        if not original(self, request):
+            return False
+        config = _config(self.vllm_config)
+        entry = _dir_entry(request) if config.fields_dir is not None else None
+        if entry is None:
+            return True
+        running = {e for e in map(_dir_entry, self.running) if e is not None}
+        return entry in running or len(running) < config.max_entries
+
+    return _handle_blocked_waiting_request
 
 
 def _load_model(original):
@@ -207,7 +273,7 @@ def _shutdown(original):
 
 def _load_model_v2(original):
     def load_model(self, *args, **kwargs):
-        if served_fields(self.vllm_config.additional_config):
+        if serving_config(self.vllm_config.additional_config):
             raise SVFArgumentError("the svf plugin steers with vLLM's V1 model runner; start the "
                                    "engine with VLLM_USE_V2_MODEL_RUNNER=0")
         return original(self, *args, **kwargs)
@@ -235,6 +301,8 @@ class Target:
 
 _V1 = "vllm.v1.worker.gpu_model_runner"
 PATCHES: tuple[Target, ...] = (
+    Target("vllm.v1.core.sched.scheduler", "Scheduler", "_handle_blocked_waiting_request",
+           ("self", "request"), _handle_blocked_waiting_request),
     Target("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs",
            ("self", "request_id", "prompt", "params", "supported_tasks", "arrival_time",
             "lora_request", "tokenization_kwargs", "trace_headers", "priority",

@@ -31,8 +31,8 @@
 // threads and a row is large, the two mat-vecs of each row are split across threads instead
 // (units for z, columns for g). Small problems (decode, N = 1) run inline on the calling thread. Inner loops
 // are contiguous fp32 loops with `omp simd` reductions, vectorised by the compiler at -O3 for
-// the baseline ISA (no -march flags), plus an AVX2/FMA clone of the mat-vecs and of the
-// activation chosen at load time.
+// the baseline ISA (no -march flags), plus AVX-512 and AVX2/FMA clones of the mat-vecs, the
+// activation and the per-row passes over d (sum_squares ... step), chosen at load time.
 #include "field_update_cpu.h"
 
 #include "as_float32.h"
@@ -119,13 +119,15 @@ struct Scratch {
   }
 };
 
-// The two mat-vecs carry most of the arithmetic. On x86-64 (GCC >= 12 / Clang >= 14) they are
-// also compiled for x86-64-v3 (AVX2 + FMA) and the loader picks the clone the running CPU
-// supports; the default clone targets the baseline ISA, so the build still runs anywhere.
+// The mat-vecs carry most of the arithmetic, and the per-row passes over d the rest. On x86-64
+// (GCC >= 12 / Clang >= 14) both are also compiled for x86-64-v4 (AVX-512) and x86-64-v3 (AVX2 +
+// FMA), and the loader picks the clone the running CPU supports; the default clone targets the
+// baseline ISA, so the build still runs anywhere.
 #if defined(__x86_64__) && defined(__linux__) && \
     ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12) || \
      (defined(__clang__) && __clang_major__ >= 14))
-#define SVF_MATVEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define SVF_MATVEC_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SVF_MATVEC_CLONES
 #endif
@@ -344,6 +346,72 @@ SVF_MATVEC_CLONES void matvec_t2(const float* __restrict__ A, const float* __res
   }
 }
 
+// sum(x * x), and 0 iff every x is finite (x * 0 is NaN otherwise).
+SVF_MATVEC_CLONES void sum_squares(const float* __restrict__ x, int64_t d, float* ss_out,
+                                   float* fin_out) {
+  float ss = 0.f, fin = 0.f;
+#pragma omp simd reduction(+ : ss, fin)
+  for (int64_t k = 0; k < d; ++k) {
+    ss += x[k] * x[k];
+    fin += x[k] * 0.f;
+  }
+  *ss_out = ss;
+  *fin_out = fin;
+}
+
+// hn = x / rms.
+SVF_MATVEC_CLONES void divide(const float* __restrict__ x, float rms, float* __restrict__ hn,
+                              int64_t d) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) hn[k] = x[k] / rms;
+}
+
+// g = (g - hn * dot(hn, g) / d) / rms: g through the RMS-norm Jacobian.
+SVF_MATVEC_CLONES void project(const float* __restrict__ hn, float* __restrict__ g, float rms,
+                               int64_t d) {
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t k = 0; k < d; ++k) dot += hn[k] * g[k];
+  const float proj = dot / static_cast<float>(d);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - hn[k] * proj) / rms;
+}
+
+// g = g / max(||g||, FLT_MIN), ||g|| of a tiny g measured on g * 2^100 (kTinyNorm).
+SVF_MATVEC_CLONES void unit_direction(float* __restrict__ g, int64_t d) {
+  float nn = 0.f;
+#pragma omp simd reduction(+ : nn)
+  for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
+  float nrm = std::sqrt(nn);
+  if (nrm < kTinyNorm) {  // rare: keep the common path as it was
+    float ns = 0.f;
+#pragma omp simd reduction(+ : ns)
+    for (int64_t k = 0; k < d; ++k) ns += (g[k] * kNormUp) * (g[k] * kNormUp);
+    nrm = std::sqrt(ns) * kNormDown;
+  }
+  const float den = std::max(nrm, FLT_MIN);  // v = 0: den = FLT_MIN, direction 0
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
+}
+
+// g += V.
+SVF_MATVEC_CLONES void add_vector(float* __restrict__ g, const float* __restrict__ V, int64_t d) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] += V[k];
+}
+
+// x += a * g; returns how many entries of the new x are not below lim in magnitude (NaN counts).
+SVF_MATVEC_CLONES int64_t step(float* __restrict__ x, const float* __restrict__ g, float a,
+                               float lim, int64_t d) {
+  int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+  for (int64_t k = 0; k < d; ++k) {
+    x[k] = x[k] + a * g[k];
+    bad += !(std::fabs(x[k]) < lim);
+  }
+  return bad;
+}
+
 // One row, or two rows of one field (`count` 2: their mat-vecs read the field's matrices once
 // for both; each row's arithmetic is the one-row arithmetic). `inner_parallel` (one row) splits
 // the two mat-vecs across threads (few large rows). `target`: the rows' target scores (read only
@@ -357,17 +425,12 @@ void update_rows(const Problem& p, const Field& f, int64_t count, T* const* h, c
   bool live[2] = {false, false};
   for (int64_t r = 0; r < count; ++r) {
     const RowScratch& w = scratch.rows[r];
-    // x = float(h); sum of squares; `fin` stays 0 iff every x is finite (x * 0 is NaN otherwise).
-    float ss = 0.f, fin = 0.f;
+    // x = float(h); sum of squares; `fin` stays 0 iff every x is finite.
+    float ss, fin;
     for (int64_t k = 0; k < d; ++k) w.x[k] = load(h[r][k]);
-#pragma omp simd reduction(+ : ss, fin)
-    for (int64_t k = 0; k < d; ++k) {
-      ss += w.x[k] * w.x[k];
-      fin += w.x[k] * 0.f;
-    }
+    sum_squares(w.x, d, &ss, &fin);
     rms[r] = std::sqrt(ss / static_cast<float>(d) + p.eps);
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) w.hn[k] = w.x[k] / rms[r];
+    divide(w.x, rms[r], w.hn, d);
     live[r] = fin == 0.f;  // a non-finite input is skipped (scores NaN, below)
   }
 
@@ -440,46 +503,11 @@ void update_rows(const Problem& p, const Field& f, int64_t count, T* const* h, c
     float* __restrict__ x = w.x;
     const float* __restrict__ hn = w.hn;
     float* __restrict__ g = w.g;
-    // Project through the RMS-norm Jacobian.
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t k = 0; k < d; ++k) dot += hn[k] * g[k];
-    const float proj = dot / static_cast<float>(d);
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - hn[k] * proj) / rms[r];
-
-    if (p.normalize) {
-      float nn = 0.f;
-#pragma omp simd reduction(+ : nn)
-      for (int64_t k = 0; k < d; ++k) nn += g[k] * g[k];
-      float nrm = std::sqrt(nn);
-      if (nrm < kTinyNorm) {  // rare: keep the common path as it was
-        float ns = 0.f;
-#pragma omp simd reduction(+ : ns)
-        for (int64_t k = 0; k < d; ++k) ns += (g[k] * kNormUp) * (g[k] * kNormUp);
-        nrm = std::sqrt(ns) * kNormDown;
-      }
-      const float den = std::max(nrm, FLT_MIN);  // v = 0: den = FLT_MIN, direction 0
-#pragma omp simd
-      for (int64_t k = 0; k < d; ++k) g[k] = g[k] / den;
-    }
-
-    if (f.V != nullptr) {  // the field's static vector joins the direction
-      const float* __restrict__ V = f.V;
-#pragma omp simd
-      for (int64_t k = 0; k < d; ++k) g[k] += V[k];
-    }
-
+    project(hn, g, rms[r], d);  // through the RMS-norm Jacobian
+    if (p.normalize) unit_direction(g, d);
+    if (f.V != nullptr) add_vector(g, f.V, d);  // the field's static vector joins the direction
     // New row (fp32); written back only if every entry stores as a finite T.
-    constexpr float lim = overflow_at<T>();
-    const float ar = a[r];
-    int64_t bad = 0;
-#pragma omp simd reduction(+ : bad)
-    for (int64_t k = 0; k < d; ++k) {
-      x[k] = x[k] + ar * g[k];
-      bad += !(std::fabs(x[k]) < lim);
-    }
-    if (bad != 0) {  // the update would not be finite: skipped, and the scores say so
+    if (step(x, g, a[r], overflow_at<T>(), d) != 0) {  // the update would not be finite: skipped, and the scores say so
       nan_scores(scores[r], C);
       continue;
     }

@@ -22,6 +22,8 @@ from ..ops import (
     field_table_update_op,
     field_update_,
     field_update_op,
+    residual_table_update_op,
+    signed_targets,
 )
 
 
@@ -150,7 +152,7 @@ class PackedField(RowField):
             return field_update_(
                 rows, self.A, self.c, self.w2, self.b2, alpha,
                 tau=self.tau, normalize=self.normalize, eps=self.eps,
-                B=self.B, target=_signed_targets(self.target, alpha), band=self.band,
+                B=self.B, target=signed_targets(self.target, alpha), band=self.band,
             )
         # The decoding hot path (once per layer per token): the parameters were checked at
         # construction and the kernels check the rows, so no Python checks run unless the op
@@ -168,15 +170,6 @@ class PackedField(RowField):
                              self.tau, self.eps, None, b["B"], self._target(n, alpha),
                              self.band)
             raise
-
-
-def _signed_targets(target: torch.Tensor | float | None, alpha: torch.Tensor) -> torch.Tensor | None:
-    """Per-row op targets from targets given on the side each row's strength pushes toward:
-    ``target`` where ``alpha >= 0``, ``-target`` where ``alpha < 0`` (on the device)."""
-    if target is None:
-        return None
-    return torch.where(alpha < 0, -target, target) if isinstance(target, torch.Tensor) else \
-        torch.where(alpha < 0, -float(target), float(target)).float()
 
 
 class StaticVector(RowField):
@@ -270,6 +263,18 @@ class FieldTable(RowField):
     def num_fields(self) -> int:
         return self.A.shape[0]
 
+    def residual_update_(self, hidden: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
+                         field_ids: torch.Tensor, live: torch.Tensor) -> None:
+        """The table on a decoder layer's ``(hidden, residual)`` pair, whose sum is the stream:
+        when ``live`` (a one-element CPU bool tensor) is set, ``hidden`` becomes the sum moved
+        row by row as :meth:`apply_` moves it (the first ``N`` entries of ``alpha`` and
+        ``field_ids``, which may be longer) and ``residual`` zero; else both stay as they are.
+        One op call (``svf::residual_table_update_``), with no host logic."""
+        b = self._buffers
+        residual_table_update_op(hidden, residual, b["A"], b["c"], b["w2"], b["b2"], field_ids,
+                                 alpha, live, self.tau, self.normalize, self.eps, b["B"],
+                                 b["targets"], self.band, b["vectors"])
+
     def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor,
                field_ids: torch.Tensor | None = None) -> torch.Tensor:
         if field_ids is None:
@@ -280,7 +285,7 @@ class FieldTable(RowField):
             if not isinstance(alpha, torch.Tensor):
                 alpha = torch.full((rows.shape[0],), float(alpha), dtype=torch.float32, device=rows.device)
             if b["targets"] is not None:  # each row's field's target, gathered on the device
-                target = _signed_targets(
+                target = signed_targets(
                     b["targets"].index_select(0, field_ids.clamp(0, b["targets"].shape[0] - 1)), alpha)
             return field_table_update_op(rows, b["A"], b["c"], b["w2"], b["b2"], field_ids, alpha,
                                          self.tau, self.normalize, self.eps, b["B"],

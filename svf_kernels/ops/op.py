@@ -1,4 +1,5 @@
-"""The ops ``svf::field_update_`` and ``svf::field_table_update_``, registered with ``torch.library``.
+"""The ops ``svf::field_update_`` and ``svf::field_table_update_``, registered with ``torch.library``,
+and ``svf::residual_table_update_``, the table op on a decoder layer's ``(hidden, residual)`` pair.
 
 The Python wrappers check arguments (:mod:`svf_kernels.ops.checks`), turn a float ``alpha`` (and
 a float ``target``) into a per-row tensor, and call the registered op. The registered op has one
@@ -28,6 +29,11 @@ TABLE_SCHEMA = (
     "field_table_update_(Tensor(a!) hidden, Tensor A, Tensor c, Tensor w2, Tensor b2, "
     "Tensor field_ids, Tensor alpha, float tau, bool normalize, float eps, Tensor? B, "
     "Tensor? target, float band, Tensor? vectors=None) -> Tensor"
+)
+RESIDUAL_SCHEMA = (
+    "residual_table_update_(Tensor(a!) hidden, Tensor(b!) residual, Tensor A, Tensor c, "
+    "Tensor w2, Tensor b2, Tensor field_ids, Tensor alpha, Tensor live, float tau, bool normalize, "
+    "float eps, Tensor? B, Tensor? targets, float band, Tensor? vectors) -> ()"
 )
 _LIB = torch.library.Library("svf", "DEF")
 
@@ -74,6 +80,43 @@ for _name, _schema, _kernel, _fake in (
 
 field_update_op = torch.ops.svf.field_update_.default
 field_table_update_op = torch.ops.svf.field_table_update_.default
+
+
+def signed_targets(target: torch.Tensor | float | None, alpha: torch.Tensor) -> torch.Tensor | None:
+    """Per-row op targets from targets given on the side each row's strength pushes toward:
+    ``target`` where ``alpha >= 0``, ``-target`` where ``alpha < 0`` (on the device)."""
+    if target is None:
+        return None
+    return torch.where(alpha < 0, -target, target) if isinstance(target, torch.Tensor) else \
+        torch.where(alpha < 0, -float(target), float(target)).float()
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _residual_table_update(hidden, residual, A, c, w2, b2, field_ids, alpha, live, tau, normalize,
+                           eps, B, targets, band, vectors) -> None:
+    """The residual op's kernel for every device (the compiled extension takes CPU calls in C++,
+    ``csrc/registration.cpp``, with the same steps)."""
+    # A step that steers no token here leaves the pair as it is (unless a CUDA graph is being
+    # captured: its replays may steer).
+    if not bool(live) and not _capturing(hidden):
+        return
+    n = hidden.shape[0]
+    ids, a = field_ids[:n], alpha[:n]
+    hidden.add_(residual)
+    target = None if targets is None else \
+        signed_targets(targets.index_select(0, ids.clamp(0, targets.shape[0] - 1)), a)
+    field_table_update_op(hidden, A, c, w2, b2, ids, a, tau, normalize, eps, B, target, band,
+                          vectors)
+    residual.zero_()
+
+
+_LIB.define(RESIDUAL_SCHEMA)
+_LIB.impl("residual_table_update_", _residual_table_update, "CompositeExplicitAutograd")
+torch.library.register_fake("svf::residual_table_update_", lambda *args: None, lib=_LIB)
+residual_table_update_op = torch.ops.svf.residual_table_update_.default
 
 
 def field_update_(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from svf_kernels import SVFArgumentError
+from svf_kernels import FieldTable, SVFArgumentError
 
 from ..control_vectors import control_vector_from_field, load_control_vector
 from ..field_packing import layer_tables
@@ -92,12 +92,13 @@ def alpha_bounds(specs: Mapping[str, FieldSpec], *, hidden_size: int,
 class SteeredLayer(nn.Module):
     """A decoder layer followed by its field table's update of the residual stream."""
 
-    def __init__(self, layer: nn.Module, index: int, name: str, field_ids: torch.Tensor,
-                 alpha: torch.Tensor) -> None:
+    def __init__(self, layer: nn.Module, index: int, table: FieldTable, field_ids: torch.Tensor,
+                 alpha: torch.Tensor, live: torch.Tensor) -> None:
         super().__init__()
-        self.layer, self.index, self.table_name = layer, index, name
+        self.layer, self.index, self.table = layer, index, table
         self.register_buffer("field_ids", field_ids, persistent=False)
         self.register_buffer("alpha", alpha, persistent=False)
+        self.register_buffer("live", live, persistent=False)
 
     def forward(self, *args, **kwargs):
         out = self.layer(*args, **kwargs)
@@ -105,8 +106,7 @@ class SteeredLayer(nn.Module):
             raise SVFArgumentError(f"decoder layer {self.index} ({type(self.layer).__name__}) does "
                                    "not return (hidden_states, residual); the svf plugin steers "
                                    "decoders of that form (Llama, Mistral, Qwen, Gemma families)")
-        torch.ops.svf_vllm.steer_residual_(out[0], out[1], self.field_ids, self.alpha,
-                                           self.table_name)
+        self.table.residual_update_(out[0], out[1], self.alpha, self.field_ids, self.live)
         return out
 
 
@@ -156,7 +156,7 @@ class ServedFields:
             #: row of slot 0 in each layer's table (the pinned rows come first)
             self.slot_rows = np.array([0 if i not in packed else packed[i].table.num_fields
                                        for i in self.layers])
-        self.steered = EngineTables({i: t.to(device) for i, t in tables.items()})
+        self.steered = EngineTables({i: t.to(device) for i, t in tables.items()}, self.layers)
         self.uid = next(_ENGINE_IDS)
         # Persistent per-token buffers, one row per steered layer; -1 / 0: not steered.
         self.max_tokens = int(max_tokens)
@@ -173,9 +173,9 @@ class ServedFields:
     def attach(self, layers: nn.ModuleList) -> None:
         """Wrap each steered layer of ``layers`` (before the model is compiled)."""
         for row, i in enumerate(self.layers):
-            name = f"svf_vllm.{self.uid}.{i}"
-            register_table(name, self.steered, i)
-            layers[i] = SteeredLayer(layers[i], i, name, self.field_ids[row], self.alphas[row])
+            register_table(f"svf_vllm.{self.uid}.{i}", self.steered, i)
+            layers[i] = SteeredLayer(layers[i], i, self.steered.tables[i], self.field_ids[row],
+                                     self.alphas[row], self.steered.flag(i))
 
     def close(self) -> None:
         """Take this engine's tables out of the op's registry (the engine shuts down)."""
@@ -251,9 +251,9 @@ class ServedFields:
             ids_out[:, :n] = ids
             alphas_out[:, :n] = np.where(ids >= 0, alphas, 0.0)
             written = n
-            live = frozenset(self.layers[k] for k in np.flatnonzero((ids >= 0).any(axis=1)))
+            live = (ids >= 0).any(axis=1)
         else:
-            written, live = 0, frozenset()
+            written, live = 0, False
         # Entries a longer or steered earlier step left: unsteered again (a replayed CUDA
         # graph reads the buffers whatever ``live`` says).
         if self._filled > written:
@@ -264,4 +264,4 @@ class ServedFields:
         if self._host_ids is not self.field_ids and high:
             self.field_ids[:, :high].copy_(self._host_ids[:, :high])
             self.alphas[:, :high].copy_(self._host_alphas[:, :high])
-        self.steered.live = live
+        self.steered.flags.numpy()[:] = live

@@ -1,17 +1,20 @@
-"""``svf_vllm::steer_residual_``: the one opaque op each steered decoder layer calls.
+"""One engine's field tables by layer, and which layers a step steers.
 
 vLLM's decoder layers return ``(hidden_states, residual)``; the residual stream a field was
-trained on is their sum. The op forms the sum in ``hidden``, moves its rows with the layer's
-field table (``field_table_update_``: row ``t`` by field ``field_ids[t]`` at ``alpha[t]``;
-``-1``: not at all) and zeroes ``residual``, so the next layer's fused add-and-norm reads the
-same stream. ``field_ids`` and ``alpha`` are persistent per-token buffers (their first
-``hidden.shape[0]`` entries are this step's tokens), filled by the model runner before each
-forward, so a compiled graph keeps reading the same tensors. The op finds its table by name,
-as vLLM's attention op finds its layer.
+trained on is their sum. Each steered layer calls ``svf::residual_table_update_`` on that pair
+(:meth:`svf_kernels.FieldTable.residual_update_`): it forms the sum in ``hidden``, moves its
+rows with the layer's table (row ``t`` by field ``field_ids[t]`` at ``alpha[t]``; ``-1``: not
+at all) and zeroes ``residual``, so the next layer's fused add-and-norm reads the same stream.
+``field_ids``, ``alpha`` and the layer's ``live`` flag are persistent buffers (their first
+``hidden.shape[0]`` entries are this step's tokens) filled by the model runner before each
+forward, so a compiled graph keeps reading the same tensors; a layer whose flag is off this step
+is left as it is. The registry keeps each open engine's tables by layer name (what
+:meth:`ServedFields.close` releases).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,23 +24,39 @@ from svf_kernels import FieldTable
 
 @dataclass
 class EngineTables:
-    """One engine's tables by layer, and the layers at which this step steers some token."""
+    """One engine's tables by layer, and a ``live`` flag per layer (one CPU bool per entry of
+    ``layers``): whether this step steers a token there."""
 
     tables: dict[int, FieldTable]
-    live: frozenset[int] = frozenset()
+    layers: Sequence[int] = ()
+    flags: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.layers = list(self.layers) or sorted(self.tables)
+        self.flags = torch.zeros(len(self.layers), dtype=torch.bool)
+
+    @property
+    def live(self) -> frozenset[int]:
+        """The layers at which this step steers some token."""
+        return frozenset(i for i, on in zip(self.layers, self.flags.tolist()) if on)
 
     @property
     def active(self) -> bool:
         """Whether this step steers any token at any layer."""
-        return bool(self.live)
+        return bool(self.flags.any())
+
+    def flag(self, layer: int) -> torch.Tensor:
+        """The one-element view of ``flags`` that layer ``layer``'s op reads."""
+        row = self.layers.index(layer)
+        return self.flags[row:row + 1]
 
 
 _REGISTRY: dict[str, tuple[EngineTables, int]] = {}
 
 
 def register_table(name: str, layers: EngineTables, layer: int) -> None:
-    """Make ``layers.tables[layer]`` the table the op finds under ``name``."""
+    """Keep ``layers.tables[layer]`` under ``name`` until :func:`unregister`."""
     _REGISTRY[name] = (layers, layer)
     layers.names.append(name)
 
@@ -47,37 +66,3 @@ def unregister(layers: EngineTables) -> None:
     for name in layers.names:
         _REGISTRY.pop(name, None)
     layers.names.clear()
-
-
-def _capturing(t: torch.Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-# Defined with ``torch.library.Library`` plus a fake, as vLLM registers its own ops: the call
-# path is the dispatcher and one Python hop, where ``custom_op`` adds its own Python wrapping to
-# each of the (up to one per layer) calls a step makes.
-_LIB = torch.library.Library("svf_vllm", "DEF")
-_LIB.define("steer_residual_(Tensor(a!) hidden, Tensor(b!) residual, Tensor field_ids, "
-            "Tensor alpha, str name) -> ()")
-
-
-def steer_residual_(hidden: torch.Tensor, residual: torch.Tensor, field_ids: torch.Tensor,
-                    alpha: torch.Tensor, name: str) -> None:
-    """Move the stream ``hidden + residual`` in place; leaves ``(stream, 0)`` when steering."""
-    layers, layer = _REGISTRY[name]
-    # A step that steers no token at this layer leaves its output untouched (unless a CUDA
-    # graph is being captured: its replays may steer).
-    if layer not in layers.live and not _capturing(hidden):
-        return
-    n = hidden.shape[0]
-    hidden.add_(residual)
-    layers.tables[layer].apply_(hidden, alpha[:n], field_ids[:n])
-    residual.zero_()
-
-
-_LIB.impl("steer_residual_", steer_residual_, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake("svf_vllm::steer_residual_", lib=_LIB)
-def _(hidden, residual, field_ids, alpha, name) -> None:
-    return None

@@ -178,7 +178,7 @@ class ServedFields:
                                      self.alphas[row], self.steered.flag(i))
 
     def close(self) -> None:
-        """Take this engine's tables out of the op's registry (the engine shuts down)."""
+        """Take this engine's tables out of the registry (the engine shuts down)."""
         unregister(self.steered)
 
     # -- entries of fields_dir ----------------------------------------------------------

@@ -29,7 +29,7 @@ class EngineTables:
 
     tables: dict[int, FieldTable]
     layers: Sequence[int] = ()
-    flags: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    flags: torch.Tensor = field(init=False)
     names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

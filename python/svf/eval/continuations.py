@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import LogitsProcessorList
 
 from ..tokenization import check_chat, encode_prompts, pad_id
+from .nucleus import NucleusWarper
 
 
 @dataclass
@@ -61,7 +63,8 @@ def sample(
     """``samples`` sampled continuations of each prompt (batches of ``batch_size`` rows, each
     batch seeded from ``seed`` and its index, so every method sees the same seeds). Prompts are
     rendered and encoded as :func:`svf.generate` does (``chat``, None: the chat template when
-    the tokenizer has one)."""
+    the tokenizer has one). Temperature and nucleus filtering are :class:`NucleusWarper`'s:
+    transformers' warpers' tokens without sorting the vocabulary at every step."""
     check_chat(chat)
     if not prompts:
         raise ValueError("no prompts")
@@ -72,14 +75,15 @@ def sample(
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(samples)], chat)
     device = next(model.parameters()).device
     stop = _stop_ids(model, tokenizer)
+    warp = LogitsProcessorList([NucleusWarper(temperature, top_p)])
     tokens: list[list[int]] = []
     for k, start in enumerate(range(0, len(prompt_ids), batch_size)):
         ids = prompt_ids[start : start + batch_size].to(device)
         mask = prompt_mask[start : start + batch_size].to(device)
         torch.manual_seed(seed * 1_000_003 + k)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             min_new_tokens=min_new_tokens, do_sample=True, temperature=temperature,
-                             top_p=top_p, top_k=0, pad_token_id=pad)
+                             min_new_tokens=min_new_tokens, do_sample=True, temperature=1.0,
+                             top_p=1.0, top_k=0, logits_processor=warp, pad_token_id=pad)
         for row in out[:, ids.shape[1] :].tolist():
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             tokens.append(row[:cut])

@@ -2,7 +2,8 @@
 
 Per-token latency of decoding with a KV cache (one forward step, one new token per row),
 K = 1 (the field is recomputed at every token), for 1 layer, 4 layers and all layers
-steered. All modes are timed in paired rounds in one process (each round: one step in every
+steered. ``wrappers/all`` attaches the fused path's layer wrappers and position hook on every
+layer with a field that does nothing: what the Python around the op costs, apart from the op. All modes are timed in paired rounds in one process (each round: one step in every
 mode, same cache), reported as the median per-round ratio to unsteered.
 
     python benchmarks/bench_decode.py                      # default model, CPU
@@ -26,8 +27,20 @@ from common import RESULTS, machine, random_scorer, write_csv
 from paper_style import PaperStyleSteering
 
 from svf.hf import hidden_size, num_layers
-from svf.steering import steer
+from svf.steering import Steering, steer
 from svf.steering_field import SteeringField
+from svf_kernels import RowField
+
+
+class NoField(RowField):
+    """A row field that moves nothing (the ``wrappers`` mode)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+
+    def apply_(self, rows: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        return rows
 
 
 def load(name: str, device: str, dtype: torch.dtype):
@@ -58,6 +71,8 @@ def _steering(model, mode: str, layers, scorer, field):
         return contextlib.nullcontext()
     if mode.startswith("svf-paper"):
         return PaperStyleSteering(model, scorer, dict.fromkeys(layers, 1.0))
+    if mode.startswith("wrappers"):
+        return Steering(model, {i: NoField(hidden_size(model)) for i in layers}, dict.fromkeys(layers, 1.0))
     return steer(model, field, alpha=1.0, layers=layers, method="caa" if mode.startswith("caa") else "svf")
 
 
@@ -113,6 +128,7 @@ def main(argv=None) -> int:
     modes = [("unsteered", None)]
     for name, layers in layer_sets.items():
         modes += [(f"caa/{name}", layers), (f"svf-paper/{name}", layers), (f"svf-fused/{name}", layers)]
+    modes.append(("wrappers/all", layer_sets["all"]))
     rows = []
     for batch in args.batch:
         torch.manual_seed(0)

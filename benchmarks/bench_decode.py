@@ -3,8 +3,9 @@
 Per-token latency of decoding with a KV cache (one forward step, one new token per row),
 K = 1 (the field is recomputed at every token), for 1 layer, 4 layers and all layers
 steered. ``wrappers/all`` attaches the fused path's layer wrappers and position hook on every
-layer with a field that does nothing: what the Python around the op costs, apart from the op. All modes are timed in paired rounds in one process (each round: one step in every
-mode, same cache), reported as the median per-round ratio to unsteered.
+layer with a field that does nothing: what the Python around the op costs, apart from the op.
+All modes are timed in paired rounds in one process (each round: one step in every mode, same
+cache), reported as the median per-round ratio to unsteered.
 
     python benchmarks/bench_decode.py                      # default model, CPU
     python benchmarks/bench_decode.py --model llama3-8b-random --device cuda --dtype bfloat16 --batch 1 16

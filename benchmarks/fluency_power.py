@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from svf.concepts import load_concept
+from svf.eval.base_field import eval_train_config
 from svf.eval.evaluate_fluency import FluencySettings, Point, _Runner, fluency_methods
 from svf.eval.judges import concept_judges
 from svf.layer_windows import default_layers
 from svf.models import load_model
 from svf.progress import progress_bar
 from svf.steering_field import strength_scale
-from svf.training import TrainConfig, train_field
+from svf.training import train_field
 
 
 def variance_parts(a: torch.Tensor, b: torch.Tensor, sign: int) -> dict:
@@ -63,7 +64,7 @@ def main() -> None:
     concept = load_concept(args.concept)
     t0 = time.perf_counter()
     field, _ = train_field(model, tok, concept.pairs, concept=concept.name, train_layers=train_layers,
-                           steer_layers=steer_layers, config=TrainConfig(), progress=False)
+                           steer_layers=steer_layers, config=eval_train_config(), progress=False)
     t_train = time.perf_counter() - t0
     names = tuple(dict.fromkeys(n for p in pairs for n in p))
     settings = FluencySettings(methods=names)

@@ -33,6 +33,7 @@ from svf import data as sdata
 from svf.concepts import CONCEPTS, SENTIMENT_PAIRS, load_concept
 from svf.data import ContrastivePair
 from svf.eval import evaluate_mwe, evaluation, judges, metrics, stages
+from svf.eval.base_field import eval_train_config
 from svf.eval.config import EvalConfig, quick_config
 from svf.eval.evaluate_fluency import FLUENCY_METHODS
 from svf.eval.knn_field import KNNField, knn_fields
@@ -116,7 +117,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
         "n_completions": data.draw(st.integers(1, 8), label="n_completions"),
         "n_prompts": data.draw(st.none() | st.integers(2, 60), label="n_prompts"),
         "chat": data.draw(st.none() | st.booleans(), label="chat"),
-        "train": TrainConfig(max_epochs=data.draw(st.integers(1, 5), label="max_epochs"), patience=1),
+        "train": eval_train_config(max_epochs=data.draw(st.integers(1, 5), label="max_epochs"), patience=1),
         "long_refresh": data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True), label="refresh"),
         "mwe_behaviors": data.draw(st.lists(st.sampled_from(["wealth-seeking-inclination", "myopic-reward"]),
                                             unique=True), label="mwe_behaviors"),
@@ -219,6 +220,17 @@ def test_quick_config_unknown_key_is_named_with_the_valid_ones(data, key):
     kw = {**_eval_kwargs(data), key: data.draw(st.integers() | TEXT, label="value")}
     err = _raises_naming(key, quick_config, kw, kw)
     assert all(f in str(err) for f in valid)
+
+
+def test_svf_inner_needs_a_last_token_base_field():
+    """The evaluation's base field trains at the last token, so that ``svf-inner`` differs from
+    it; a base field at inner positions (the library's default) with ``svf-inner`` is refused."""
+    assert EvalConfig().train.positions == quick_config().train.positions == "last"
+    assert TrainConfig().positions == "inner"
+    EvalConfig(fluency_methods=("svf", "svf-inner"))
+    with pytest.raises(SVFArgumentError, match="svf-inner.*one field"):
+        EvalConfig(fluency_methods=("svf", "svf-inner"), train=TrainConfig())
+    EvalConfig(fluency_methods=("caa", "svf"), train=TrainConfig())  # an inner base field alone is fine
 
 
 def test_eval_config_is_checked_again_after_edits():

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
-from svf.eval.defaults import cell_votes, decide, main, read_report, tally
+from svf.eval.defaults import cell_votes, decide, library_defaults, main, read_report, tally
 from svf_kernels import SVFArgumentError
 
 
@@ -41,8 +42,7 @@ def test_defaults_change_only_on_more_wins_than_losses():
     counts = {c["variant"]: c for c in tally(votes)}
     assert (counts["svf-natural"]["wins"], counts["svf-natural"]["losses"]) == (2, 2)
     assert (counts["svf-closed"]["wins"], counts["svf-closed"]["cells"]) == (2, 2)
-    assert decide(tally(votes)) == {"direction": "gradient", "target": "0.9 (closed loop)",
-                                    "positions": "last"}
+    assert decide(tally(votes)) == {"direction": "gradient", "target": 0.9, "positions": "last"}
     better = votes + [dict(votes[0], variant="svf-precond", setting="direction", vote="win")]
     assert decide(tally(better))["direction"] == "preconditioned"
 
@@ -58,6 +58,20 @@ def test_reads_reports_and_prints_the_table(tmp_path, capsys):
     assert read_report(folder)[0] == "tiny"
     assert main([str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "| direction | svf-natural | 2 | 1 | 0 | 1 |" in out and "default target: 0.9" in out
+    assert "| direction | svf-natural | 2 | 1 | 0 | 1 |" in out and "default target: 0.9 (the library's is None: change it)" in out
     with pytest.raises(SVFArgumentError, match="no equal_fluency.csv"):
         read_report(tmp_path)
+
+
+#: The equal-fluency reports of the two development models, committed with the package.
+REPORTS = [Path(__file__).resolve().parents[1] / "docs" / "eval-fluency" / name
+           for name in ("SmolLM2-135M-Instruct", "gemma-3-270m")]
+
+
+def test_library_defaults_follow_the_committed_evidence():
+    votes = []
+    for folder in REPORTS:
+        model, rows = read_report(folder)
+        votes += cell_votes(rows, model)
+    assert {v["model"] for v in votes} == {"SmolLM2-135M-Instruct", "gemma-3-270m"}
+    assert library_defaults() == decide(tally(votes))

@@ -16,9 +16,9 @@ from svf.concepts import Concept
 from svf.data import ContrastivePair
 from svf.eval import config as eval_config
 from svf.eval import evaluate_mwe, evaluation, judges
+from svf.eval.base_field import eval_train_config
 from svf.eval.config import EvalConfig
 from svf.eval.stages import plan
-from svf.training import TrainConfig
 from svf_kernels import SVFArgumentError
 
 WORDS = {"toy": ("good", "bad"), "tone": ("formal", "casual"), "sea": ("ocean", "desert")}
@@ -49,7 +49,7 @@ def _mwe_items(behavior: str, source: str = "all") -> list[dict]:
 def _tiny_config(**overrides) -> dict:
     base = {"train_layers": (0, 1, 2, 3), "steer_layers": (1, 2), "sweep": (0.2, 0.6), "knn_k": 4,
             "signs": (1, -1), "n_prompts": None, "gen_prompts": 5,
-            "train": TrainConfig(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_total_strengths": (0.5,),
+            "train": eval_train_config(r=8, de=3, m=12, max_epochs=2, patience=1), "gen_total_strengths": (0.5,),
             "gen_samples": 2, "gen_tokens": 6, "long_refresh": (1, 2), "long_prompts": 2, "long_tokens": 16,
             "long_window": 8, "multi_samples": 1, "mwe_behaviors": ("toy-behaviour",), "mwe_items": None,
             "fluency_strengths": (0.5, 2.0), "fluency_budgets": (1.25, 100.0), "fluency_val_prompts": 3,

@@ -113,7 +113,7 @@ def test_inner_columns_follow_the_padding(model, char_tok, side):
 
 def test_last_mode_features_are_last_token_activations(model, char_tok):
     pairs = _pairs()
-    last = pair_features(model, char_tok, pairs, [1, 2], TrainConfig(), progress=False)
+    last = pair_features(model, char_tok, pairs, [1, 2], TrainConfig(positions="last"), progress=False)
     inner = pair_features(model, char_tok, pairs, [1, 2], TrainConfig(positions="inner"), progress=False)
     parts = training_split(pairs, None, 0)
     for name, part in zip(("train", "val", "test"), parts):
@@ -173,7 +173,7 @@ def test_inner_training_learns_the_inner_positions_and_stops_on_them():
     data = _two_signals(160)
     tr, va, te = _part(data, 0, 100), _part(data, 100, 130), _part(data, 130, 160)
     cfg = {"r": 8, "m": 16, "seed": 0, "max_epochs": 15}
-    last, _, _ = train_scorer(tr, va, [3, 4], TrainConfig(**cfg), progress=False)
+    last, _, _ = train_scorer(tr, va, [3, 4], TrainConfig(**cfg, positions="last"), progress=False)
     inner, history, best = train_scorer(tr, va, [3, 4], TrainConfig(**cfg, positions="inner"), progress=False)
     assert max(scorer_inner_accuracy(last, te)) < 0.75  # e1 is noise to a last-token scorer
     assert min(scorer_inner_accuracy(inner, te)) > 0.95
@@ -212,8 +212,8 @@ def test_a_field_trained_at_inner_positions_steers_and_round_trips(model, char_t
         assert 0.0 <= row["scorer_acc_inner"] <= 1.0 and 0.0 <= row["linear_acc_inner"] <= 1.0
     assert "scorer(inner)" in report.table() and "trained at inner positions" in report.table()
     # the CAA vector and the norms are the last-token ones, the same as a "last" field's
-    plain, plain_report = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2],
-                                      steer_layers=[1, 2], config=TrainConfig(**SMALL), progress=False)
+    plain, plain_report = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2], steer_layers=[1, 2],
+                                      config=TrainConfig(**SMALL, positions="last"), progress=False)
     for name in ("caa", "mean_norms", "robust_norms"):
         assert torch.equal(getattr(field, name), getattr(plain, name)), name
     assert not torch.equal(field.scorer.W1, plain.scorer.W1)
@@ -241,9 +241,10 @@ def test_last_mode_ignores_inner_rows(model, char_tok):
     pairs = _pairs()
     with_inner = pair_features(model, char_tok, pairs, [1, 2], TrainConfig(**SMALL, positions="inner"),
                                progress=False)
-    a, ra = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2], config=TrainConfig(**SMALL),
+    last = TrainConfig(**SMALL, positions="last")
+    a, ra = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2], config=last,
                         features=with_inner, progress=False)
-    b, rb = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2], config=TrainConfig(**SMALL),
+    b, rb = train_field(model, char_tok, pairs, concept="c", train_layers=[1, 2], config=last,
                         progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.tensors().values(), b.tensors().values()))
     assert ra.per_layer == rb.per_layer and ra.history == rb.history
@@ -273,13 +274,13 @@ def test_bad_values_name_the_field(kwargs, name):
 
 def test_features_must_match_the_config(model, char_tok):
     pairs = _pairs()
-    last = pair_features(model, char_tok, pairs, [1], TrainConfig(**SMALL), progress=False)
+    last = pair_features(model, char_tok, pairs, [1], TrainConfig(**SMALL, positions="last"), progress=False)
     with pytest.raises(SVFArgumentError, match="TrainConfig.positions"):
         train_field(model, char_tok, pairs, concept="c", train_layers=[1], features=last,
                     config=TrainConfig(**SMALL, positions="inner"), progress=False)
     with pytest.raises(SVFArgumentError, match="inner_skip"):
         train_field(model, char_tok, pairs, concept="c", train_layers=[1], features=last,
-                    config=TrainConfig(**SMALL, inner_skip=5), progress=False)
+                    config=TrainConfig(**SMALL, positions="last", inner_skip=5), progress=False)
     with pytest.raises(SVFArgumentError, match="inner positions"):
         train_scorer(last.train, last.val, [1], TrainConfig(**SMALL, positions="inner"), progress=False)
     with pytest.raises(SVFArgumentError, match="max_positions"):
@@ -290,15 +291,20 @@ def test_features_must_match_the_config(model, char_tok):
 
 
 def test_svf_train_positions_flag(tiny_dir, tmp_path, capsys):
+    """Inner positions by default (the library's default), the last token with ``--positions last``."""
     from svf.artifacts import load_field
     from svf.cli.commands import main
 
+    assert TrainConfig().positions == "inner"
+    args = ["train", "--model", str(tiny_dir), "--layers", "1-2", "--pairs", "40", "--max-epochs", "1", "--no-progress"]
     out = tmp_path / "f.safetensors"
-    assert main(["train", "--model", str(tiny_dir), "--layers", "1-2", "--pairs", "40", "--max-epochs", "1",
-                 "--positions", "inner", "--no-progress", "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "trained at inner positions" in printed and "scorer(inner)" in printed
     assert load_field(out)[1]["metrics"]["training"]["positions"] == "inner"
+    assert main([*args, "--positions", "last", "--out", str(tmp_path / "last.safetensors")]) == 0
+    assert "trained at inner positions" not in capsys.readouterr().out
+    assert load_field(tmp_path / "last.safetensors")[1]["metrics"]["training"]["positions"] == "last"
     with pytest.raises(SystemExit) as exc:
         main(["train", "--positions", "everywhere", "--out", str(tmp_path / "g")])
     assert exc.value.code == 2
@@ -306,4 +312,4 @@ def test_svf_train_positions_flag(tiny_dir, tmp_path, capsys):
     assert "--positions" in err and "'last'" in err and "'inner'" in err
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "--positions {last,inner}" in capsys.readouterr().out
+    assert "--positions {last,inner}" in capsys.readouterr().out.replace("\n", " ")

@@ -211,6 +211,19 @@ def test_undertrained_rules():
             f"warning: undertrained: held-out accuracy {acc:.2f} at layers [4]"
         )
         assert report.warning in report.table() and report.as_dict()["warning"] == report.warning
+    # a scorer trained at inner positions too: behind the baseline at the last token only is
+    # a trade, behind it at both kinds of position is undertrained; under 0.6 always is
+    inner = {"positions": "inner", "inner_skip": 3, "max_positions": 16}
+    for inner_acc, linear_inner, want in ((0.62, 0.51, []), (0.50, 0.60, [4]), (None, None, [4])):
+        report = _report(0.8, 0.9, enough)
+        report.training = inner
+        report.per_layer[1].update(scorer_acc_inner=inner_acc, linear_acc_inner=linear_inner)
+        assert report.undertrained_layers == want, (inner_acc, linear_inner)
+        assert (report.warning is None) == (want == [])
+    report = _report(0.58, 0.5, enough)
+    report.training = inner
+    report.per_layer[1].update(scorer_acc_inner=0.9, linear_acc_inner=0.5)
+    assert report.undertrained_layers == [4] and "inside the texts" in report.warning
     few = _report(0.9, 0.9, 21)
     assert few.undertrained_layers == []
     assert few.warning == (

@@ -38,7 +38,7 @@ def _split(feats, n_first):
 
 def test_training_separates_a_separable_set():
     tr, va = _split(_synthetic(300, seed=0), 200)
-    scorer, history, best = train_scorer(tr, va, [4, 5, 6], TrainConfig(r=16, m=16, seed=0), progress=False)
+    scorer, history, best = train_scorer(tr, va, [4, 5, 6], TrainConfig(r=16, m=16, seed=0, positions="last"), progress=False)
     accs = scorer_accuracy(scorer, va)
     assert min(accs) > 0.95, accs
     assert history[best]["val_loss"] == min(h["val_loss"] for h in history)  # best checkpoint kept
@@ -47,7 +47,7 @@ def test_training_separates_a_separable_set():
 
 def test_training_is_reproducible_with_a_seed():
     tr, va = _split(_synthetic(90, seed=1), 60)
-    cfg = TrainConfig(r=8, m=8, seed=3, max_epochs=3)
+    cfg = TrainConfig(r=8, m=8, seed=3, max_epochs=3, positions="last")
     a, _, _ = train_scorer(tr, va, [0, 1, 2], cfg, progress=False)
     b, _, _ = train_scorer(tr, va, [0, 1, 2], cfg, progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

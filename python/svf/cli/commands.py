@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the train/validation/test split and of the scorer's "
                         "initialisation (default: %(default)s)")
-    t.add_argument("--positions", choices=TRAIN_POSITIONS, default="last",
+    t.add_argument("--positions", choices=TRAIN_POSITIONS, default=TrainConfig().positions,
                    help="where in each pair text the scorer trains: 'last', its last token; "
                         f"'inner', also up to {MAX_INNER_POSITIONS} positions inside it (its "
                         f"first {TrainConfig().inner_skip} tokens skipped, the last included), "

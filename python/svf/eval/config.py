@@ -25,6 +25,7 @@ from ..concepts import CONCEPTS
 from ..layer_windows import resolve_layers
 from ..steering_field import check_target
 from ..training import TrainConfig
+from .base_field import eval_train_config
 from .evaluate_fluency import FLUENCY_METHODS, FluencySettings
 from .stages import STAGE_NAMES
 
@@ -57,7 +58,7 @@ class EvalConfig:
     n_prompts: int | None = 60
     knn_k: int = 64
     chat: bool | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=eval_train_config)
     # open-ended generation: fixed total strengths, the same for every method, both signs
     gen_total_strengths: tuple[float, ...] = (0.3,)
     gen_prompts: int = 24
@@ -153,6 +154,11 @@ class EvalConfig:
         if natural and self.train.fisher_samples == 0:
             raise SVFArgumentError(f"EvalConfig.fluency_methods {natural} need the natural direction: set "
                                    "train=TrainConfig(fisher_samples=...) (svf eval --fisher-samples N)")
+        if "svf-inner" in self.fluency_methods and self.train.positions == "inner":
+            raise SVFArgumentError("EvalConfig.fluency_methods has 'svf-inner', but EvalConfig.train already "
+                                   "trains the base field at inner positions, so the two are one field: "
+                                   "train it at the last token (svf.eval.base_field.eval_train_config) or "
+                                   "leave 'svf-inner' out")
 
 
 def _sequence(value: object, name: str, allow_empty: bool) -> Sequence:
@@ -208,7 +214,7 @@ def quick_config(**overrides) -> EvalConfig:
         raise SVFArgumentError(f"quick_config got unknown field{'s' if len(unknown) > 1 else ''} "
                                f"{', '.join(unknown)}; valid fields: {', '.join(valid)}")
     base = {"concepts": ("sentiment", "formality"), "n_pairs": 60, "n_completions": 2, "n_prompts": 10,
-            "sweep": (0.2,), "train": TrainConfig(max_epochs=8, patience=2), "gen_prompts": 6,
+            "sweep": (0.2,), "train": eval_train_config(max_epochs=8, patience=2), "gen_prompts": 6,
             "gen_samples": 1, "gen_tokens": 16, "long_refresh": (1, 4), "long_prompts": 2, "long_tokens": 64,
             "multi_samples": 1, "mwe_items": 60, "fluency_strengths": (0.2, 0.8),
             "fluency_val_prompts": 3, "fluency_test_prompts": 3, "fluency_samples": 1, "fluency_tokens": 12}

@@ -1,12 +1,13 @@
 """What the validation data say about a field's defaults: direction, target, training positions.
 
-Each choice is a variant of the plain field (``svf``: gradient direction, open loop, scorer
-trained on the last token) that differs in that one setting (``SETTINGS``). In every cell of an
+Each choice is a variant of the evaluation's base field (``svf``: gradient direction, open loop,
+scorer trained on the last token) that differs in that one setting (``SETTINGS``). In every cell of an
 equal-fluency report (concept, direction of steering, budget) the variant and ``svf`` each kept
 the strength that moved the judge most on **validation** within the budget; the cell votes for
 whichever of the two moved it further there (``val_delta``; equal: a tie). Test shifts are not
-read. A default changes when a variant wins more cells than it loses across the reports given
-(one per development model).
+read. A setting takes a variant's value when the variant wins more cells than it loses across
+the reports given (one per development model); the library's defaults (:func:`library_defaults`)
+are expected to equal that decision, and the command says where they do not.
 
     python -m svf.eval.defaults docs/eval-fluency/SmolLM2-135M-Instruct docs/eval-fluency/gemma-3-270m
 """
@@ -15,18 +16,32 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from svf_kernels import SVFArgumentError
 
-#: setting -> (the field's value now, {variant method: the value it tries}).
-SETTINGS = {
+#: setting -> (the base field's value, {variant method: the value it tries}); a target of None
+#: is the open loop.
+SETTINGS: dict[str, tuple[object, dict[str, object]]] = {
     "direction": ("gradient", {"svf-precond": "preconditioned", "svf-natural": "natural"}),
-    "target": ("none (open loop)", {"svf-closed": "0.9 (closed loop)"}),
+    "target": (None, {"svf-closed": 0.9}),
     "positions": ("last", {"svf-inner": "inner"}),
 }
+
+
+def library_defaults() -> dict[str, object]:
+    """The library's defaults for each setting: the direction and target a new field steers
+    with (:class:`~svf.steering_field.SteeringField`), the positions its scorer trains on
+    (:class:`~svf.training.TrainConfig`)."""
+    from ..steering_field import SteeringField
+    from ..training import TrainConfig
+
+    field_defaults = {f.name: f.default for f in dataclasses.fields(SteeringField)}
+    return {"direction": field_defaults["default_direction"],
+            "target": field_defaults["default_target"], "positions": TrainConfig().positions}
 
 
 def cell_votes(rows: Sequence[Mapping[str, str]], model: str) -> list[dict]:
@@ -59,9 +74,9 @@ def tally(votes: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def decide(counts: Sequence[Mapping]) -> dict[str, str]:
+def decide(counts: Sequence[Mapping]) -> dict[str, object]:
     """Each setting's default that follows from :func:`tally`: the value of the variant with
-    the most wins over losses, when it wins more cells than it loses; else the current value."""
+    the most wins over losses, when it wins more cells than it loses; else the base value."""
     out = {}
     for setting, (current, variants) in SETTINGS.items():
         best = max((c for c in counts if c["setting"] == setting),
@@ -97,8 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {t['setting']} | {t['variant']} | {t['cells']} | {t['wins']} | {t['ties']} | "
               f"{t['losses']} |")
     print()
+    library = library_defaults()
     for setting, value in decide(counts).items():
-        print(f"default {setting}: {value}")
+        agrees = "as the library's" if library[setting] == value else \
+            f"the library's is {library[setting]!r}: change it"
+        print(f"default {setting}: {value!r} ({agrees})")
     return 0
 
 

@@ -20,6 +20,7 @@ from ..progress import progress_bar
 from ..steering_field import strength_scale
 from ..tokenization import encode_texts, pad_id
 from ..training import TrainConfig, train_field
+from .base_field import eval_train_config
 from .methods import Method, build_methods, steer_by_method
 from .metrics import mcq_accuracy, mcq_gap, steerability
 
@@ -94,7 +95,7 @@ def run_mwe(model: nn.Module, tokenizer, behaviors: Sequence[str], *,
         raise ValueError("no steer_layers")
     if n_items is not None and n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    config = train_config or TrainConfig()
+    config = train_config or eval_train_config()
     steer_layers = sorted(steer_layers)
     rows: list[dict] = []
     for behavior in behaviors:

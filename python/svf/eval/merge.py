@@ -21,6 +21,7 @@ from pathlib import Path
 from svf_kernels import SVFArgumentError
 
 from ..training import TrainConfig
+from .base_field import eval_train_config
 from .config import EvalConfig
 from .evaluate_fluency import verdicts
 from .report import RunStatus, write_report
@@ -61,7 +62,7 @@ def _config(raw: dict, concepts: Sequence[str]) -> EvalConfig:
     known = {f.name for f in dataclasses.fields(EvalConfig)}
     train_known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in raw.items() if k in known}
-    values["train"] = TrainConfig(**{k: v for k, v in raw["train"].items() if k in train_known})
+    values["train"] = eval_train_config(**{k: v for k, v in raw["train"].items() if k in train_known})
     values["concepts"] = tuple(concepts)
     values["stages"] = tuple(values["stages"])
     return EvalConfig(**values)

@@ -224,13 +224,13 @@ def test_quick_config_unknown_key_is_named_with_the_valid_ones(data, key):
 
 def test_svf_inner_needs_a_last_token_base_field():
     """The evaluation's base field trains at the last token, so that ``svf-inner`` differs from
-    it; a base field at inner positions (the library's default) with ``svf-inner`` is refused."""
+    it; a base field at inner positions with ``svf-inner`` is refused."""
     assert EvalConfig().train.positions == quick_config().train.positions == "last"
-    assert TrainConfig().positions == "inner"
     EvalConfig(fluency_methods=("svf", "svf-inner"))
+    inner = TrainConfig(positions="inner")
     with pytest.raises(SVFArgumentError, match="svf-inner.*one field"):
-        EvalConfig(fluency_methods=("svf", "svf-inner"), train=TrainConfig())
-    EvalConfig(fluency_methods=("caa", "svf"), train=TrainConfig())  # an inner base field alone is fine
+        EvalConfig(fluency_methods=("svf", "svf-inner"), train=inner)
+    EvalConfig(fluency_methods=("caa", "svf"), train=inner)  # an inner base field alone is fine
 
 
 def test_eval_config_is_checked_again_after_edits():

@@ -291,18 +291,18 @@ def test_features_must_match_the_config(model, char_tok):
 
 
 def test_svf_train_positions_flag(tiny_dir, tmp_path, capsys):
-    """Inner positions by default (the library's default), the last token with ``--positions last``."""
+    """The last token by default (the library's default), inner positions with ``--positions inner``."""
     from svf.artifacts import load_field
     from svf.cli.commands import main
 
-    assert TrainConfig().positions == "inner"
+    assert TrainConfig().positions == "last"
     args = ["train", "--model", str(tiny_dir), "--layers", "1-2", "--pairs", "40", "--max-epochs", "1", "--no-progress"]
     out = tmp_path / "f.safetensors"
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--positions", "inner", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "trained at inner positions" in printed and "scorer(inner)" in printed
     assert load_field(out)[1]["metrics"]["training"]["positions"] == "inner"
-    assert main([*args, "--positions", "last", "--out", str(tmp_path / "last.safetensors")]) == 0
+    assert main([*args, "--out", str(tmp_path / "last.safetensors")]) == 0
     assert "trained at inner positions" not in capsys.readouterr().out
     assert load_field(tmp_path / "last.safetensors")[1]["metrics"]["training"]["positions"] == "last"
     with pytest.raises(SystemExit) as exc:

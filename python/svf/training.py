@@ -67,8 +67,6 @@ class TrainConfig:
     token, that is inside unfinished text, where a last-token scorer has seen no examples; the
     first ``inner_skip`` tokens are left out because they carry little of the concept yet.
     ``inner_skip`` also sets the positions of the report's inner accuracies, in either mode.
-    The default is ``"inner"``: it won more equal-fluency cells than it lost on validation over
-    both development models (docs/EVALUATION.md, :mod:`svf.eval.defaults`).
     """
 
     r: int = 64
@@ -81,7 +79,7 @@ class TrainConfig:
     patience: int = 4
     fractions: tuple[float, float, float] | None = None
     seed: int = 0
-    positions: str = "inner"
+    positions: str = "last"
     inner_skip: int = 3
     default_strength: float = DEFAULT_STRENGTH
     #: Fisher samples for the natural direction at the steering layers (svf.fisher); 0: none.

@@ -8,5 +8,5 @@ from ..training import TrainConfig
 def eval_train_config(**overrides) -> TrainConfig:
     """The evaluation's training settings: :class:`TrainConfig`'s, except that its base field
     trains at each pair text's last token, so that ``svf`` keeps one meaning across reports and
-    ``svf-inner`` (inner positions, the library's default) is measured against it."""
+    ``svf-inner`` (inner positions) is measured against it, whatever the library's default."""
     return TrainConfig(**{"positions": "last", **overrides})

@@ -6,8 +6,8 @@ equal-fluency report (concept, direction of steering, budget) the variant and ``
 the strength that moved the judge most on **validation** within the budget; the cell votes for
 whichever of the two moved it further there (``val_delta``; equal: a tie). Test shifts are not
 read. A setting takes a variant's value when the variant wins more cells than it loses across
-the reports given (one per development model); the library's defaults (:func:`library_defaults`)
-are expected to equal that decision, and the command says where they do not.
+the reports given (one per development model); the command also prints the library's defaults
+(:func:`library_defaults`) beside that decision.
 
     python -m svf.eval.defaults docs/eval-fluency/SmolLM2-135M-Instruct docs/eval-fluency/gemma-3-270m
 """
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     library = library_defaults()
     for setting, value in decide(counts).items():
         agrees = "as the library's" if library[setting] == value else \
-            f"the library's is {library[setting]!r}: change it"
+            f"the library's is {library[setting]!r}"
         print(f"default {setting}: {value!r} ({agrees})")
     return 0
 

@@ -71,8 +71,8 @@ REPORTS = [Path(__file__).resolve().parents[1] / "docs" / "eval-fluency" / name
 def test_the_committed_evidence_against_the_library_defaults():
     """The committed reports of both models keep the gradient and the open loop, as the library
     does. They vote for inner training positions, which the library holds back: the vote's
-    margin rests on cells where strong steering repeats one word, which the perplexity budget
-    does not charge (docs/EVALUATION.md, "Both models: the defaults")."""
+    margin rests on cells where strong steering repeats itself, which the perplexity budget
+    does not charge (docs/EVALUATION.md, "Both models: the counts, and the defaults")."""
     votes = []
     for folder in REPORTS:
         model, rows = read_report(folder)

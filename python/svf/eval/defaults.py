@@ -23,6 +23,9 @@ from pathlib import Path
 
 from svf_kernels import SVFArgumentError
 
+from ..steering_field import SteeringField
+from ..training import TrainConfig
+
 #: setting -> (the base field's value, {variant method: the value it tries}); a target of None
 #: is the open loop.
 SETTINGS: dict[str, tuple[object, dict[str, object]]] = {
@@ -36,9 +39,6 @@ def library_defaults() -> dict[str, object]:
     """The library's defaults for each setting: the direction and target a new field steers
     with (:class:`~svf.steering_field.SteeringField`), the positions its scorer trains on
     (:class:`~svf.training.TrainConfig`)."""
-    from ..steering_field import SteeringField
-    from ..training import TrainConfig
-
     field_defaults = {f.name: f.default for f in dataclasses.fields(SteeringField)}
     return {"direction": field_defaults["default_direction"],
             "target": field_defaults["default_target"], "positions": TrainConfig().positions}

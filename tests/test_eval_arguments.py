@@ -127,6 +127,7 @@ def _eval_kwargs(data, max_layer: int = 40) -> dict:
         "fluency_strengths": data.draw(strengths, label="fluency_strengths"),
         "fluency_budgets": data.draw(st.lists(st.floats(1.0, 10), min_size=1, max_size=3), label="budgets"),
         "fluency_target": data.draw(st.floats(0.51, 0.999), label="fluency_target"),
+        "fluency_distinct_drop": data.draw(st.floats(0.0, 1.0), label="fluency_distinct_drop"),
         "fluency_methods": data.draw(st.lists(st.sampled_from([m for m in FLUENCY_METHODS if "natural" not in m]),
                                               min_size=1, unique=True), label="fluency_methods"),
         "fluency_test_prompts": data.draw(st.integers(2, 50), label="fluency_test_prompts"),
@@ -171,6 +172,8 @@ def _eval_breaks(kw: dict) -> list[tuple[str, object]]:
         ("fluency_strengths", ()), ("fluency_strengths", (NAN,)), ("fluency_strengths", (-0.2,)),
         ("fluency_budgets", (0.9,)), ("fluency_budgets", ()), ("fluency_budgets", (INF,)),
         ("fluency_target", 0.5), ("fluency_target", 1.0), ("fluency_target", None), ("fluency_target", "0.9"),
+        ("fluency_distinct_drop", -0.1), ("fluency_distinct_drop", 1.5), ("fluency_distinct_drop", NAN),
+        ("fluency_distinct_drop", None), ("fluency_distinct_drop", "0.1"),
         ("fluency_methods", ()), ("fluency_methods", ("svf", "steer-harder")), ("fluency_methods", "svf"),
         ("fluency_methods", ("svf", "svf")), ("fluency_test_prompts", 1), ("fluency_test_prompts", 0),
         ("fluency_methods", ("svf", "svf-natural")),  # the natural direction needs train.fisher_samples

@@ -139,30 +139,32 @@ def _points(method: str, strengths=(0.5, 2.0)) -> set[tuple[float, str]]:
     return {(t, "") for t in strengths}
 
 
-def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), samples: int = 2) -> None:
+def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), samples: int = 2,
+                          distinct_drop: float = 0.1) -> None:
     """Every method swept on validation, one row per budget, sign and method on test at a
-    point the validation sweep allows, per-prompt shifts that average to each row's shift, and
+    point the validation sweep allows (perplexity and distinct-2), per-prompt shifts that average to each row's shift, and
     one verdict per concept, budget, sign and comparison whose difference and interval follow
     from the per-prompt shifts."""
     sweep, chosen, per_prompt = tables["fluency_sweep"], tables["equal_fluency"], tables["fluency_prompts"]
     assert {(r["concept"], r["method"], r["sign"], r["total_strength"], r["intensity"]) for r in sweep} == {
         (c, m, sg, *p) for c in concepts for m in FLUENCY_METHODS for sg in signs for p in _points(m)
     } | {(c, "base", 0, 0.0, "") for c in concepts}
-    assert all(r["n_prompts"] == 3 for r in sweep)
+    assert all(r["n_prompts"] == 3 and 0.0 <= r["distinct2"] <= 1.0 for r in sweep)
     for r in chosen:
         assert r["n_prompts"] == 4 and r["samples"] == samples
         assert r["delta_lo"] <= r["delta"] + 1e-12 and r["delta"] <= r["delta_hi"] + 1e-12
-        base_ppl = next(x["ppl_median"] for x in sweep if x["concept"] == r["concept"] and x["method"] == "base")
+        base = next(x for x in sweep if x["concept"] == r["concept"] and x["method"] == "base")
         rows = [x for x in sweep if (x["concept"], x["method"], x["sign"]) ==
                 (r["concept"], r["method"], r["sign"])]
-        allowed = [x for x in rows if x["ppl_median"] <= r["budget"] * base_ppl and x["delta"] > 0]
+        allowed = [x for x in rows if x["ppl_median"] <= r["budget"] * base["ppl_median"]
+                   and x["distinct2"] >= base["distinct2"] - distinct_drop and x["delta"] > 0]
         if allowed:  # the strongest shift within the budget was kept (ties: the milder point)
             best = max(allowed, key=lambda x: (x["delta"], -rows.index(x)))
             assert (r["total_strength"], r["intensity"], r["val_delta"]) == (
                 best["total_strength"], best["intensity"], best["delta"])
         else:  # nothing within the budget: not moved
             assert r["total_strength"] == 0.0 and r["intensity"] == "" and r["delta"] == 0.0
-            assert r["ppl_median"] == r["base_ppl"]
+            assert r["ppl_median"] == r["base_ppl"] and r["distinct2"] == r["base_distinct2"]
         shifts = [x["shift"] for x in per_prompt if (x["concept"], x["sign"], x["total_strength"], x["intensity"])
                   == (r["concept"], r["sign"], r["total_strength"], r["intensity"])
                   and x["method"] == (r["method"] if (r["total_strength"], r["intensity"]) != (0.0, "") else "base")]
@@ -189,11 +191,17 @@ def _check_fluency_tables(tables: dict, concepts=tuple(WORDS), signs=(1, -1), sa
 
 def test_eval_stages_runs_only_the_equal_fluency_comparison(toy_world, tmp_path):
     model, tok = toy_world
-    cfg = EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",)))
+    cfg = EvalConfig(concepts=("toy",), **_tiny_config(stages=("equal-fluency",), fluency_distinct_drop=0.0))
     assert [step.name for step in plan(cfg)] == ["toy: train + choose layers", "toy: equal-fluency"]
     tables = evaluation.run_eval(model, tok, cfg, tmp_path)
     assert not tables["likelihood"] and not tables["open_ended"] and not tables["mwe"]
-    _check_fluency_tables(tables, concepts=("toy",))
+    _check_fluency_tables(tables, concepts=("toy",), distinct_drop=0.0)
+    examples = json.loads((tmp_path / "examples.json").read_text())  # a text per test-measured point
+    assert {(e["method"], e["sign"], e["total_strength"], e["intensity"]) for e in examples} == {
+        (r["method"] if (r["total_strength"], r["intensity"]) != (0.0, "") else "base",
+         r["sign"] if (r["total_strength"], r["intensity"]) != (0.0, "") else 0, r["total_strength"], r["intensity"])
+        for r in tables["equal_fluency"]} | {("base", 0, 0.0, "")}
+    assert all(isinstance(e["text"], str) and e["prompt"] for e in examples)
     assert (tmp_path / "equal_fluency.png").is_file() and not (tmp_path / "likelihood.csv").exists()
     assert "svf eval report: complete" in (tmp_path / "README.md").read_text()
 
@@ -307,18 +315,34 @@ def test_field_cache_trains_each_field_once_and_gives_the_same_report(toy_world,
 
 
 def test_choose_point_keeps_the_strongest_shift_within_the_budget():
-    from svf.eval.evaluate_fluency import choose_point as choose_strength
+    from svf.eval.evaluate_fluency import choose_point
 
-    rows = [{"total_strength": 0.1, "delta": 0.1, "ppl_median": 5.0},
-            {"total_strength": 0.2, "delta": 0.3, "ppl_median": 6.0},
-            {"total_strength": 0.4, "delta": 0.5, "ppl_median": 9.0},
-            {"total_strength": 0.8, "delta": -0.2, "ppl_median": 5.0}]
-    assert choose_strength(rows, 5.0, 1.25)["total_strength"] == 0.2
-    assert choose_strength(rows, 5.0, 2.0)["total_strength"] == 0.4
-    assert choose_strength(rows, 3.0, 1.25) is None  # nothing within the budget
-    assert choose_strength(rows[3:], 5.0, 2.0) is None  # no shift the right way
-    tie = [{"delta": 0.3, "ppl_median": 5.0}, {"delta": 0.3, "ppl_median": 5.5}]
-    assert choose_strength(tie, 5.0, 2.0) is tie[0]  # a tie keeps the milder (earlier) point
+    base = {"ppl_median": 5.0, "distinct2": 0.9}
+    rows = [{"total_strength": 0.1, "delta": 0.1, "ppl_median": 5.0, "distinct2": 0.9},
+            {"total_strength": 0.2, "delta": 0.3, "ppl_median": 6.0, "distinct2": 0.85},
+            {"total_strength": 0.4, "delta": 0.5, "ppl_median": 9.0, "distinct2": 0.8},
+            {"total_strength": 0.8, "delta": -0.2, "ppl_median": 5.0, "distinct2": 0.9}]
+    assert choose_point(rows, base, 1.25, 0.1)["total_strength"] == 0.2
+    assert choose_point(rows, base, 2.0, 0.1)["total_strength"] == 0.4
+    assert choose_point(rows, {**base, "ppl_median": 3.0}, 1.25, 0.1) is None  # nothing within the budget
+    assert choose_point(rows[3:], base, 2.0, 0.1) is None  # no shift the right way
+    tie = [{"delta": 0.3, "ppl_median": 5.0, "distinct2": 0.9}, {"delta": 0.3, "ppl_median": 5.5, "distinct2": 0.9}]
+    assert choose_point(tie, base, 2.0, 0.1) is tie[0]  # a tie keeps the milder (earlier) point
+
+
+def test_choose_point_charges_for_repetition_that_perplexity_rewards():
+    """A looping point (low perplexity, few distinct bigrams) is out at every perplexity budget;
+    the limit is the fall from the unsteered distinct-2, inclusive."""
+    from svf.eval.evaluate_fluency import choose_point
+
+    base = {"ppl_median": 5.0, "distinct2": 0.9}
+    rows = [{"total_strength": 0.45, "delta": 0.2, "ppl_median": 5.5, "distinct2": 0.85},
+            {"total_strength": 1.35, "delta": 1.3, "ppl_median": 2.5, "distinct2": 0.1}]
+    for budget in (1.25, 1.5, 100.0):
+        assert choose_point(rows, base, budget, 0.1)["total_strength"] == 0.45
+    assert choose_point(rows, base, 1.25, 0.8)["total_strength"] == 1.35  # a drop of exactly 0.8 passes
+    assert choose_point(rows, base, 1.25, 0.0) is None  # no fall allowed: both repeat more than base
+    assert choose_point(rows, {**base, "distinct2": 0.1}, 1.25, 0.0)["total_strength"] == 1.35
 
 
 def test_eval_without_mwe_writes_no_mwe_table(toy_world, tmp_path):

@@ -72,11 +72,13 @@ class EvalConfig:
     # multi-attribute: softmin vs summed CAA over the first 2 and 3 concepts
     multi_samples: int = 2
     # equal fluency (svf.eval.evaluate_fluency): the methods, the validation sweep of total
-    # strengths, the perplexity budgets (x unsteered), the closed-loop target, prompts (from
+    # strengths, the perplexity budgets (x unsteered), the largest fall of distinct-2 from the
+    # unsteered continuations at any budget, the closed-loop target, prompts (from
     # the concept's own split, whatever n_prompts caps), samples per prompt, tokens
     fluency_methods: tuple[str, ...] = FluencySettings.methods
     fluency_strengths: tuple[float, ...] = FluencySettings.total_strengths
     fluency_budgets: tuple[float, ...] = FluencySettings.budgets
+    fluency_distinct_drop: float = FluencySettings.distinct_drop
     fluency_target: float = FluencySettings.target
     fluency_val_prompts: int = FluencySettings.val_prompts
     fluency_test_prompts: int = FluencySettings.test_prompts
@@ -117,6 +119,7 @@ class EvalConfig:
             raise SVFArgumentError("EvalConfig.fluency_target must be a probability in (0.5, 1) (the closed-loop "
                                    "target of the equal-fluency comparison), got None")
         check_target(self.fluency_target, "EvalConfig.fluency_target")
+        check_number(self.fluency_distinct_drop, "EvalConfig.fluency_distinct_drop", minimum=0.0, maximum=1.0)
         self.mwe_behaviors = _names(self.mwe_behaviors, "mwe_behaviors", allow_empty=True)
         if self.train_layers is not None:
             self.train_layers = _ints(self.train_layers, "train_layers", minimum=0)

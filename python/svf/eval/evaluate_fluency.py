@@ -6,14 +6,16 @@ still fluent). Here every method sweeps its *points* on validation prompts, both
 toward the concept, -1 away): a steering method its total strengths, the prompting baseline
 its instruction's intensities (:data:`svf.concepts.INTENSITIES`), prompting plus steering the
 plain instruction with each total strength. Each point records the judge's shift toward the
-requested side, the shares of samples moved the right and wrong way, and the median
-perplexity of the continuations under the *unsteered* model after the *neutral* prompt (an
-instruction's own text is not in the scored context, so prompting pays for the words it
-changes as steering does). For each fluency budget (perplexity at most ``budget`` times the
-unsteered one, on validation) each method keeps the point that moved the judge most within the
-budget (none within it: no steering, no instruction). The *test* prompts are generated once
-per kept (method, point), ``samples`` times each, with the same sampling seeds for every
-method, and the comparisons of :data:`COMPARISONS` are paired differences per test prompt with
+requested side, the shares of samples moved the right and wrong way, the median perplexity
+of the continuations under the *unsteered* model after the *neutral* prompt (an instruction's
+own text is not in the scored context, so prompting pays for the words it changes as steering
+does) and their mean distinct-2 per continuation. For each fluency budget (perplexity at most
+``budget`` times the unsteered one, on validation) each method keeps the point that moved the
+judge most within the budget (none within it: no steering, no instruction). Every budget also
+charges for repetition, which perplexity rewards (a loop of one word is easy to predict): a
+point whose distinct-2 falls more than ``distinct_drop`` below the unsteered one is out. The
+*test* prompts are generated once per kept (method, point), ``samples`` times each, with the
+same sampling seeds for every method, and the comparisons of :data:`COMPARISONS` are paired differences per test prompt with
 a bootstrap interval over prompts (:func:`svf.eval.metrics.paired_interval`).
 """
 
@@ -36,7 +38,7 @@ from ..tokenization import encode_prompts, resolve_chat
 from .continuations import sample
 from .evaluate_generation import Judge, judge_scores, median_perplexity
 from .methods import Method, steer_by_method
-from .metrics import moved_shares, paired_interval
+from .metrics import distinct_n_per_text, moved_shares, paired_interval
 
 #: The SVF methods from the concept's shared field: (steering direction, closed loop at the
 #: target probability or not).
@@ -84,10 +86,12 @@ class FluencyMethod:
 
 @dataclass(frozen=True)
 class FluencySettings:
-    """The sweep, the budgets and the sample sizes of the comparison."""
+    """The sweep, the budgets and the sample sizes of the comparison. ``distinct_drop``: how far
+    a point's mean distinct-2 per continuation may fall below the unsteered one at any budget."""
 
     total_strengths: tuple[float, ...] = (0.05, 0.15, 0.45, 1.35)
     budgets: tuple[float, ...] = (1.25, 1.5)
+    distinct_drop: float = 0.1
     target: float = 0.9
     val_prompts: int = 33
     test_prompts: int = 77
@@ -138,10 +142,13 @@ def instructed(prompt: str, instruction: str, chat: bool) -> str:
 
 @dataclass
 class Measured:
-    """One (method, sign, point) on one prompt set: judge scores ``[P, S]`` and median perplexity."""
+    """One (method, sign, point) on one prompt set: judge scores ``[P, S]``, median perplexity,
+    mean distinct-2 per continuation and the first prompt's first continuation."""
 
     scores: torch.Tensor
     ppl_median: float
+    distinct2: float
+    text: str
 
 
 class _Runner:
@@ -179,13 +186,15 @@ class _Runner:
         if point.intensity:  # fluency is scored after the neutral prompt, as for steering
             ids, mask = encode_prompts(self.tokenizer, [p for p in prompts for _ in range(samples)], self.chat)
             cont = dataclasses.replace(cont, prompt_ids=ids, prompt_mask=mask)
-        return Measured(judge_scores(self.judge, cont), median_perplexity(self.model, cont))
+        distinct = distinct_n_per_text(cont.tokens, 2)
+        return Measured(judge_scores(self.judge, cont), median_perplexity(self.model, cont),
+                        sum(distinct) / len(distinct), cont.texts[0])
 
 
 def _summary(m: Measured, base: Measured, sign: int) -> dict:
     shares = moved_shares(base.scores, m.scores, sign)
     return {"delta": sign * float(m.scores.mean() - base.scores.mean()), "right": shares["right"],
-            "wrong": shares["wrong"], "ppl_median": m.ppl_median}
+            "wrong": shares["wrong"], "ppl_median": m.ppl_median, "distinct2": m.distinct2}
 
 
 def prompt_shifts(m: Measured, base: Measured, sign: int) -> torch.Tensor:
@@ -193,11 +202,14 @@ def prompt_shifts(m: Measured, base: Measured, sign: int) -> torch.Tensor:
     return sign * (m.scores.mean(1) - base.scores.mean(1))
 
 
-def choose_point(rows: Sequence[dict], base_ppl: float, budget: float) -> dict | None:
+def choose_point(rows: Sequence[dict], base: Mapping, budget: float, distinct_drop: float) -> dict | None:
     """The validation row with the largest judge shift among those whose perplexity stays
-    within ``budget`` times ``base_ppl`` and that moved the judge the requested way (ties: the
+    within ``budget`` times the unsteered row ``base``'s, whose distinct-2 is at most
+    ``distinct_drop`` below ``base``'s and that moved the judge the requested way (ties: the
     earlier row, i.e. the milder point); None when none does."""
-    ok = [(k, r) for k, r in enumerate(rows) if r["ppl_median"] <= budget * base_ppl and r["delta"] > 0]
+    ok = [(k, r) for k, r in enumerate(rows)
+          if r["ppl_median"] <= budget * base["ppl_median"] and r["distinct2"] >= base["distinct2"] - distinct_drop
+          and r["delta"] > 0]
     return max(ok, key=lambda kr: (kr[1]["delta"], -kr[0]))[1] if ok else None
 
 
@@ -207,7 +219,7 @@ def _key(concept: str, sign: int, method: str, point: Point) -> tuple:
 
 def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, FluencyMethod], scale: float,
                   judge: Judge, settings: FluencySettings | None = None, *,
-                  chat: bool | None = None, seed: int = 0,
+                  chat: bool | None = None, seed: int = 0, examples: list | None = None,
                   progress: bool | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """The validation sweep, the test rows at equal fluency and the per-prompt test shifts for
     one concept.
@@ -216,7 +228,7 @@ def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Flue
     validation prompts (plus the unsteered row); ``chosen`` one row per budget, sign and method
     with the test measures at the point kept on validation; ``per_prompt`` the test shift of
     every measured (sign, method, point) per prompt, the input of :func:`verdicts`.
-    ``progress``: the bars' rule of :func:`svf.progress.progress_bar`."""
+    ``examples``: where each test-measured point's first continuation is appended. ``progress``: the bars' rule of :func:`svf.progress.progress_bar`."""
     s = settings or FluencySettings()
     val = concept.validation_prompts[: s.val_prompts]
     test = concept.test_prompts[: s.test_prompts]
@@ -229,7 +241,7 @@ def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Flue
     name = concept.name
     sweep = [{"concept": name, "method": "base", "sign": 0, "total_strength": 0.0, "intensity": "",
               "delta": 0.0, "right": 0.0, "wrong": 0.0, "ppl_median": base_val.ppl_median,
-              "n_prompts": len(val), "samples": s.val_samples}]
+              "distinct2": base_val.distinct2, "n_prompts": len(val), "samples": s.val_samples}]
     todo = [(m, sg, pt) for m in methods.values() for sg in (1, -1) for pt in m.points]
     for method, sign, point in progress_bar(todo, desc=f"equal fluency {name}: validation", enabled=progress):
         m = run.measure(val, s.val_samples, method, sign, point)
@@ -241,7 +253,7 @@ def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Flue
         for sign in (1, -1):
             for method in methods.values():
                 rows = [r for r in sweep if r["method"] == method.name and r["sign"] == sign]
-                best = choose_point(rows, base_val.ppl_median, budget)
+                best = choose_point(rows, sweep[0], budget, s.distinct_drop)
                 point = Point(best["total_strength"], best["intensity"]) if best else Point()
                 picks.append((budget, sign, method.name, point, best["delta"] if best else 0.0))
     measured = {("base", 0, Point()): base_test}
@@ -257,9 +269,13 @@ def equal_fluency(model, tokenizer, concept: Concept, methods: Mapping[str, Flue
                        "total_strength": point.total_strength, "intensity": point.intensity,
                        "val_delta": val_delta, **_summary(m, base_test, sign),
                        "delta_lo": interval["lo"], "delta_hi": interval["hi"],
-                       "base_ppl": base_test.ppl_median, "n_prompts": len(test), "samples": s.samples})
+                       "base_ppl": base_test.ppl_median, "base_distinct2": base_test.distinct2,
+                       "n_prompts": len(test), "samples": s.samples})
     per_prompt = []
     for (mname, sign, point), m in measured.items():
+        if examples is not None:
+            examples.append({"concept": name, "method": mname, "sign": sign, "total_strength": point.total_strength,
+                             "intensity": point.intensity, "prompt": test[0], "text": m.text})
         for sg in ((1, -1) if mname == "base" else (sign,)):
             per_prompt += [{"concept": name, "sign": sg, "method": mname, "total_strength": point.total_strength,
                             "intensity": point.intensity, "prompt": k, "shift": float(v)}

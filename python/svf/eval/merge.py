@@ -132,7 +132,7 @@ def merge_reports(parts: Sequence[str | Path], out: str | Path) -> dict[str, lis
     for path, (_, run, part_tables, part_examples) in zip(paths, read):
         for key, rows in part_tables.items():
             tables[key] += [r for r in rows if not _repeated(key, r, tables[key], path)]
-        examples += part_examples
+        examples += [e for e in part_examples if e not in examples]  # each part's unsteered one once
         timings.update({f"{path.name}: {k}": v for k, v in run["timings"].items() if k != "total"})
     timings["total"] = sum(run["timings"].get("total", 0.0) for _, run, _, _ in read)
     if tables["equal_fluency"] and tables["fluency_prompts"]:

@@ -135,7 +135,7 @@ def _long_form(run: EvalRun, concept: str) -> None:
 def _fluency_settings(cfg: EvalConfig) -> FluencySettings:
     """The equal-fluency comparison's settings of ``cfg``."""
     return FluencySettings(total_strengths=cfg.fluency_strengths, budgets=cfg.fluency_budgets,
-                           target=cfg.fluency_target, val_prompts=cfg.fluency_val_prompts,
+                           distinct_drop=cfg.fluency_distinct_drop, target=cfg.fluency_target, val_prompts=cfg.fluency_val_prompts,
                            test_prompts=cfg.fluency_test_prompts, val_samples=cfg.fluency_val_samples,
                            samples=cfg.fluency_samples, max_new_tokens=cfg.fluency_tokens,
                            methods=cfg.fluency_methods)
@@ -149,7 +149,8 @@ def _equal_fluency(run: EvalRun, concept: str) -> None:
     methods = fluency_methods(prep.shared, cfg.steer_layers, settings, inner=prep.inner)
     sweep, chosen, per_prompt = equal_fluency(
         run.model, run.tokenizer, run.uncapped.get(concept, run.concepts[concept]), methods, prep.scale,
-        run.judges(concept)["embed"], settings, chat=cfg.chat, seed=cfg.seed, progress=run.progress)
+        run.judges(concept)["embed"], settings, chat=cfg.chat, seed=cfg.seed, examples=run.examples,
+        progress=run.progress)
     run.tables["fluency_sweep"] += sweep
     run.tables["equal_fluency"] += chosen
     run.tables["fluency_prompts"] += per_prompt

@@ -15,8 +15,9 @@ judge most within the budget (none within it: no steering, no instruction). Ever
 charges for repetition, which perplexity rewards (a loop of one word is easy to predict): a
 point whose distinct-2 falls more than ``distinct_drop`` below the unsteered one is out. The
 *test* prompts are generated once per kept (method, point), ``samples`` times each, with the
-same sampling seeds for every method, and the comparisons of :data:`COMPARISONS` are paired differences per test prompt with
-a bootstrap interval over prompts (:func:`svf.eval.metrics.paired_interval`).
+same sampling seeds for every method, and the comparisons of :data:`COMPARISONS` are paired
+differences per test prompt with a bootstrap interval over prompts
+(:func:`svf.eval.metrics.paired_interval`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Read the text behind an equal-fluency cell: greedy continuations of a concept's test prompts,
 unsteered and steered with a field trained as the evaluation trains it.
 
-The equal-fluency reports keep scores, not texts; this shows what a kept point writes, e.g. one
-word repeated, which a perplexity budget under the unsteered model does not charge
-(docs/EVALUATION.md, "Results: Gemma-3-270M").
+The equal-fluency reports keep one text per kept point (``examples.json``); this shows more of
+what a point writes, e.g. one word repeated: easy to predict, so a perplexity budget alone lets
+it through, which is why the budget also charges for repetition (docs/EVALUATION.md,
+"Results: Gemma-3-270M").
 
     python benchmarks/steered_text.py --model gemma-3-270m --concept topic-ocean \
         --positions inner --total-strength 1.35

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, random_scorer, write_csv
+from common import RANDOM_LLAMAS, RESULTS, machine, random_llama, random_scorer, write_csv
 from paper_style import PaperStyleSteering
 
 from svf.hf import hidden_size, num_layers
@@ -45,18 +45,9 @@ class NoField(RowField):
 
 
 def load(name: str, device: str, dtype: torch.dtype):
-    """The default model, or a randomly initialised Llama-3-8B-shaped model (no download)."""
-    if name == "llama3-8b-random":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                          max_position_embeddings=8192, rope_theta=500000.0)
-        torch.set_default_dtype(dtype)
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-        torch.set_default_dtype(torch.float32)
-        return model.eval(), None
+    """The default model, or a randomly initialised Llama shape of :data:`common.RANDOM_LLAMAS`."""
+    if name in RANDOM_LLAMAS:
+        return random_llama(name, device, dtype), None
     from svf.models import load_model
 
     return load_model(name, dtype=dtype, device=device)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -72,3 +74,46 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+#: Randomly initialised Llama shapes for the GPU benchmarks (no download): Llama-3-8B's, and a
+#: small one that checks the scripts on a CPU.
+RANDOM_LLAMAS = {
+    "llama3-8b-random": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                         "num_attention_heads": 32, "num_key_value_heads": 8,
+                         "vocab_size": 128256, "max_position_embeddings": 8192,
+                         "rope_theta": 500000.0},
+    "tiny-llama-random": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6,
+                          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+                          "max_position_embeddings": 512},
+}
+
+
+def random_llama(name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A randomly initialised Llama of the named shape (:data:`RANDOM_LLAMAS`), in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**RANDOM_LLAMAS[name]))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def svf_backend(name: str | None) -> Iterator[None]:
+    """``SVF_BACKEND`` set to ``name`` inside the block (None: left as it is)."""
+    old = os.environ.get("SVF_BACKEND")
+    if name is not None:
+        os.environ["SVF_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if name is not None:
+            if old is None:
+                os.environ.pop("SVF_BACKEND", None)
+            else:
+                os.environ["SVF_BACKEND"] = old

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, random_scorer, write_csv
+from common import RESULTS, figure, machine, random_scorer, write_csv
 
 import svf
 from svf.data import TEST_PROMPTS
@@ -181,18 +181,11 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh([r["mode"] for r in rows], [r["tokens_per_s"] for r in rows])
-    ax.set_xlabel("new tokens per second (8 rows)")
-    ax.set_title(f"{rows[0]['model']} on {rows[0]['device']}: per-request steering")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, figsize=(6, 3)) as (_, ax):
+        ax.barh([r["mode"] for r in rows], [r["tokens_per_s"] for r in rows])
+        ax.set_xlabel("new tokens per second (8 rows)")
+        ax.set_title(f"{rows[0]['model']} on {rows[0]['device']}: per-request steering")
+        ax.invert_yaxis()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, random_scorer, write_csv
+from common import RESULTS, figure, machine, random_scorer, write_csv
 
 from svf.field_packing import packed_field
 from svf.steering_field import SteeringField
@@ -94,22 +94,15 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path: Path, stream_mb: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    y = range(len(rows))
-    ax.barh([i + 0.2 for i in y], [r["hot_us"] for r in rows], height=0.4, label="hot")
-    ax.barh([i - 0.2 for i in y], [r["cold_us"] for r in rows], height=0.4,
-            label=f"after streaming {stream_mb:g} MB")
-    ax.set_yticks(list(y), [r["call"] for r in rows])
-    ax.set_xlabel("µs per call (median)")
-    ax.invert_yaxis()
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, figsize=(7, 3.5)) as (_, ax):
+        y = range(len(rows))
+        ax.barh([i + 0.2 for i in y], [r["hot_us"] for r in rows], height=0.4, label="hot")
+        ax.barh([i - 0.2 for i in y], [r["cold_us"] for r in rows], height=0.4,
+                label=f"after streaming {stream_mb:g} MB")
+        ax.set_yticks(list(y), [r["call"] for r in rows])
+        ax.set_xlabel("µs per call (median)")
+        ax.invert_yaxis()
+        ax.legend()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RANDOM_LLAMAS, RESULTS, machine, random_llama, random_scorer, write_csv
+from common import (
+    RANDOM_LLAMAS,
+    RESULTS,
+    batch_ratio_bars,
+    machine,
+    random_llama,
+    random_scorer,
+    write_csv,
+)
 from paper_style import PaperStyleSteering
 
 from svf.hf import hidden_size, num_layers
@@ -138,7 +146,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"decode_{args.model}_{args.device}".replace("/", "_")
     write_csv(rows, args.out / f"{stem}.csv")
-    _plot(rows, args.out / f"{stem}.png")
+    batch_ratio_bars(rows, args.out / f"{stem}.png", "ratio_to_unsteered", 1.05,
+                     "per-token latency / unsteered")
     info = machine()
     print(f"\n{args.model} on {args.device} ({info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
           f"commit {info['commit']}), prompt {args.prompt_tokens} tokens, {args.rounds} paired rounds: "
@@ -148,27 +157,6 @@ def main(argv=None) -> int:
         print(f"| {r['batch']} | {r['mode']} | {r['ms_per_token']:.2f} | {r['ratio_to_unsteered']:.3f} "
               f"| {r['ratio_q25']:.3f}-{r['ratio_q75']:.3f} |")
     return 0
-
-
-def _plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(7 * len(batches), 4), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        sel = [r for r in rows if r["batch"] == b]
-        ax.barh([r["mode"] for r in sel], [r["ratio_to_unsteered"] for r in sel])
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.axvline(1.05, color="r", lw=0.8, ls="--", label="+5%")
-        ax.set_xlabel("per-token latency / unsteered")
-        ax.set_title(f"batch {b}")
-        ax.invert_yaxis()
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

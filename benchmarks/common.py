@@ -117,3 +117,36 @@ def svf_backend(name: str | None) -> Iterator[None]:
                 os.environ.pop("SVF_BACKEND", None)
             else:
                 os.environ["SVF_BACKEND"] = old
+
+
+@contextlib.contextmanager
+def figure(path: Path, **subplots: object) -> Iterator[tuple]:
+    """``(fig, axes)`` of ``plt.subplots(**subplots)`` on the Agg backend; laid out and saved to
+    ``path`` (120 dpi) when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def batch_ratio_bars(rows: list[dict], path: Path, ratio: str, target: float, xlabel: str) -> None:
+    """One panel per batch size: each mode's ``row[ratio]`` as a bar, with 1 and ``target`` marked."""
+    batches = sorted({r["batch"] for r in rows})
+    with figure(path, nrows=1, ncols=len(batches), figsize=(7 * len(batches), 4), squeeze=False) as (_, axes):
+        for ax, b in zip(axes[0], batches):
+            sel = [r for r in rows if r["batch"] == b]
+            ax.barh([r["mode"] for r in sel], [r[ratio] for r in sel])
+            ax.axvline(1.0, color="k", lw=0.8)
+            ax.axvline(target, color="r", lw=0.8, ls="--", label=f"+{target - 1:.0%}")
+            ax.set_xlabel(xlabel)
+            ax.set_title(f"batch {b}")
+            ax.invert_yaxis()
+            ax.legend()

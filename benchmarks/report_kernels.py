@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth, write_csv
+from common import copy_bandwidth, figure, write_csv
 
 
 def main(paths: list[str]) -> int:
@@ -94,28 +94,21 @@ def _finish(rows, shapes, providers, path: str) -> int:
 
 
 def _plot(rows, shapes, providers, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
-    for ax, c in zip(axes[0], (1, 3)):
-        for p in providers:
-            for d, style in zip((576, 2048, 4096), ("-", "--", ":")):
-                sel = sorted((r for r in rows if r["provider"] == p and r["C"] == c and r["d"] == d),
-                             key=lambda r: r["N"])
-                if sel:
-                    ax.plot([r["N"] for r in sel], [r["median_us"] for r in sel], style, marker="o",
-                            label=f"{p} d={d}", color=f"C{providers.index(p)}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("rows N")
-        ax.set_ylabel("median µs per call")
-        ax.set_title(f"C = {c} concept(s), m = 64")
-        ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, nrows=1, ncols=2, figsize=(13, 4.5), squeeze=False) as (_, axes):
+        for ax, c in zip(axes[0], (1, 3)):
+            for p in providers:
+                for d, style in zip((576, 2048, 4096), ("-", "--", ":")):
+                    sel = sorted((r for r in rows if r["provider"] == p and r["C"] == c and r["d"] == d),
+                                 key=lambda r: r["N"])
+                    if sel:
+                        ax.plot([r["N"] for r in sel], [r["median_us"] for r in sel], style, marker="o",
+                                label=f"{p} d={d}", color=f"C{providers.index(p)}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("rows N")
+            ax.set_ylabel("median µs per call")
+            ax.set_title(f"C = {c} concept(s), m = 64")
+            ax.legend(fontsize=6, ncol=2)
 
 
 if __name__ == "__main__":

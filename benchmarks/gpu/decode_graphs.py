@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (
     RANDOM_LLAMAS,
     RESULTS,
+    batch_ratio_bars,
     machine,
     random_llama,
     random_scorer,
@@ -245,7 +246,9 @@ def main(argv=None) -> int:
     stem = f"decode_graphs_{args.model}_{args.device}"
     write_csv(rows, args.out / f"{stem}.csv")
     write_csv(checks, args.out / f"{stem}_checks.csv")
-    _plot(rows, args.out / f"{stem}.png")
+    kind = [r for r in rows if r["cuda_graph"] == rows[0]["cuda_graph"]]  # graphs only on CUDA
+    batch_ratio_bars(kind, args.out / f"{stem}.png", "ratio_to_unsteered_graph", 1.02,
+                     "per-token time / unsteered graph")
     info = machine()
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else info["cpu"]
     print(f"\n{args.model}, {args.dtype}, on {card} (torch {info['torch']}, commit {info['commit']}), "
@@ -264,27 +267,6 @@ def main(argv=None) -> int:
               f"{r['ms_per_token']:.3f} | {r['ratio_to_unsteered_graph']:.3f} | "
               f"{r['ratio_q25']:.3f}-{r['ratio_q75']:.3f} |")
     return 0
-
-
-def _plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(7 * len(batches), 4), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        sel = [r for r in rows if r["batch"] == b and r["cuda_graph"] == rows[0]["cuda_graph"]]
-        ax.barh([r["mode"] for r in sel], [r["ratio_to_unsteered_graph"] for r in sel])
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.axvline(1.02, color="r", lw=0.8, ls="--", label="+2%")
-        ax.set_xlabel("per-token time / unsteered graph")
-        ax.set_title(f"batch {b}")
-        ax.invert_yaxis()
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

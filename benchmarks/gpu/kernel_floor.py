@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS, machine, svf_backend, write_csv
+from common import RESULTS, figure, machine, svf_backend, write_csv
 
 from svf_kernels import available_backends
 from svf_kernels.ops.op import field_update_op
@@ -149,23 +149,17 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in dict.fromkeys(r["backend"] for r in rows):
-        for C in dict.fromkeys(r["C"] for r in rows):
-            sel = [r for r in rows if r["backend"] == name and r["C"] == C]
-            ax.plot([r["N"] for r in sel], [r["x_floor"] for r in sel], marker="o", label=f"{name}, C = {C}")
-    ax.axhline(2.0, color="r", lw=0.8, ls="--", label="2x floor")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("rows N")
-    ax.set_ylabel("device time / floor")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, figsize=(7, 4)) as (_, ax):
+        for name in dict.fromkeys(r["backend"] for r in rows):
+            for C in dict.fromkeys(r["C"] for r in rows):
+                sel = [r for r in rows if r["backend"] == name and r["C"] == C]
+                ax.plot([r["N"] for r in sel], [r["x_floor"] for r in sel], marker="o",
+                        label=f"{name}, C = {C}")
+        ax.axhline(2.0, color="r", lw=0.8, ls="--", label="2x floor")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rows N")
+        ax.set_ylabel("device time / floor")
+        ax.legend()
 
 
 if __name__ == "__main__":
